@@ -1,0 +1,163 @@
+"""rag-pipeline: ingest, run, status, search, verify. Every verb takes --json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rag_pipeline.settings import Settings
+
+
+def _emit(args: argparse.Namespace, payload: Any, text: str) -> None:
+    if args.json:
+        print(json.dumps(payload, indent=2, default=str))
+    else:
+        print(text)
+
+
+def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    from rag_pipeline.core.inbox import ingest
+
+    try:
+        copied = ingest([Path(p) for p in args.paths], settings.inbox_dir, args.kb)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"rag-pipeline ingest: {exc}", file=sys.stderr)
+        return 2
+    payload = [{"document_id": d, "knowledge_base": kb, "path": p} for d, kb, p in copied]
+    _emit(args, payload, "\n".join(f"{d}  {kb}/{p}" for d, kb, p in copied))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from rag_pipeline.pipeline_runner import run_pending
+
+    summary = run_pending(settings, progress=not args.json and sys.stderr.isatty())
+    text = (
+        f"{summary['documents']} document(s) in {summary['runs']} run(s), {summary['seconds']:.2f}s: "
+        f"{summary['indexed']} indexed, {summary['failed']} failed, {summary['pending']} pending"
+    )
+    for failure in summary["failures"]:
+        text += f"\n  failed: {failure['knowledge_base']}/{failure['path']}: {failure['error']}"
+    _emit(args, summary, text)
+    return 0 if summary["failed"] == 0 and summary["pending"] == 0 and summary["run_failures"] == 0 else 1
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from rag_pipeline.core import records
+    from rag_pipeline.core.db import get_engine, migrate
+
+    engine = get_engine(settings.database_url)
+    migrate(engine)
+    rows = records.list_documents(engine, args.kb)
+    docs = [
+        {
+            "document_id": r.id, "knowledge_base": r.knowledge_base, "path": r.path, "status": r.status,
+            "version": r.version, "indexed_version": r.indexed_version, "chunks": r.chunk_count,
+            "error": r.error, "attempts": r.attempts, "updated_at": r.updated_at, "indexed_at": r.indexed_at,
+        }
+        for r in rows
+    ]
+    totals: dict[str, int] = {}
+    for d in docs:
+        totals[d["status"]] = totals.get(d["status"], 0) + 1
+    lines = [
+        f"{d['status']:<8} {d['knowledge_base']}/{d['path']}" + (f"  ({d['error']})" if d["error"] else "")
+        for d in docs
+    ]
+    lines.append("totals: " + (", ".join(f"{k} {v}" for k, v in sorted(totals.items())) or "no documents"))
+    _emit(args, {"documents": docs, "totals": totals}, "\n".join(lines))
+    return 0
+
+
+def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
+    from rag_pipeline.core.embedding import make_embedder
+    from rag_pipeline.core.vectorstore import VectorStore, open_client
+
+    embedder = make_embedder(
+        settings.embedder, settings.embedding_model, settings.embedding_dimensions,
+        settings.openai_api_key, settings.openai_base_url,
+    )
+    store = VectorStore(open_client(settings.qdrant_url, settings.qdrant_path, settings.qdrant_api_key), settings.collection)
+    try:
+        hits = store.search(embedder.embed([args.query])[0], k=args.k, knowledge_base=args.kb)
+    finally:
+        store.close()
+        embedder.close()
+    payload = [
+        {"score": round(h.score, 4), "document_id": h.document_id, "knowledge_base": h.knowledge_base,
+         "path": h.path, "chunk_index": h.chunk_index, "page": h.page, "heading": h.heading, "text": h.text}
+        for h in hits
+    ]
+    text = "\n\n".join(
+        f"[{h.score:.3f}] {h.knowledge_base}/{h.path} #{h.chunk_index}\n  " + h.text[:300].replace("\n", " ")
+        for h in hits
+    ) or "no results"
+    _emit(args, payload, text)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
+    from rag_pipeline.core.audit import audit_all
+    from rag_pipeline.core.db import get_engine, migrate
+    from rag_pipeline.core.vectorstore import VectorStore, open_client
+
+    engine = get_engine(settings.database_url)
+    migrate(engine)
+    store = VectorStore(open_client(settings.qdrant_url, settings.qdrant_path, settings.qdrant_api_key), settings.collection)
+    try:
+        report = audit_all(engine, store)
+    finally:
+        store.close()
+    payload = {
+        "ok": report.ok, "documents_checked": report.documents_checked, "points_checked": report.points_checked,
+        "documents_missing_points": report.missing_points, "orphan_points": report.orphan_points,
+    }
+    text = (
+        f"{'OK' if report.ok else 'MISMATCH'}: {report.documents_checked} indexed document(s), "
+        f"{report.points_checked} point(s); {len(report.missing_points)} document(s) missing points, "
+        f"{len(report.orphan_points)} orphan point(s)"
+    )
+    _emit(args, payload, text)
+    return 0 if report.ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rag-pipeline", description=__doc__)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("ingest", parents=[common], help="copy files or folders into the landing directory")
+    p.add_argument("paths", nargs="+")
+    p.add_argument("--kb", default="default", help="knowledge base (default: %(default)s)")
+    p.set_defaults(fn=cmd_ingest)
+    p = sub.add_parser("run", parents=[common], help="index everything pending now, no daemon needed")
+    p.set_defaults(fn=cmd_run)
+    p = sub.add_parser("status", parents=[common], help="each document's state and totals")
+    p.add_argument("--kb")
+    p.set_defaults(fn=cmd_status)
+    p = sub.add_parser("search", parents=[common], help="top chunks for a query")
+    p.add_argument("query")
+    p.add_argument("--kb")
+    p.add_argument("-k", type=int, default=5)
+    p.set_defaults(fn=cmd_search)
+    p = sub.add_parser("verify", parents=[common], help="audit Qdrant points against chunk rows")
+    p.set_defaults(fn=cmd_verify)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        print(f"rag-pipeline: {exc}", file=sys.stderr)
+        return 2
+    return args.fn(args, settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

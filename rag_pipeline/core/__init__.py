@@ -1,0 +1,1 @@
+"""Plain, typed Python: identity, parsing, chunking, embedding, storing. No Dagster imports here."""

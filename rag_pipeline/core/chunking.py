@@ -1,0 +1,126 @@
+"""Token-aware chunking with overlap.
+
+Windows are measured in cl100k tokens. Inside a window the cut prefers, in order, a paragraph
+break, a line break, a sentence end, a word boundary; only a single unbroken run of text longer
+than the window is cut mid-word. Consecutive chunks of a section share about `overlap` tokens
+so a sentence cut at a boundary is still whole in one of them.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from dataclasses import dataclass
+
+import pandas as pd
+
+from rag_pipeline.core.identity import chunk_id
+from rag_pipeline.core.parsing import ParsedDocument
+from rag_pipeline.core.tokens import get_encoding
+
+CHUNK_COLUMNS = [
+    "chunk_id", "document_id", "version", "chunk_index", "text", "token_count",
+    "char_start", "char_end", "section", "page", "heading",
+]
+_BREAKS = [re.compile(r"\n\n"), re.compile(r"\n"), re.compile(r"[.!?;:][\"')\]]?\s"), re.compile(r"\s")]
+
+
+@dataclass(frozen=True)
+class ChunkerConfig:
+    max_tokens: int = 400
+    overlap: int = 60
+    encoding: str = "cl100k_base"
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 16:
+            raise ValueError("chunk size must be at least 16 tokens")
+        if not 0 <= self.overlap < self.max_tokens // 2:
+            raise ValueError("chunk overlap must be between 0 and half the chunk size")
+
+    @property
+    def fingerprint(self) -> str:
+        """Part of every chunk's provenance: a new chunker config means new chunks."""
+        return f"tok:{self.encoding}:{self.max_tokens}:{self.overlap}"
+
+
+def split_text(text: str, config: ChunkerConfig) -> list[tuple[int, int, int]]:
+    """Return (char_start, char_end, token_count) windows over `text`."""
+    if not text:
+        return []
+    enc = get_encoding(config.encoding)
+    tokens = enc.encode(text, disallowed_special=())
+    if len(tokens) <= config.max_tokens:
+        return [(0, len(text), len(tokens))]
+    _, offsets = enc.decode_with_offsets(tokens)
+    offsets = list(offsets) + [len(text)]
+    spans: list[tuple[int, int, int]] = []
+    start_tok = 0
+    while start_tok < len(tokens):
+        end_tok = min(start_tok + config.max_tokens, len(tokens))
+        char_start = offsets[start_tok]
+        char_end = offsets[end_tok]
+        if end_tok < len(tokens):
+            char_end = _best_break(text, char_start, char_end)
+            # Snap to the token that starts at or after the break so the next window starts
+            # on a boundary the tokenizer agrees with.
+            end_tok = max(bisect.bisect_left(offsets, char_end, start_tok + 1, end_tok + 1), start_tok + 1)
+            char_end = offsets[end_tok]
+        piece = text[char_start:char_end]
+        count = len(enc.encode(piece, disallowed_special=()))
+        # Re-encoding a substring can merge differently at its edges; shrink until it fits.
+        while count > config.max_tokens and end_tok - start_tok > 1:
+            end_tok -= 1
+            char_end = offsets[end_tok]
+            piece = text[char_start:char_end]
+            count = len(enc.encode(piece, disallowed_special=()))
+        if piece.strip():
+            spans.append((char_start, char_end, count))
+        if end_tok >= len(tokens):
+            break
+        next_start = end_tok - config.overlap
+        if config.overlap:
+            # Start the overlap at a word boundary when one is near, never going backwards.
+            ws = text.rfind(" ", offsets[max(next_start, start_tok + 1)] - 40, offsets[max(next_start, start_tok + 1)])
+            if ws > offsets[start_tok]:
+                next_start = bisect.bisect_left(offsets, ws, start_tok + 1, end_tok)
+        start_tok = max(next_start, start_tok + 1)
+    return spans
+
+
+def _best_break(text: str, start: int, end: int) -> int:
+    # Don't accept a break in the first half of the window: tiny chunks embed poorly.
+    floor = start + (end - start) // 2
+    window = text[floor:end]
+    for pattern in _BREAKS:
+        last = None
+        for last in pattern.finditer(window):
+            pass
+        if last is not None:
+            return floor + last.end()
+    return end
+
+
+def chunk_document(
+    doc_id: str, version: str, parsed: ParsedDocument, config: ChunkerConfig
+) -> pd.DataFrame:
+    rows = []
+    for section_no, section in enumerate(parsed.sections):
+        for char_start, char_end, count in split_text(section.text, config):
+            rows.append(
+                {
+                    "document_id": doc_id,
+                    "version": version,
+                    "text": section.text[char_start:char_end].strip(),
+                    "token_count": count,
+                    "char_start": char_start,
+                    "char_end": char_end,
+                    "section": section_no,
+                    "page": section.page,
+                    "heading": section.heading,
+                }
+            )
+    frame = pd.DataFrame(rows, columns=[c for c in CHUNK_COLUMNS if c not in ("chunk_id", "chunk_index")])
+    frame.insert(0, "chunk_index", range(len(frame)))
+    frame.insert(0, "chunk_id", [chunk_id(doc_id, version, i) for i in range(len(frame))])
+    frame["page"] = frame["page"].astype("Int64")
+    return frame[CHUNK_COLUMNS]

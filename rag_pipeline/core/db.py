@@ -1,0 +1,158 @@
+"""Our tables, the engine that reaches them, and the migrations that create them.
+
+One bounded engine per process and URL: a run, a sensor tick or a CLI call never holds more
+than `pool_size` connections, and every connection is returned by a context manager.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+metadata = sa.MetaData()
+
+documents = sa.Table(
+    "documents",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("knowledge_base", sa.String(64), nullable=False),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("version", sa.String(64), nullable=False),
+    sa.Column("size_bytes", sa.BigInteger, nullable=False),
+    sa.Column("mtime_ns", sa.BigInteger, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("error", sa.Text),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("indexed_version", sa.String(64)),
+    sa.Column("indexed_config", sa.String(255)),
+    sa.Column("chunk_count", sa.Integer),
+    sa.Column("title", sa.Text),
+    sa.Column("detected_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("indexed_at", sa.DateTime(timezone=True)),
+    sa.Column("requested_at", sa.DateTime(timezone=True)),
+    sa.UniqueConstraint("knowledge_base", "path", name="uq_documents_kb_path"),
+)
+
+document_versions = sa.Table(
+    "document_versions",
+    metadata,
+    sa.Column("document_id", sa.String(36), sa.ForeignKey("documents.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("version", sa.String(64), primary_key=True),
+    sa.Column("parser", sa.String(32), nullable=False),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("sections", sa.JSON, nullable=False),
+    sa.Column("info", sa.JSON, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+chunks = sa.Table(
+    "chunks",
+    metadata,
+    sa.Column("chunk_id", sa.String(36), primary_key=True),
+    sa.Column("document_id", sa.String(36), nullable=False),
+    sa.Column("version", sa.String(64), nullable=False),
+    sa.Column("chunk_index", sa.Integer, nullable=False),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("token_count", sa.Integer, nullable=False),
+    sa.Column("char_start", sa.Integer, nullable=False),
+    sa.Column("char_end", sa.Integer, nullable=False),
+    sa.Column("section", sa.Integer, nullable=False),
+    sa.Column("page", sa.Integer),
+    sa.Column("heading", sa.Text),
+    sa.Column("chunker", sa.String(128), nullable=False),
+    sa.ForeignKeyConstraint(
+        ["document_id", "version"],
+        ["document_versions.document_id", "document_versions.version"],
+        ondelete="CASCADE",
+        name="fk_chunks_document_version",
+    ),
+    sa.UniqueConstraint("document_id", "version", "chunk_index", name="uq_chunks_position"),
+)
+
+_engines: dict[str, Engine] = {}
+_engines_lock = threading.Lock()
+_migrated: set[str] = set()
+
+
+def normalize_url(url: str) -> str:
+    # psycopg 3 for our tables; plain postgres:// URLs are common in operator configs.
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def make_engine(url: str, pool_size: int = 5) -> Engine:
+    url = normalize_url(url)
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": 60})
+
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):  # noqa: ANN001
+            # WAL lets the sensor read while a run writes; FKs are off by default in SQLite.
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=60000")
+            cur.close()
+
+        return engine
+    return sa.create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_timeout=60,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        connect_args={
+            "connect_timeout": 10,
+            # A stuck statement or an abandoned transaction must not hold locks forever.
+            "options": "-c statement_timeout=120000 -c idle_in_transaction_session_timeout=300000",
+            "application_name": "rag_pipeline",
+        },
+    )
+
+
+def get_engine(url: str, pool_size: int = 5) -> Engine:
+    with _engines_lock:
+        engine = _engines.get(url)
+        if engine is None:
+            engine = _engines[url] = make_engine(url, pool_size)
+        return engine
+
+
+def dispose_engine(url: str) -> None:
+    with _engines_lock:
+        engine = _engines.pop(url, None)
+    if engine is not None:
+        engine.dispose()
+
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+VERSION_TABLE = "rag_alembic_version"  # Dagster's storage may share the database and owns alembic_version
+_ADVISORY_LOCK_ID = 0x7261675F6D6967  # "rag_mig"
+
+
+def migrate(engine: Engine) -> None:
+    """Bring our tables to the latest migration; safe to call from many processes at once."""
+    key = str(engine.url)
+    if key in _migrated:
+        return
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_ADVISORY_LOCK_ID})")
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+    _migrated.add(key)

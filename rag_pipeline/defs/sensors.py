@@ -1,0 +1,91 @@
+"""The inbox sensor: new and changed uploads become partitions and batched runs."""
+
+
+import datetime as dt
+import hashlib
+import json
+from typing import Sequence
+
+from dagster import (
+    AddDynamicPartitionsRequest,
+    DefaultSensorStatus,
+    RunRequest,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    sensor,
+)
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+from rag_pipeline.core import detection, records
+from rag_pipeline.defs.jobs import index_documents_job
+from rag_pipeline.defs.partitions import documents_partitions
+from rag_pipeline.defs.resources import DatabaseResource, InboxResource
+
+# A pending document requested longer ago than this is requested again (its run was lost).
+REREQUEST_AFTER = dt.timedelta(minutes=10)
+
+
+def plan_runs(
+    existing_partitions: Sequence[str], wanted: Sequence[str], docs_per_run: int
+) -> tuple[list[str], list[RunRequest]]:
+    """Partitions to add, and one run request per contiguous batch of wanted documents."""
+    existing = set(existing_partitions)
+    to_add = [key for key in dict.fromkeys(wanted) if key not in existing]
+    order = [*existing_partitions, *to_add]
+    requests = []
+    for batch in detection.plan_batches(order, set(wanted), docs_per_run):
+        run_key = hashlib.sha256("\n".join(batch).encode()).hexdigest()[:24]
+        requests.append(
+            RunRequest(
+                run_key=f"{run_key}-{records.now().strftime('%Y%m%dT%H%M%S%f')}",
+                tags={
+                    ASSET_PARTITION_RANGE_START_TAG: batch[0],
+                    ASSET_PARTITION_RANGE_END_TAG: batch[-1],
+                    "rag/documents": str(len(batch)),
+                },
+            )
+        )
+    return to_add, requests
+
+
+def evaluate_inbox(
+    instance, db: DatabaseResource, inbox: InboxResource, rerequest_after: dt.timedelta | None
+) -> tuple[detection.Detection, list[str], list[RunRequest]]:  # noqa: ANN001
+    """Detect changes, commit them, then plan runs. Shared by the sensor and `rag-pipeline run`."""
+    engine = db.engine
+    found = detection.detect(engine, inbox.root, inbox.max_file_bytes, inbox.settle_seconds)
+    before = None if rerequest_after is None else records.now() - rerequest_after
+    wanted = detection.pending_documents(engine, before)
+    existing = instance.get_dynamic_partitions(documents_partitions.name)
+    to_add, requests = plan_runs(existing, wanted, inbox.docs_per_run)
+    # Rows are committed before any run can be launched: a run never looks for a row that
+    # isn't there yet.
+    detection.mark_requested(engine, wanted)
+    return found, to_add, requests
+
+
+@sensor(
+    job=index_documents_job,
+    minimum_interval_seconds=10,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Watches the landing directory; registers new and changed uploads and requests runs.",
+)
+def inbox_sensor(context: SensorEvaluationContext, db: DatabaseResource, inbox: InboxResource):
+    found, to_add, requests = evaluate_inbox(context.instance, db, inbox, REREQUEST_AFTER)
+    for problem in found.problems:
+        context.log.warning(problem)
+    cursor = json.dumps({"listing": found.listing_digest})
+    if not requests and not to_add:
+        return SkipReason(
+            f"no changes ({found.unchanged} files unchanged"
+            + (f", {len(found.problems)} refused" if found.problems else "") + ")"
+        )
+    context.log.info(
+        f"{len(found.new)} new, {len(found.changed)} changed; {len(requests)} run(s) requested"
+    )
+    return SensorResult(
+        run_requests=requests,
+        dynamic_partitions_requests=[AddDynamicPartitionsRequest(documents_partitions.name, to_add)] if to_add else [],
+        cursor=cursor,
+    )

