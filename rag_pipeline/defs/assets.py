@@ -6,9 +6,11 @@ failing the others.
 """
 
 
+import warnings
 from typing import Sequence
 
 from dagster import (
+    BetaWarning,
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
@@ -30,6 +32,9 @@ from rag_pipeline.defs.resources import (
     InboxResource,
     VectorStoreResource,
 )
+
+# single_run backfills are what make a UI backfill one run per batch instead of one per document.
+warnings.filterwarnings("ignore", category=BetaWarning, message=".*backfill_policy.*")
 
 GROUP = "ingestion"
 COMMON = dict(

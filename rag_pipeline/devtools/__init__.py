@@ -1,0 +1,1 @@
+"""Tools for tests and benchmarks: a local OpenAI-compatible embedding server."""

@@ -1,0 +1,113 @@
+"""Uploads of every format -> sensor -> partitions and batched runs -> tables, Qdrant, search."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, SensorResult, SkipReason
+
+from rag_pipeline.core import records
+from rag_pipeline.core.audit import audit_all
+from rag_pipeline.core.db import get_engine
+from rag_pipeline.core.embedding import make_embedder
+from rag_pipeline.core.identity import document_id
+from rag_pipeline.core.vectorstore import VectorStore, open_client
+from rag_pipeline.definitions import build_definitions
+from rag_pipeline.settings import Settings
+from rag_pipeline_tests.helpers import FORMAT_FILES, tick_and_run, write_files
+
+
+def _search(settings: Settings, query: str, kb: str | None = None):
+    embedder = make_embedder(settings.embedder, settings.embedding_model, settings.embedding_dimensions,
+                             settings.openai_api_key, settings.openai_base_url)
+    store = VectorStore(open_client(None, settings.qdrant_path), settings.collection)
+    try:
+        return store.search(embedder.embed([query])[0], k=3, knowledge_base=kb)
+    finally:
+        store.close()
+
+
+def test_sensor_indexes_every_format_and_search_finds_it(rag_env, embedding_server):
+    settings = Settings.from_env()
+    write_files(settings.inbox_dir, "science", FORMAT_FILES)
+    defs = build_definitions(settings)
+    with DagsterInstance.get() as instance:
+        requests_before = embedding_server.requests
+        result, runs = tick_and_run(defs, instance)
+        assert isinstance(result, SensorResult)
+        keys = instance.get_dynamic_partitions("documents")
+        expected = {document_id("science", rel) for rel in FORMAT_FILES}
+        assert set(keys) == expected
+        # Several documents per run: one run for the whole drop.
+        assert len(result.run_requests) == 1 and len(runs) == 1
+        assert embedding_server.requests > requests_before
+
+        engine = get_engine(settings.database_url)
+        rows = {r.path: r for r in records.list_documents(engine)}
+        assert {r.status for r in rows.values()} == {"indexed"}, [(r.path, r.error) for r in rows.values()]
+        with engine.connect() as conn:
+            n_chunks = conn.execute(sa.text("SELECT count(*) FROM chunks")).scalar_one()
+        assert n_chunks == sum(r.chunk_count for r in rows.values())
+
+        # Materializations are per document, with that document's metadata.
+        records_ = instance.fetch_materializations(
+            AssetRecordsFilter(AssetKey("document_chunks"), asset_partitions=[document_id("science", "papers/geology.pdf")]),
+            limit=1,
+        ).records
+        meta = records_[0].asset_materialization.metadata
+        assert meta["status"].value == "processed" and meta["chunks"].value >= 2
+
+        for query, path in [
+            ("refractor telescope lenses mirrors", "guides/astronomy.md"),
+            ("sourdough starter flour", "web/cooking.html"),
+            ("basalt igneous rock lava", "papers/geology.pdf"),
+            ("tomatoes full sun watering", "notes/gardening.txt"),
+        ]:
+            hits = _search(settings, query, kb="science")
+            assert hits and hits[0].path == path, (query, [(h.path, h.score) for h in hits])
+        assert _search(settings, "basalt", kb="other-kb") == []
+        # The script tag never reaches the index.
+        assert not any("var x" in h.text for h in _search(settings, "var x 1"))
+
+        store = VectorStore(open_client(None, settings.qdrant_path), settings.collection)
+        try:
+            report = audit_all(engine, store)
+        finally:
+            store.close()
+        assert report.ok and report.documents_checked == 4
+
+        # Nothing changed: the next tick requests nothing and embeds nothing.
+        calls = embedding_server.requests
+        again, runs = tick_and_run(defs, instance, cursor=None)
+        assert isinstance(again, SkipReason) and not runs
+        assert embedding_server.requests == calls
+
+
+def test_bad_file_is_recorded_and_does_not_block_others(rag_env):
+    settings = Settings.from_env()
+    write_files(settings.inbox_dir, "kb1", {
+        "good.txt": b"Lighthouses guide ships along dangerous coasts.",
+        "broken.pdf": b"%PDF-1.4 this is not really a pdf",
+        "empty.md": b"",
+        "data.bin": b"\x00\x01\x02",
+    })
+    defs = build_definitions(settings)
+    with DagsterInstance.get() as instance:
+        tick_and_run(defs, instance)
+    engine = get_engine(settings.database_url)
+    rows = {r.path: r for r in records.list_documents(engine)}
+    assert rows["good.txt"].status == "indexed"
+    assert rows["broken.pdf"].status == "failed" and "PDF" in rows["broken.pdf"].error
+    assert rows["empty.md"].status == "failed" and rows["empty.md"].error == "empty file"
+    assert rows["data.bin"].status == "failed" and "unsupported file type '.bin'" in rows["data.bin"].error
+
+
+def test_many_uploads_are_batched_into_few_runs(rag_env, monkeypatch):
+    monkeypatch.setenv("RAG_DOCS_PER_RUN", "10")
+    settings = Settings.from_env()
+    write_files(settings.inbox_dir, "bulk", {f"doc-{i:03d}.txt": f"Document number {i} about topic {i % 7}.".encode() for i in range(25)})
+    defs = build_definitions(settings)
+    with DagsterInstance.get() as instance:
+        result, runs = tick_and_run(defs, instance)
+    assert [r.tags["rag/documents"] for r in result.run_requests] == ["10", "10", "5"]
+    rows = records.list_documents(get_engine(settings.database_url))
+    assert len(rows) == 25 and all(r.status == "indexed" for r in rows)
