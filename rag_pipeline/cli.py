@@ -74,6 +74,16 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
+    payload = _search(settings, args)
+    text = "\n\n".join(
+        f"[{h['score']:.3f}] {h['knowledge_base']}/{h['path']} #{h['chunk_index']}\n  " + h["text"][:300].replace("\n", " ")
+        for h in payload
+    ) or "no results"
+    _emit(args, payload, text)
+    return 0
+
+
+def _search(settings: Settings, args: argparse.Namespace) -> list[dict]:
     from rag_pipeline.core.embedding import make_embedder
     from rag_pipeline.core.vectorstore import VectorStore, open_client
 
@@ -87,17 +97,11 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         store.close()
         embedder.close()
-    payload = [
+    return [
         {"score": round(h.score, 4), "document_id": h.document_id, "knowledge_base": h.knowledge_base,
          "path": h.path, "chunk_index": h.chunk_index, "page": h.page, "heading": h.heading, "text": h.text}
         for h in hits
     ]
-    text = "\n\n".join(
-        f"[{h.score:.3f}] {h.knowledge_base}/{h.path} #{h.chunk_index}\n  " + h.text[:300].replace("\n", " ")
-        for h in hits
-    ) or "no results"
-    _emit(args, payload, text)
-    return 0
 
 
 def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
@@ -125,6 +129,45 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if report.ok else 1
 
 
+DEMO_QUERIES = [
+    ("handbook", "how many vacation days carry over to next year"),
+    ("engineering", "how do I roll back a deployment"),
+    (None, "search outage root cause"),
+]
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    """Ingest the bundled samples, index them, and search them: the embedded defaults end to end."""
+    from rag_pipeline.core.inbox import ingest
+    from rag_pipeline.pipeline_runner import run_pending
+
+    samples = Path(__file__).resolve().parent / "samples"
+    for kb_dir in sorted(p for p in samples.iterdir() if p.is_dir()):
+        ingest([kb_dir], settings.inbox_dir, kb_dir.name)
+    summary = run_pending(settings, progress=not args.json and sys.stderr.isatty())
+    results = []
+    for kb, query in DEMO_QUERIES:
+        search_args = argparse.Namespace(query=query, kb=kb, k=2, json=True)
+        hits = _search(settings, search_args)
+        results.append({"query": query, "knowledge_base": kb, "hits": hits})
+    if args.json:
+        print(json.dumps({"run": summary, "searches": results}, indent=2, default=str))
+    else:
+        print(
+            f"indexed {summary['indexed']} document(s) in {summary['seconds']:.1f}s "
+            f"({summary['runs']} run(s)); data in {settings.data_dir}"
+        )
+        for r in results:
+            print(f"\nsearch: {r['query']!r}" + (f" in {r['knowledge_base']}" if r["knowledge_base"] else ""))
+            for h in r["hits"]:
+                print(f"  [{h['score']:.3f}] {h['knowledge_base']}/{h['path']}: {h['text'][:110]!s}".replace("\n", " "))
+        print(
+            "\nNext: rag-pipeline search \"your question\"   |   UI: "
+            f"DAGSTER_HOME={settings.data_dir / 'dagster'} dagster dev -w workspace.yaml  (http://127.0.0.1:3000)"
+        )
+    return 0 if summary["failed"] == 0 and summary["run_failures"] == 0 else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rag-pipeline", description=__doc__)
     common = argparse.ArgumentParser(add_help=False)
@@ -144,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kb")
     p.add_argument("-k", type=int, default=5)
     p.set_defaults(fn=cmd_search)
+    p = sub.add_parser("demo", parents=[common], help="index the bundled samples and search them")
+    p.set_defaults(fn=cmd_demo)
     p = sub.add_parser("verify", parents=[common], help="audit Qdrant points against chunk rows")
     p.set_defaults(fn=cmd_verify)
     return parser

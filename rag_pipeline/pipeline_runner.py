@@ -13,15 +13,22 @@ from rag_pipeline.settings import Settings
 def run_pending(settings: Settings, progress: bool = False) -> dict:
     from rag_pipeline.definitions import build_definitions
     from rag_pipeline.defs.partitions import documents_partitions
+    from rag_pipeline.defs.resources import InboxResource
     from rag_pipeline.defs.sensors import evaluate_inbox
     from rag_pipeline.instance import get_instance
 
     started = time.perf_counter()
     instance = get_instance(settings)
     defs = build_definitions(settings)
-    resources = defs.resources
-    db, inbox = resources["db"], resources["inbox"]
-    found, to_add, requests = evaluate_inbox(instance, db, inbox, rerequest_after=None)
+    from rag_pipeline.core.db import get_engine, migrate
+
+    engine = get_engine(settings.database_url)
+    migrate(engine)
+    # Same inbox settings as the definitions, with plain values (EnvVars resolve only in runs).
+    inbox = InboxResource(
+        path=str(settings.inbox_dir), max_file_bytes=settings.max_file_bytes, docs_per_run=settings.docs_per_run
+    )
+    found, to_add, requests = evaluate_inbox(instance, engine, inbox, rerequest_after=None)
     if to_add:
         instance.add_dynamic_partitions(documents_partitions.name, to_add)
     job = defs.resolve_job_def("index_documents")
@@ -43,7 +50,6 @@ def run_pending(settings: Settings, progress: bool = False) -> dict:
             bar.update(int(request.tags.get("rag/documents", "0")))
     if bar is not None:
         bar.close()
-    engine = db.engine
     rows = records.list_documents(engine)
     failures = [
         {"document_id": r.id, "knowledge_base": r.knowledge_base, "path": r.path, "error": r.error}

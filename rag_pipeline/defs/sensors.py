@@ -50,10 +50,9 @@ def plan_runs(
 
 
 def evaluate_inbox(
-    instance, db: DatabaseResource, inbox: InboxResource, rerequest_after: dt.timedelta | None
+    instance, engine, inbox: InboxResource, rerequest_after: dt.timedelta | None
 ) -> tuple[detection.Detection, list[str], list[RunRequest]]:  # noqa: ANN001
     """Detect changes, commit them, then plan runs. Shared by the sensor and `rag-pipeline run`."""
-    engine = db.engine
     found = detection.detect(engine, inbox.root, inbox.max_file_bytes, inbox.settle_seconds)
     before = None if rerequest_after is None else records.now() - rerequest_after
     wanted = detection.pending_documents(engine, before)
@@ -72,7 +71,7 @@ def evaluate_inbox(
     description="Watches the landing directory; registers new and changed uploads and requests runs.",
 )
 def inbox_sensor(context: SensorEvaluationContext, db: DatabaseResource, inbox: InboxResource):
-    found, to_add, requests = evaluate_inbox(context.instance, db, inbox, REREQUEST_AFTER)
+    found, to_add, requests = evaluate_inbox(context.instance, db.engine, inbox, REREQUEST_AFTER)
     for problem in found.problems:
         context.log.warning(problem)
     cursor = json.dumps({"listing": found.listing_digest})

@@ -1,0 +1,87 @@
+"""The CLI end to end, as an operator scripts it: every verb with --json, parsed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from rag_pipeline_tests.helpers import FORMAT_FILES
+
+
+def cli(*args: str, check: bool = True) -> tuple[int, object]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "rag_pipeline.cli", *args, "--json"],
+        capture_output=True, text=True, env=dict(os.environ), timeout=300,
+    )
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def test_ingest_run_status_search_verify(rag_env, tmp_path: Path, embedding_server):
+    src = tmp_path / "upload"
+    for rel, data in FORMAT_FILES.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(data)
+    (src / "broken.pdf").write_bytes(b"%PDF-1.7 truncated")
+
+    _, ingested = cli("ingest", str(src), "--kb", "science")
+    assert {d["path"] for d in ingested} == {*FORMAT_FILES, "broken.pdf"}
+    assert all(len(d["document_id"]) == 36 for d in ingested)
+    # Atomic copy: nothing but the final names lands in the inbox.
+    inbox_files = [p for p in (Path(rag_env["RAG_DATA_DIR"]) / "inbox").rglob("*") if p.is_file()]
+    assert not [p for p in inbox_files if p.name.startswith(".")]
+
+    code, summary = cli("run", check=False)
+    assert code == 1  # one document failed, so the run says so
+    assert summary["indexed"] == 4 and summary["failed"] == 1 and summary["pending"] == 0
+    assert summary["failures"][0]["path"] == "broken.pdf" and "corrupt PDF" in summary["failures"][0]["error"]
+
+    _, status = cli("status")
+    assert status["totals"] == {"indexed": 4, "failed": 1}
+    by_path = {d["path"]: d for d in status["documents"]}
+    assert by_path["broken.pdf"]["status"] == "failed" and by_path["broken.pdf"]["error"]
+    assert by_path["guides/astronomy.md"]["chunks"] >= 1
+
+    _, hits = cli("search", "sourdough starter", "--kb", "science", "-k", "2")
+    assert hits[0]["path"] == "web/cooking.html" and hits[0]["score"] > 0
+    assert {"document_id", "text", "chunk_index"} <= set(hits[0])
+
+    _, report = cli("verify")
+    assert report["ok"] and report["documents_checked"] == 4
+
+    # Secrets never reach output.
+    for payload in (summary, status, hits, report):
+        assert rag_env["OPENAI_API_KEY"] not in json.dumps(payload)
+
+    # A second run with nothing new does nothing and succeeds... except the parked failure.
+    requests = embedding_server.requests
+    code, again = cli("run", check=False)
+    assert again["runs"] == 0 and embedding_server.requests == requests
+
+
+def test_verify_detects_missing_and_orphan_points(rag_env):
+    from qdrant_client.http import models as qm
+
+    from rag_pipeline.core.vectorstore import open_client
+    from rag_pipeline.settings import Settings
+
+    settings = Settings.from_env()
+    docs = settings.inbox_dir / "kb"
+    docs.mkdir(parents=True)
+    (docs / "a.txt").write_text("Alpha document about whales and dolphins.")
+    cli("run")
+    client = open_client(None, settings.qdrant_path)
+    try:
+        ids = [str(p.id) for p in client.scroll(settings.collection, limit=10)[0]]
+        client.delete(settings.collection, points_selector=qm.PointIdsList(points=ids[:1]))
+        client.upsert(settings.collection, points=[qm.PointStruct(id="00000000-0000-0000-0000-000000000001", vector=[0.1] * 256, payload={})])
+    finally:
+        client.close()
+    code, report = cli("verify", check=False)
+    assert code == 1 and not report["ok"]
+    assert report["orphan_points"] == ["00000000-0000-0000-0000-000000000001"]
+    assert list(report["documents_missing_points"].values()) == [1]
