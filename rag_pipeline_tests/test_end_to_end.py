@@ -111,3 +111,19 @@ def test_many_uploads_are_batched_into_few_runs(rag_env, monkeypatch):
     assert [r.tags["rag/documents"] for r in result.run_requests] == ["10", "10", "5"]
     rows = records.list_documents(get_engine(settings.database_url))
     assert len(rows) == 25 and all(r.status == "indexed" for r in rows)
+
+
+def test_transient_endpoint_errors_are_retried(rag_env, embedding_server):
+    settings = Settings.from_env()
+    write_files(settings.inbox_dir, "kb", {"a.txt": b"Volcanoes erupt when magma rises.", "b.txt": b"Glaciers carve valleys."})
+    embedding_server.set_faults(next_statuses=[500, 429, 503])
+    failures = embedding_server.failures
+    try:
+        defs = build_definitions(settings)
+        with DagsterInstance.get() as instance:
+            tick_and_run(defs, instance)
+    finally:
+        embedding_server.set_faults()
+    assert embedding_server.failures - failures == 3
+    rows = records.list_documents(get_engine(settings.database_url))
+    assert [r.status for r in rows] == ["indexed", "indexed"]

@@ -38,6 +38,15 @@ def index_config(chunker: ChunkerConfig, embedder: Embedder) -> str:
     return f"{chunker.fingerprint}|{embedding_fingerprint(embedder)}"
 
 
+def _failed(engine: Engine, doc_id: str, version: str, reason: str) -> Outcome:
+    records.record_failure(engine, doc_id, version, reason)
+    return Outcome(doc_id, "failed", version, reason)
+
+
+def _superseded(doc_id: str, version: str) -> Outcome:
+    return Outcome(doc_id, "superseded", version, "a newer version was registered")
+
+
 def _is_current(row, config: str) -> bool:  # noqa: ANN001
     return row.status == records.INDEXED and row.indexed_version == row.version and row.indexed_config == config
 
@@ -71,20 +80,16 @@ def extract(engine: Engine, inbox: Path, doc_ids: Sequence[str], config: str, ma
             outcomes.append(Outcome(doc_id, "missing", row.version, "file removed from the landing directory"))
             continue
         except PermissionError as exc:
-            records.record_failure(engine, doc_id, row.version, f"refused: {exc}")
-            outcomes.append(Outcome(doc_id, "failed", row.version, f"refused: {exc}"))
+            outcomes.append(_failed(engine, doc_id, row.version, f"refused: {exc}"))
             continue
         except ParseError as exc:
-            records.record_failure(engine, doc_id, row.version, str(exc))
-            outcomes.append(Outcome(doc_id, "failed", row.version, str(exc)))
+            outcomes.append(_failed(engine, doc_id, row.version, str(exc)))
             continue
         except Exception as exc:  # a parser library bug on hostile input is still the file's problem
-            reason = f"could not parse: {type(exc).__name__}: {exc}"[:500]
-            records.record_failure(engine, doc_id, row.version, reason)
-            outcomes.append(Outcome(doc_id, "failed", row.version, reason))
+            outcomes.append(_failed(engine, doc_id, row.version, f"could not parse: {type(exc).__name__}: {exc}"[:500]))
             continue
         if not records.save_version(engine, doc_id, row.version, parsed):
-            outcomes.append(Outcome(doc_id, "superseded", row.version, "a newer version was registered"))
+            outcomes.append(_superseded(doc_id, row.version))
             continue
         outcomes.append(
             Outcome(
@@ -117,11 +122,10 @@ def chunk(engine: Engine, doc_ids: Sequence[str], chunker: ChunkerConfig, config
         parsed = ParsedDocument([Section(s["text"], s.get("page"), s.get("heading")) for s in sections], parser)
         frame = chunk_document(doc_id, row.version, parsed, chunker)
         if frame.empty:
-            records.record_failure(engine, doc_id, row.version, "no extractable text")
-            outcomes.append(Outcome(doc_id, "failed", row.version, "no extractable text"))
+            outcomes.append(_failed(engine, doc_id, row.version, "no extractable text"))
             continue
         if not records.replace_chunks(engine, doc_id, row.version, frame, chunker.fingerprint):
-            outcomes.append(Outcome(doc_id, "superseded", row.version, "a newer version was registered"))
+            outcomes.append(_superseded(doc_id, row.version))
             continue
         outcomes.append(
             Outcome(
@@ -183,8 +187,7 @@ def embed(
     for doc_id, group in frame.groupby("document_id", sort=False):
         row = ready[doc_id]
         if doc_id in failed_docs:
-            records.record_failure(engine, doc_id, row.version, failed_docs[doc_id])
-            outcomes.append(Outcome(doc_id, "failed", row.version, failed_docs[doc_id]))
+            outcomes.append(_failed(engine, doc_id, row.version, failed_docs[doc_id]))
             continue
         t0 = time.perf_counter()
         payloads = [
@@ -200,7 +203,7 @@ def embed(
         store.upsert(group["chunk_id"].tolist(), group["vector"].tolist(), payloads)
         if not records.mark_indexed(engine, doc_id, row.version, config, len(group)):
             # A newer version arrived meanwhile: leave ours for that version's run to clean.
-            outcomes.append(Outcome(doc_id, "superseded", row.version, "a newer version was registered"))
+            outcomes.append(_superseded(doc_id, row.version))
             continue
         store.delete_document(doc_id, keep_version=row.version)
         records.prune_versions(engine, doc_id, row.version)

@@ -104,10 +104,7 @@ def get_documents(engine: Engine, ids: Sequence[str]) -> dict[str, sa.Row]:
 def save_version(engine: Engine, doc_id: str, version: str, parsed: ParsedDocument) -> bool:
     """Store extracted text for `version`. False if the document has moved on to another version."""
     with engine.begin() as conn:
-        current = conn.execute(
-            sa.select(documents.c.version).where(documents.c.id == doc_id).with_for_update()
-        ).scalar_one_or_none()
-        if current != version:
+        if not _lock_if_current(conn, doc_id, version):
             return False
         conn.execute(
             document_versions.delete().where(
@@ -124,6 +121,14 @@ def save_version(engine: Engine, doc_id: str, version: str, parsed: ParsedDocume
         )
         conn.execute(documents.update().where(documents.c.id == doc_id).values(title=parsed.title, updated_at=now()))
         return True
+
+
+def _lock_if_current(conn: sa.Connection, doc_id: str, version: str) -> bool:
+    """Lock the document row for this transaction if it is still at `version`."""
+    current = conn.execute(
+        sa.select(documents.c.version).where(documents.c.id == doc_id).with_for_update()
+    ).scalar_one_or_none()
+    return current == version
 
 
 def load_sections(engine: Engine, doc_id: str, version: str) -> tuple[list[dict], str] | None:
@@ -156,10 +161,7 @@ def replace_chunks(engine: Engine, doc_id: str, version: str, frame: pd.DataFram
         else:
             record["page"] = int(record["page"])
     with engine.begin() as conn:
-        current = conn.execute(
-            sa.select(documents.c.version).where(documents.c.id == doc_id).with_for_update()
-        ).scalar_one_or_none()
-        if current != version:
+        if not _lock_if_current(conn, doc_id, version):
             return False
         conn.execute(chunks.delete().where((chunks.c.document_id == doc_id) & (chunks.c.version == version)))
         if records:
