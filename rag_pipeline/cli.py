@@ -48,11 +48,9 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     from rag_pipeline.core import records
-    from rag_pipeline.core.db import get_engine, migrate
+    from rag_pipeline.core.db import open_engine
 
-    engine = get_engine(settings.database_url)
-    migrate(engine)
-    rows = records.list_documents(engine, args.kb)
+    rows = records.list_documents(open_engine(settings.database_url), args.kb)
     docs = [
         {
             "document_id": r.id, "knowledge_base": r.knowledge_base, "path": r.path, "status": r.status,
@@ -74,7 +72,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
-    payload = _search(settings, args)
+    [payload] = search_many(settings, [(args.query, args.kb)], args.k)
     text = "\n\n".join(
         f"[{h['score']:.3f}] {h['knowledge_base']}/{h['path']} #{h['chunk_index']}\n  " + h["text"][:300].replace("\n", " ")
         for h in payload
@@ -83,37 +81,36 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _search(settings: Settings, args: argparse.Namespace) -> list[dict]:
-    from rag_pipeline.core.embedding import make_embedder
-    from rag_pipeline.core.vectorstore import VectorStore, open_client
+def search_many(settings: Settings, queries: list[tuple[str, str | None]], k: int) -> list[list[dict]]:
+    """Top-k hits for each (query, knowledge base), with one embedder call and one Qdrant client."""
+    from rag_pipeline.settings import make_settings_embedder, open_vector_store
 
-    embedder = make_embedder(
-        settings.embedder, settings.embedding_model, settings.embedding_dimensions,
-        settings.openai_api_key, settings.openai_base_url,
-    )
-    store = VectorStore(open_client(settings.qdrant_url, settings.qdrant_path, settings.qdrant_api_key), settings.collection)
+    embedder = make_settings_embedder(settings)
+    store = open_vector_store(settings)
     try:
-        hits = store.search(embedder.embed([args.query])[0], k=args.k, knowledge_base=args.kb)
+        vectors = embedder.embed([q for q, _ in queries])
+        results = [store.search(v, k=k, knowledge_base=kb) for v, (_, kb) in zip(vectors, queries)]
     finally:
         store.close()
         embedder.close()
     return [
-        {"score": round(h.score, 4), "document_id": h.document_id, "knowledge_base": h.knowledge_base,
-         "path": h.path, "chunk_index": h.chunk_index, "page": h.page, "heading": h.heading, "text": h.text}
-        for h in hits
+        [
+            {"score": round(h.score, 4), "document_id": h.document_id, "knowledge_base": h.knowledge_base,
+             "path": h.path, "chunk_index": h.chunk_index, "page": h.page, "heading": h.heading, "text": h.text}
+            for h in hits
+        ]
+        for hits in results
     ]
 
 
 def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     from rag_pipeline.core.audit import audit_all
-    from rag_pipeline.core.db import get_engine, migrate
-    from rag_pipeline.core.vectorstore import VectorStore, open_client
+    from rag_pipeline.core.db import open_engine
+    from rag_pipeline.settings import open_vector_store
 
-    engine = get_engine(settings.database_url)
-    migrate(engine)
-    store = VectorStore(open_client(settings.qdrant_url, settings.qdrant_path, settings.qdrant_api_key), settings.collection)
+    store = open_vector_store(settings)
     try:
-        report = audit_all(engine, store)
+        report = audit_all(open_engine(settings.database_url), store)
     finally:
         store.close()
     payload = {
@@ -145,11 +142,8 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     for kb_dir in sorted(p for p in samples.iterdir() if p.is_dir()):
         ingest([kb_dir], settings.inbox_dir, kb_dir.name)
     summary = run_pending(settings, progress=not args.json and sys.stderr.isatty())
-    results = []
-    for kb, query in DEMO_QUERIES:
-        search_args = argparse.Namespace(query=query, kb=kb, k=2, json=True)
-        hits = _search(settings, search_args)
-        results.append({"query": query, "knowledge_base": kb, "hits": hits})
+    found = search_many(settings, [(q, kb) for kb, q in DEMO_QUERIES], k=2)
+    results = [{"query": q, "knowledge_base": kb, "hits": hits} for (kb, q), hits in zip(DEMO_QUERIES, found)]
     if args.json:
         print(json.dumps({"run": summary, "searches": results}, indent=2, default=str))
     else:

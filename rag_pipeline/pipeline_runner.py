@@ -13,21 +13,18 @@ from rag_pipeline.settings import Settings
 def run_pending(settings: Settings, progress: bool = False) -> dict:
     from rag_pipeline.definitions import build_definitions
     from rag_pipeline.defs.partitions import documents_partitions
-    from rag_pipeline.defs.resources import InboxResource
     from rag_pipeline.defs.sensors import evaluate_inbox
     from rag_pipeline.instance import get_instance
 
     started = time.perf_counter()
     instance = get_instance(settings)
     defs = build_definitions(settings)
-    from rag_pipeline.core.db import get_engine, migrate
+    from rag_pipeline.core.db import open_engine
 
-    engine = get_engine(settings.database_url)
-    migrate(engine)
-    # Same inbox settings as the definitions, with plain values (EnvVars resolve only in runs).
-    inbox = InboxResource(
-        path=str(settings.inbox_dir), max_file_bytes=settings.max_file_bytes, docs_per_run=settings.docs_per_run
-    )
+    # The database URL may be an EnvVar (resolved only inside Dagster), so the engine comes from
+    # settings; the inbox resource holds plain values and is the definitions' own.
+    engine = open_engine(settings.database_url)
+    inbox = defs.resources["inbox"]
     found, to_add, requests = evaluate_inbox(instance, engine, inbox, rerequest_after=None)
     if to_add:
         instance.add_dynamic_partitions(documents_partitions.name, to_add)

@@ -80,3 +80,20 @@ class Settings:
             openai_api_key=env.get("OPENAI_API_KEY") or None,
             qdrant_api_key=env.get("QDRANT_API_KEY") or None,
         )
+
+
+def open_vector_store(settings: Settings):  # noqa: ANN201
+    """The configured Qdrant collection, outside Dagster (CLI, tests, scripts)."""
+    from rag_pipeline.core.vectorstore import VectorStore, open_client
+
+    client = open_client(settings.qdrant_url, settings.qdrant_path, settings.qdrant_api_key)
+    return VectorStore(client, settings.collection)
+
+
+def make_settings_embedder(settings: Settings):  # noqa: ANN201
+    from rag_pipeline.core.embedding import make_embedder
+
+    return make_embedder(
+        settings.embedder, settings.embedding_model, settings.embedding_dimensions,
+        settings.openai_api_key, settings.openai_base_url, settings.embed_batch_size,
+    )

@@ -103,11 +103,23 @@ def test_scan_confined_to_inbox(tmp_path: Path):
         open_inside(inbox, "kb", "link.txt")
 
 
-def test_ingest_is_atomic_and_validates_kb(tmp_path: Path):
+def test_ingest_is_atomic_and_validates_kb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     src = tmp_path / "src"
     (src / "sub").mkdir(parents=True)
     (src / "sub" / "a.md").write_text("# A")
+    seen_before_rename = []
+    real_replace = os.replace
+
+    def replace_after_scan(tmp, target):  # noqa: ANN001
+        # The whole content is written, yet a scan at this moment must see nothing.
+        assert Path(tmp).read_text() == "# A"
+        seen_before_rename.append(scan(tmp_path / "inbox")[0])
+        real_replace(tmp, target)
+
+    monkeypatch.setattr("rag_pipeline.core.inbox.os.replace", replace_after_scan)
     out = ingest([src], tmp_path / "inbox", "team-1")
+    assert seen_before_rename == [{}]
+    assert list(scan(tmp_path / "inbox")[0]) == [("team-1", "sub/a.md")]
     assert [(kb, p) for _, kb, p in out] == [("team-1", "sub/a.md")]
     assert not list((tmp_path / "inbox").rglob(".ingest-*"))
     with pytest.raises(ValueError, match="invalid knowledge base"):

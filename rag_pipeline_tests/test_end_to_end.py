@@ -3,27 +3,26 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
-from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, SensorResult, SkipReason
+from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, SensorResult
 
 from rag_pipeline.core import records
 from rag_pipeline.core.audit import audit_all
 from rag_pipeline.core.db import get_engine
-from rag_pipeline.core.embedding import make_embedder
+from rag_pipeline.cli import search_many
 from rag_pipeline.core.identity import document_id
-from rag_pipeline.core.vectorstore import VectorStore, open_client
 from rag_pipeline.definitions import build_definitions
-from rag_pipeline.settings import Settings
+from rag_pipeline.settings import Settings, open_vector_store
 from rag_pipeline_tests.helpers import FORMAT_FILES, tick_and_run, write_files
 
 
-def _search(settings: Settings, query: str, kb: str | None = None):
-    embedder = make_embedder(settings.embedder, settings.embedding_model, settings.embedding_dimensions,
-                             settings.openai_api_key, settings.openai_base_url)
-    store = VectorStore(open_client(None, settings.qdrant_path), settings.collection)
-    try:
-        return store.search(embedder.embed([query])[0], k=3, knowledge_base=kb)
-    finally:
-        store.close()
+def _search(settings: Settings, query: str, kb: str | None = None) -> list[dict]:
+    [hits] = search_many(settings, [(query, kb)], k=3)
+    return hits
+
+
+def _check(run, name: str):  # noqa: ANN001, ANN202
+    [evaluation] = [e for e in run.get_asset_check_evaluations() if e.check_name == name]
+    return evaluation
 
 
 def test_sensor_indexes_every_format_and_search_finds_it(rag_env, embedding_server):
@@ -63,23 +62,33 @@ def test_sensor_indexes_every_format_and_search_finds_it(rag_env, embedding_serv
             ("tomatoes full sun watering", "notes/gardening.txt"),
         ]:
             hits = _search(settings, query, kb="science")
-            assert hits and hits[0].path == path, (query, [(h.path, h.score) for h in hits])
+            assert hits and hits[0]["path"] == path, (query, [(h["path"], h["score"]) for h in hits])
         assert _search(settings, "basalt", kb="other-kb") == []
         # The script tag never reaches the index.
-        assert not any("var x" in h.text for h in _search(settings, "var x 1"))
+        assert not any("var x" in h["text"] for h in _search(settings, "var x 1"))
+        check = _check(runs[0], "points_match_chunks")
+        assert check.passed and check.metadata["mismatches"].value == {}
 
-        store = VectorStore(open_client(None, settings.qdrant_path), settings.collection)
+        store = open_vector_store(settings)
         try:
             report = audit_all(engine, store)
         finally:
             store.close()
         assert report.ok and report.documents_checked == 4
 
-        # Nothing changed: the next tick requests nothing and embeds nothing.
+        # Nothing changed: the next tick requests nothing and embeds nothing, with or without the
+        # cursor (without it, the database comparison alone finds nothing to do).
         calls = embedding_server.requests
-        again, runs = tick_and_run(defs, instance, cursor=None)
-        assert isinstance(again, SkipReason) and not runs
+        for cursor in (None, result.cursor):
+            again, runs = tick_and_run(defs, instance, cursor=cursor)
+            assert again.skip_reason and not again.run_requests and not runs
         assert embedding_server.requests == calls
+
+        # The cursor never hides a real change.
+        (settings.inbox_dir / "science" / "notes" / "gardening.txt").write_bytes(b"Cucumbers climb trellises.")
+        changed, runs = tick_and_run(defs, instance, cursor=again.cursor)
+        assert len(changed.run_requests) == 1 and changed.run_requests[0].tags["rag/documents"] == "1"
+        assert _search(settings, "cucumbers trellises", kb="science")[0]["path"] == "notes/gardening.txt"
 
 
 def test_bad_file_is_recorded_and_does_not_block_others(rag_env):
@@ -92,9 +101,12 @@ def test_bad_file_is_recorded_and_does_not_block_others(rag_env):
     })
     defs = build_definitions(settings)
     with DagsterInstance.get() as instance:
-        tick_and_run(defs, instance)
+        _, [run] = tick_and_run(defs, instance)
     engine = get_engine(settings.database_url)
     rows = {r.path: r for r in records.list_documents(engine)}
+    check = _check(run, "parsed_without_errors")
+    assert not check.passed
+    assert check.metadata["failed"].value == {rows[p].id: rows[p].error for p in ("broken.pdf", "empty.md", "data.bin")}
     assert rows["good.txt"].status == "indexed"
     assert rows["broken.pdf"].status == "failed" and "PDF" in rows["broken.pdf"].error
     assert rows["empty.md"].status == "failed" and rows["empty.md"].error == "empty file"

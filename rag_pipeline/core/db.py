@@ -128,6 +128,13 @@ def get_engine(url: str, pool_size: int = 5) -> Engine:
         return engine
 
 
+def open_engine(url: str, pool_size: int = 5) -> Engine:
+    """The process's engine for `url`, with our tables migrated to the latest revision."""
+    engine = get_engine(url, pool_size)
+    migrate(engine)
+    return engine
+
+
 def dispose_engine(url: str) -> None:
     with _engines_lock:
         engine = _engines.pop(url, None)

@@ -39,9 +39,16 @@ def listing_digest(files: dict[tuple[str, str], FileStat]) -> str:
     return digest.hexdigest()
 
 
-def detect(engine: Engine, inbox: Path, max_bytes: int, min_age_seconds: float = 0.0) -> Detection:
+def detect(
+    engine: Engine, inbox: Path, min_age_seconds: float = 0.0, previous_digest: str | None = None
+) -> Detection:
+    """Register what changed. With the digest of the previous, fully registered listing, an
+    identical listing costs no database work at all."""
     files, problems = scan(inbox, min_age_seconds)
     result = Detection(problems=problems, listing_digest=listing_digest(files))
+    if previous_digest is not None and result.listing_digest == previous_digest:
+        result.unchanged = len(files)
+        return result
     known = records.known_documents(engine)
     for key, stat in files.items():
         prior = known.get(key)

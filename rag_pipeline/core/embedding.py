@@ -34,11 +34,6 @@ class Embedder(Protocol):
     def close(self) -> None: ...
 
 
-def embedding_fingerprint(embedder: Embedder) -> str:
-    """Vectors are only comparable within one (provider, model, dimensions)."""
-    return f"{embedder.provider}:{embedder.model}:{embedder.dimensions}"
-
-
 _WORD_RE = re.compile(r"\w+", re.UNICODE)
 
 

@@ -8,6 +8,7 @@ run fails and the documents stay pending for the retry.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +19,7 @@ from sqlalchemy.engine import Engine
 
 from rag_pipeline.core import records
 from rag_pipeline.core.chunking import ChunkerConfig, chunk_document
-from rag_pipeline.core.embedding import Embedder, EmbeddingError, embedding_fingerprint
-from rag_pipeline.core.identity import sha256_stream
+from rag_pipeline.core.embedding import Embedder, EmbeddingError
 from rag_pipeline.core.inbox import open_inside
 from rag_pipeline.core.parsing import ParsedDocument, ParseError, Section, parse_bytes
 from rag_pipeline.core.vectorstore import VectorStore
@@ -34,8 +34,10 @@ class Outcome:
     metrics: dict = field(default_factory=dict)
 
 
-def index_config(chunker: ChunkerConfig, embedder: Embedder) -> str:
-    return f"{chunker.fingerprint}|{embedding_fingerprint(embedder)}"
+def index_config(chunker: ChunkerConfig, embedding: str) -> str:
+    """What an index was built with. `embedding` comes from configuration (provider:model:dims),
+    so every step computes it without constructing, or calling, the embedder."""
+    return f"{chunker.fingerprint}|{embedding}"
 
 
 def _failed(engine: Engine, doc_id: str, version: str, reason: str) -> Outcome:
@@ -68,9 +70,7 @@ def extract(engine: Engine, inbox: Path, doc_ids: Sequence[str], config: str, ma
                 data = fh.read(max_bytes + 1)
             if len(data) > max_bytes:
                 raise ParseError(f"file is larger than the limit of {max_bytes} bytes (RAG_MAX_FILE_BYTES)")
-            import io
-
-            version, _ = sha256_stream(io.BytesIO(data))
+            version = hashlib.sha256(data).hexdigest()
             if version != row.version:
                 # The file changed after detection; the sensor registers the new bytes.
                 outcomes.append(Outcome(doc_id, "superseded", row.version, "file changed since detection"))
@@ -104,14 +104,16 @@ def extract(engine: Engine, inbox: Path, doc_ids: Sequence[str], config: str, ma
     return outcomes
 
 
-def chunk(engine: Engine, doc_ids: Sequence[str], chunker: ChunkerConfig, config: str) -> list[Outcome]:
+def chunk(engine: Engine, doc_ids: Sequence[str], chunker: ChunkerConfig) -> list[Outcome]:
     rows = records.get_documents(engine, doc_ids)
     outcomes = []
     for doc_id in doc_ids:
         row = rows.get(doc_id)
-        if row is None or row.status != records.PENDING:
-            status = "skipped" if row is not None and _is_current(row, config) else "missing" if row is None else "skipped"
-            outcomes.append(Outcome(doc_id, status, row.version if row else None, f"status {row.status if row else 'gone'}"))
+        if row is None:
+            outcomes.append(Outcome(doc_id, "missing", None, "document no longer registered"))
+            continue
+        if row.status != records.PENDING:
+            outcomes.append(Outcome(doc_id, "skipped", row.version, f"status {row.status}"))
             continue
         loaded = records.load_sections(engine, doc_id, row.version)
         if loaded is None:
@@ -136,19 +138,11 @@ def chunk(engine: Engine, doc_ids: Sequence[str], chunker: ChunkerConfig, config
                     "seconds": round(time.perf_counter() - started, 4),
                     "preview": frame.head(3)[["chunk_index", "token_count", "heading", "page", "text"]]
                     .assign(text=lambda f: f["text"].str.slice(0, 160).str.replace("\n", " ").str.replace("|", "\\|"))
-                    .to_markdown(index=False) if _has_tabulate() else "",
+                    .to_markdown(index=False),
                 },
             )
         )
     return outcomes
-
-
-def _has_tabulate() -> bool:
-    try:
-        import tabulate  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def embed(
@@ -184,24 +178,32 @@ def embed(
             vectors.extend([[]] * len(texts[start : start + batch_size]))
     embed_seconds = time.perf_counter() - started
     frame = frame.assign(vector=vectors)
-    for doc_id, group in frame.groupby("document_id", sort=False):
+    for doc_id, reason in failed_docs.items():
+        outcomes.append(_failed(engine, doc_id, ready[doc_id].version, reason))
+    frame = frame[~frame["document_id"].isin(failed_docs)]
+    if frame.empty:
+        return outcomes
+    meta = pd.DataFrame(
+        [(d, r.knowledge_base, r.path) for d, r in ready.items()], columns=["document_id", "knowledge_base", "source_path"]
+    )
+    points = frame.merge(meta, on="document_id", how="left")
+    payloads = [
+        {
+            "knowledge_base": c.knowledge_base, "document_id": c.document_id, "version": c.version,
+            "chunk_index": int(c.chunk_index), "text": c.text, "source_path": c.source_path,
+            "page": None if pd.isna(c.page) else int(c.page), "heading": c.heading,
+        }
+        for c in points.itertuples()
+    ]
+    # Order matters: new points first (one batched upsert for the whole run), then per document
+    # the switch, then its old points, then its old chunks. Search never loses a document
+    # mid-update and no point outlives its chunk row.
+    t0 = time.perf_counter()
+    store.upsert(points["chunk_id"].tolist(), points["vector"].tolist(), payloads)
+    upsert_seconds = time.perf_counter() - t0
+    for doc_id, n_points in frame.groupby("document_id", sort=False).size().items():
         row = ready[doc_id]
-        if doc_id in failed_docs:
-            outcomes.append(_failed(engine, doc_id, row.version, failed_docs[doc_id]))
-            continue
-        t0 = time.perf_counter()
-        payloads = [
-            {
-                "knowledge_base": row.knowledge_base, "document_id": doc_id, "version": row.version,
-                "chunk_index": int(c.chunk_index), "text": c.text, "source_path": row.path,
-                "page": None if pd.isna(c.page) else int(c.page), "heading": c.heading,
-            }
-            for c in group.itertuples()
-        ]
-        # Order matters: new points first, then the switch, then old points, then old chunks.
-        # Search never loses a document mid-update and no point outlives its chunk row.
-        store.upsert(group["chunk_id"].tolist(), group["vector"].tolist(), payloads)
-        if not records.mark_indexed(engine, doc_id, row.version, config, len(group)):
+        if not records.mark_indexed(engine, doc_id, row.version, config, int(n_points)):
             # A newer version arrived meanwhile: leave ours for that version's run to clean.
             outcomes.append(_superseded(doc_id, row.version))
             continue
@@ -211,9 +213,9 @@ def embed(
             Outcome(
                 doc_id, "processed", row.version,
                 metrics={
-                    "points": len(group), "dimensions": embedder.dimensions, "model": embedder.model,
+                    "points": int(n_points), "dimensions": embedder.dimensions, "model": embedder.model,
                     "provider": embedder.provider, "collection": store.collection,
-                    "store_seconds": round(time.perf_counter() - t0, 4),
+                    "upsert_seconds_batch": round(upsert_seconds, 4),
                     "embed_seconds_batch": round(embed_seconds, 4),
                 },
             )

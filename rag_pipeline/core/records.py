@@ -79,7 +79,8 @@ def register_upload(
         conn.execute(
             documents.update().where(documents.c.id == doc_id).values(
                 version=version, size_bytes=size_bytes, mtime_ns=mtime_ns, status=PENDING,
-                error=None, attempts=0, updated_at=ts,
+                # A new version has never been requested, whatever happened to the old one.
+                error=None, attempts=0, updated_at=ts, requested_at=None,
             )
         )
         return Change(doc_id, knowledge_base, path, "changed")

@@ -72,7 +72,7 @@ def source_document(
     context: AssetExecutionContext, db: DatabaseResource, inbox: InboxResource,
     chunker: ChunkerResource, embedder: EmbedderResource,
 ) -> MaterializeResult:
-    config = pipeline.index_config(chunker.config, embedder.get())
+    config = pipeline.index_config(chunker.config, embedder.fingerprint)
     outcomes = pipeline.extract(db.engine, inbox.root, context.partition_keys, config, inbox.max_file_bytes)
     failed = {o.document_id: o.reason for o in outcomes if o.status == "failed"}
     return MaterializeResult(
@@ -96,10 +96,9 @@ def source_document(
     **COMMON,
 )
 def document_chunks(
-    context: AssetExecutionContext, db: DatabaseResource, chunker: ChunkerResource, embedder: EmbedderResource
+    context: AssetExecutionContext, db: DatabaseResource, chunker: ChunkerResource
 ) -> MaterializeResult:
-    config = pipeline.index_config(chunker.config, embedder.get())
-    outcomes = pipeline.chunk(db.engine, context.partition_keys, chunker.config, config)
+    outcomes = pipeline.chunk(db.engine, context.partition_keys, chunker.config)
     return MaterializeResult(metadata={**_report(context, outcomes), "chunker": chunker.config.fingerprint})
 
 
@@ -117,7 +116,7 @@ def document_embeddings(
 ) -> MaterializeResult:
     model = embedder.get()
     store = vector_store.get()
-    config = pipeline.index_config(chunker.config, model)
+    config = pipeline.index_config(chunker.config, embedder.fingerprint)
     outcomes = pipeline.embed(db.engine, store, model, context.partition_keys, config, embedder.batch_size)
     audit = audit_documents(db.engine, store, context.partition_keys)
     return MaterializeResult(

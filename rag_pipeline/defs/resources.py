@@ -14,7 +14,7 @@ from pydantic import Field, PrivateAttr
 from sqlalchemy.engine import Engine
 
 from rag_pipeline.core.chunking import ChunkerConfig
-from rag_pipeline.core.db import dispose_engine, get_engine, migrate
+from rag_pipeline.core.db import dispose_engine, open_engine
 from rag_pipeline.core.embedding import Embedder, make_embedder
 from rag_pipeline.core.vectorstore import VectorStore, open_client
 
@@ -27,9 +27,7 @@ class DatabaseResource(ConfigurableResource):
 
     @property
     def engine(self) -> Engine:
-        engine = get_engine(self.url, self.pool_size)
-        migrate(engine)
-        return engine
+        return open_engine(self.url, self.pool_size)
 
     def teardown_after_execution(self, context: InitResourceContext) -> None:
         dispose_engine(self.url)
@@ -45,6 +43,11 @@ class EmbedderResource(ConfigurableResource):
     base_url: Optional[str] = None
     batch_size: int = 128
     _embedder: Optional[Embedder] = PrivateAttr(default=None)
+
+    @property
+    def fingerprint(self) -> str:
+        """Identity of the vectors this configuration produces; no client or model is built."""
+        return f"{self.provider}:{self.model}:{self.dimensions}"
 
     def get(self) -> Embedder:
         if self._embedder is None:

@@ -2,7 +2,6 @@
 
 
 import datetime as dt
-import hashlib
 import json
 from typing import Sequence
 
@@ -12,7 +11,6 @@ from dagster import (
     RunRequest,
     SensorEvaluationContext,
     SensorResult,
-    SkipReason,
     sensor,
 )
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
@@ -35,10 +33,10 @@ def plan_runs(
     order = [*existing_partitions, *to_add]
     requests = []
     for batch in detection.plan_batches(order, set(wanted), docs_per_run):
-        run_key = hashlib.sha256("\n".join(batch).encode()).hexdigest()[:24]
+        # No run_key: Dagster would refuse to launch a key twice, but re-requesting the same
+        # documents after a lost run is exactly what REREQUEST_AFTER is for.
         requests.append(
             RunRequest(
-                run_key=f"{run_key}-{records.now().strftime('%Y%m%dT%H%M%S%f')}",
                 tags={
                     ASSET_PARTITION_RANGE_START_TAG: batch[0],
                     ASSET_PARTITION_RANGE_END_TAG: batch[-1],
@@ -50,10 +48,11 @@ def plan_runs(
 
 
 def evaluate_inbox(
-    instance, engine, inbox: InboxResource, rerequest_after: dt.timedelta | None
+    instance, engine, inbox: InboxResource, rerequest_after: dt.timedelta | None,
+    previous_digest: str | None = None,
 ) -> tuple[detection.Detection, list[str], list[RunRequest]]:  # noqa: ANN001
     """Detect changes, commit them, then plan runs. Shared by the sensor and `rag-pipeline run`."""
-    found = detection.detect(engine, inbox.root, inbox.max_file_bytes, inbox.settle_seconds)
+    found = detection.detect(engine, inbox.root, inbox.settle_seconds, previous_digest)
     before = None if rerequest_after is None else records.now() - rerequest_after
     wanted = detection.pending_documents(engine, before)
     existing = instance.get_dynamic_partitions(documents_partitions.name)
@@ -71,14 +70,17 @@ def evaluate_inbox(
     description="Watches the landing directory; registers new and changed uploads and requests runs.",
 )
 def inbox_sensor(context: SensorEvaluationContext, db: DatabaseResource, inbox: InboxResource):
-    found, to_add, requests = evaluate_inbox(context.instance, db.engine, inbox, REREQUEST_AFTER)
+    previous = json.loads(context.cursor)["listing"] if context.cursor else None
+    found, to_add, requests = evaluate_inbox(context.instance, db.engine, inbox, REREQUEST_AFTER, previous)
     for problem in found.problems:
         context.log.warning(problem)
+    # Saved only once this tick's registrations are committed, so a crashed tick re-detects.
     cursor = json.dumps({"listing": found.listing_digest})
     if not requests and not to_add:
-        return SkipReason(
-            f"no changes ({found.unchanged} files unchanged"
-            + (f", {len(found.problems)} refused" if found.problems else "") + ")"
+        return SensorResult(
+            skip_reason=f"no changes ({found.unchanged} files unchanged"
+            + (f", {len(found.problems)} refused" if found.problems else "") + ")",
+            cursor=cursor,
         )
     context.log.info(
         f"{len(found.new)} new, {len(found.changed)} changed; {len(requests)} run(s) requested"
