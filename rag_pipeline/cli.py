@@ -104,26 +104,36 @@ def search_many(settings: Settings, queries: list[tuple[str, str | None]], k: in
 
 
 def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
-    from rag_pipeline.core.audit import audit_all
+    from rag_pipeline.core.audit import audit_all, repair
     from rag_pipeline.core.db import open_engine
     from rag_pipeline.settings import open_vector_store
 
+    engine = open_engine(settings.database_url)
     store = open_vector_store(settings)
     try:
-        report = audit_all(open_engine(settings.database_url), store)
+        report = audit_all(engine, store)
+        repaired = repair(engine, store, report) if args.repair and not report.ok else None
     finally:
         store.close()
     payload = {
         "ok": report.ok, "documents_checked": report.documents_checked, "points_checked": report.points_checked,
-        "documents_missing_points": report.missing_points, "orphan_points": report.orphan_points,
+        "documents_missing_points": report.missing_points,
+        "orphan_points": sum(len(ids) for ids in report.orphan_points.values()),
+        "problems": report.problems(), "repaired": repaired,
     }
     text = (
-        f"{'OK' if report.ok else 'MISMATCH'}: {report.documents_checked} indexed document(s), "
+        f"{'OK' if report.ok else 'MISMATCH'}: {report.documents_checked} served document(s), "
         f"{report.points_checked} point(s); {len(report.missing_points)} document(s) missing points, "
-        f"{len(report.orphan_points)} orphan point(s)"
+        f"{payload['orphan_points']} orphan point(s)"
     )
+    if repaired:
+        text += (
+            f"\nrepaired: deleted {repaired['orphan_points_deleted']} orphan point(s), re-requested "
+            f"{repaired['documents_requested']} document(s) (indexed by the sensor or `rag-pipeline run`)"
+        )
     _emit(args, payload, text)
-    return 0 if report.ok else 1
+    # After a repair the corpus is consistent once the re-requested documents are indexed.
+    return 0 if report.ok or repaired else 1
 
 
 DEMO_QUERIES = [
@@ -184,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", parents=[common], help="index the bundled samples and search them")
     p.set_defaults(fn=cmd_demo)
     p = sub.add_parser("verify", parents=[common], help="audit Qdrant points against chunk rows")
+    p.add_argument("--repair", action="store_true", help="delete orphan points and re-request documents missing points")
     p.set_defaults(fn=cmd_verify)
     return parser
 

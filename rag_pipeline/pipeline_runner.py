@@ -13,7 +13,7 @@ from rag_pipeline.settings import Settings
 def run_pending(settings: Settings, progress: bool = False) -> dict:
     from rag_pipeline.definitions import build_definitions
     from rag_pipeline.defs.partitions import documents_partitions
-    from rag_pipeline.defs.sensors import evaluate_inbox
+    from rag_pipeline.defs.sensors import DOCUMENTS_TAG, evaluate_inbox
     from rag_pipeline.instance import get_instance
 
     started = time.perf_counter()
@@ -25,26 +25,30 @@ def run_pending(settings: Settings, progress: bool = False) -> dict:
     # settings; the inbox resource holds plain values and is the definitions' own.
     engine = open_engine(settings.database_url)
     inbox = defs.resources["inbox"]
-    found, to_add, requests = evaluate_inbox(instance, engine, inbox, rerequest_after=None)
-    if to_add:
-        instance.add_dynamic_partitions(documents_partitions.name, to_add)
-    job = defs.resolve_job_def("index_documents")
-    total_docs = sum(int(r.tags.get("rag/documents", "0")) for r in requests)
+    plan = evaluate_inbox(instance, engine, inbox, rerequest_after=None)
+    found = plan.found
+    if plan.add_partitions:
+        instance.add_dynamic_partitions(documents_partitions.name, plan.add_partitions)
+    for key in plan.delete_partitions:
+        instance.delete_dynamic_partition(documents_partitions.name, key)
+    requests = [r for r in plan.run_requests if r.job_name == "index_documents"]
+    total_docs = sum(int(r.tags.get(DOCUMENTS_TAG, "0")) for r in requests)
     bar = None
     if progress and total_docs:
         from tqdm import tqdm
 
         bar = tqdm(total=total_docs, unit="doc", desc="indexing")
     run_failures = 0
-    for request in requests:
-        result = job.execute_in_process(
+    # Purge first: a deleted document's points leave search before anything else happens.
+    for request in sorted(plan.run_requests, key=lambda r: r.job_name != "purge_deleted"):
+        result = defs.resolve_job_def(request.job_name).execute_in_process(
             instance=instance, tags=dict(request.tags), raise_on_error=False,
             run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
         )
         if result.dagster_run.status != DagsterRunStatus.SUCCESS:
             run_failures += 1
-        if bar is not None:
-            bar.update(int(request.tags.get("rag/documents", "0")))
+        if bar is not None and request.job_name == "index_documents":
+            bar.update(int(request.tags.get(DOCUMENTS_TAG, "0")))
     if bar is not None:
         bar.close()
     rows = records.list_documents(engine)
@@ -58,6 +62,7 @@ def run_pending(settings: Settings, progress: bool = False) -> dict:
         "run_failures": run_failures,
         "new": len(found.new),
         "changed": len(found.changed),
+        "deleted": len(found.deleted),
         "indexed": sum(1 for r in rows if r.status == records.INDEXED),
         "failed": len(failures),
         "pending": sum(1 for r in rows if r.status == records.PENDING),

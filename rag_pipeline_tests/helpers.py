@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dagster import DagsterInstance, DagsterRunStatus, SensorResult, build_sensor_context
+from dagster import (
+    AddDynamicPartitionsRequest,
+    DagsterInstance,
+    DagsterRunStatus,
+    SensorResult,
+    build_sensor_context,
+)
 
 from rag_pipeline.devtools.pdf import text_pdf
 
@@ -31,9 +37,13 @@ def tick_and_run(defs, instance: DagsterInstance, cursor: str | None = None) -> 
     runs = []
     if isinstance(result, SensorResult):
         for request in result.dynamic_partitions_requests or []:
-            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
-        job = defs.resolve_job_def("index_documents")
+            if isinstance(request, AddDynamicPartitionsRequest):
+                instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+            else:
+                for key in request.partition_keys:
+                    instance.delete_dynamic_partition(request.partitions_def_name, key)
         for run_request in result.run_requests or []:
+            job = defs.resolve_job_def(run_request.job_name)
             outcome = job.execute_in_process(instance=instance, tags=dict(run_request.tags), raise_on_error=False)
             assert outcome.dagster_run.status == DagsterRunStatus.SUCCESS
             runs.append(outcome)

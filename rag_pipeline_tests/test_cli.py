@@ -63,7 +63,7 @@ def test_ingest_run_status_search_verify(rag_env, tmp_path: Path, embedding_serv
     assert again["runs"] == 0 and embedding_server.requests == requests
 
 
-def test_verify_detects_missing_and_orphan_points(rag_env):
+def test_verify_detects_and_repairs_missing_and_orphan_points(rag_env, embedding_server):
     from qdrant_client.http import models as qm
 
     from rag_pipeline.core.vectorstore import open_client
@@ -83,5 +83,15 @@ def test_verify_detects_missing_and_orphan_points(rag_env):
         client.close()
     code, report = cli("verify", check=False)
     assert code == 1 and not report["ok"]
-    assert report["orphan_points"] == ["00000000-0000-0000-0000-000000000001"]
+    assert report["orphan_points"] == 1
     assert list(report["documents_missing_points"].values()) == [1]
+    assert set(report["problems"]) == {"", *report["documents_missing_points"]}  # the orphan has no document
+
+    code, repaired = cli("verify", "--repair", check=False)
+    assert code == 0 and repaired["repaired"] == {"orphan_points_deleted": 1, "documents_requested": 1}
+    # The re-requested document is re-indexed from the embedding cache: no endpoint traffic.
+    sent = sum(embedding_server.texts.values())
+    cli("run")
+    assert sum(embedding_server.texts.values()) == sent
+    code, report = cli("verify")
+    assert code == 0 and report["ok"] and report["points_checked"] >= 1

@@ -19,7 +19,8 @@ from rag_pipeline.devtools.pdf import text_pdf
 def test_identity_is_stable_and_distinct():
     assert document_id("kb", "a.txt") == document_id("kb", "a.txt")
     assert document_id("kb", "a.txt") != document_id("kb2", "a.txt")
-    assert chunk_id("d", "v1", 0) != chunk_id("d", "v2", 0) != chunk_id("d", "v1", 1)
+    ids = {chunk_id("d", "v1", "c1", 0), chunk_id("d", "v2", "c1", 0), chunk_id("d", "v1", "c2", 0), chunk_id("d", "v1", "c1", 1)}
+    assert len(ids) == 4 and chunk_id("d", "v1", "c1", 0) == chunk_id("d", "v1", "c1", 0)
 
 
 def test_tokenizer_is_official_cl100k_offline():
@@ -94,9 +95,11 @@ def test_scan_confined_to_inbox(tmp_path: Path):
     (inbox / "kb" / "upload.txt.part").write_text("partial")
     os.symlink(secret, inbox / "kb" / "link.txt")
     os.symlink(tmp_path, inbox / "kb" / "dirlink")
-    files, problems = scan(inbox)
-    assert list(files) == [("kb", "ok.txt")]
-    assert any("link.txt: symbolic link refused" in p for p in problems)
+    found = scan(inbox)
+    assert list(found.files) == [("kb", "ok.txt")]
+    assert any("link.txt: symbolic link refused" in p for p in found.problems)
+    # A refused entry is held, never mistaken for a deleted file.
+    assert found.may_be_present("kb", "link.txt") and not found.may_be_present("kb", "gone.txt")
     with pytest.raises(PermissionError):
         open_inside(inbox, "kb", "../../secret.txt")
     with pytest.raises(PermissionError):
@@ -113,13 +116,13 @@ def test_ingest_is_atomic_and_validates_kb(tmp_path: Path, monkeypatch: pytest.M
     def replace_after_scan(tmp, target):  # noqa: ANN001
         # The whole content is written, yet a scan at this moment must see nothing.
         assert Path(tmp).read_text() == "# A"
-        seen_before_rename.append(scan(tmp_path / "inbox")[0])
+        seen_before_rename.append(scan(tmp_path / "inbox").files)
         real_replace(tmp, target)
 
     monkeypatch.setattr("rag_pipeline.core.inbox.os.replace", replace_after_scan)
     out = ingest([src], tmp_path / "inbox", "team-1")
     assert seen_before_rename == [{}]
-    assert list(scan(tmp_path / "inbox")[0]) == [("team-1", "sub/a.md")]
+    assert list(scan(tmp_path / "inbox").files) == [("team-1", "sub/a.md")]
     assert [(kb, p) for _, kb, p in out] == [("team-1", "sub/a.md")]
     assert not list((tmp_path / "inbox").rglob(".ingest-*"))
     with pytest.raises(ValueError, match="invalid knowledge base"):

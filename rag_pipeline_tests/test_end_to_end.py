@@ -20,9 +20,9 @@ def _search(settings: Settings, query: str, kb: str | None = None) -> list[dict]
     return hits
 
 
-def _check(run, name: str):  # noqa: ANN001, ANN202
-    [evaluation] = [e for e in run.get_asset_check_evaluations() if e.check_name == name]
-    return evaluation
+def _checks(run, name: str) -> dict:  # noqa: ANN001
+    """Per-document evaluations of a check in a run: {document id: evaluation}."""
+    return {e.partition: e for e in run.get_asset_check_evaluations() if e.check_name == name}
 
 
 def test_sensor_indexes_every_format_and_search_finds_it(rag_env, embedding_server):
@@ -66,8 +66,10 @@ def test_sensor_indexes_every_format_and_search_finds_it(rag_env, embedding_serv
         assert _search(settings, "basalt", kb="other-kb") == []
         # The script tag never reaches the index.
         assert not any("var x" in h["text"] for h in _search(settings, "var x 1"))
-        check = _check(runs[0], "points_match_chunks")
-        assert check.passed and check.metadata["mismatches"].value == {}
+        checks = _checks(runs[0], "points_match_chunks")
+        assert set(checks) == expected and all(c.passed for c in checks.values())
+        [limit] = [e for e in runs[0].get_asset_check_evaluations() if e.check_name == "chunks_within_token_limit"]
+        assert limit.passed and limit.partition is None
 
         store = open_vector_store(settings)
         try:
@@ -104,9 +106,11 @@ def test_bad_file_is_recorded_and_does_not_block_others(rag_env):
         _, [run] = tick_and_run(defs, instance)
     engine = get_engine(settings.database_url)
     rows = {r.path: r for r in records.list_documents(engine)}
-    check = _check(run, "parsed_without_errors")
-    assert not check.passed
-    assert check.metadata["failed"].value == {rows[p].id: rows[p].error for p in ("broken.pdf", "empty.md", "data.bin")}
+    checks = _checks(run, "parsed")
+    assert {d: c.description for d, c in checks.items() if not c.passed} == {
+        rows[p].id: rows[p].error for p in ("broken.pdf", "empty.md", "data.bin")
+    }
+    assert checks[rows["good.txt"].id].passed
     assert rows["good.txt"].status == "indexed"
     assert rows["broken.pdf"].status == "failed" and "PDF" in rows["broken.pdf"].error
     assert rows["empty.md"].status == "failed" and rows["empty.md"].error == "empty file"

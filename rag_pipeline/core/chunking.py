@@ -121,6 +121,6 @@ def chunk_document(
             )
     frame = pd.DataFrame(rows, columns=[c for c in CHUNK_COLUMNS if c not in ("chunk_id", "chunk_index")])
     frame.insert(0, "chunk_index", range(len(frame)))
-    frame.insert(0, "chunk_id", [chunk_id(doc_id, version, i) for i in range(len(frame))])
+    frame.insert(0, "chunk_id", [chunk_id(doc_id, version, config.fingerprint, i) for i in range(len(frame))])
     frame["page"] = frame["page"].astype("Int64")
     return frame[CHUNK_COLUMNS]

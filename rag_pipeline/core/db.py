@@ -34,7 +34,11 @@ documents = sa.Table(
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("indexed_at", sa.DateTime(timezone=True)),
     sa.Column("requested_at", sa.DateTime(timezone=True)),
+    # Bumped by every registered change or deletion: the compare-and-set token of a run.
+    sa.Column("revision", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("indexed_chunker", sa.String(128)),
     sa.UniqueConstraint("knowledge_base", "path", name="uq_documents_kb_path"),
+    sa.Index("ix_documents_status", "status"),
 )
 
 document_versions = sa.Table(
@@ -70,7 +74,20 @@ chunks = sa.Table(
         ondelete="CASCADE",
         name="fk_chunks_document_version",
     ),
-    sa.UniqueConstraint("document_id", "version", "chunk_index", name="uq_chunks_position"),
+    # One chunk set per (version, chunker): a new chunker builds beside the one being served.
+    sa.UniqueConstraint("document_id", "version", "chunker", "chunk_index", name="uq_chunks_position"),
+)
+
+# Vectors by (embedding configuration, sha256 of the exact text): a text is sent to the
+# endpoint once per configuration, whatever document, knowledge base or version it recurs in.
+embedding_cache = sa.Table(
+    "embedding_cache",
+    metadata,
+    sa.Column("embedding", sa.String(255), primary_key=True),
+    sa.Column("text_sha256", sa.String(64), primary_key=True),
+    sa.Column("dimensions", sa.Integer, nullable=False),
+    sa.Column("vector", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
 
 _engines: dict[str, Engine] = {}

@@ -1,4 +1,4 @@
-"""What changed in the landing directory, and which documents need a run.
+"""What changed in the landing directory (new, changed, deleted), and which documents need a run.
 
 Used by the sensor and by `rag-pipeline run`, so both see uploads the same way. A file is
 hashed only when its (size, mtime) differs from what we recorded, so a tick over an unchanged
@@ -26,6 +26,7 @@ from rag_pipeline.core.inbox import FileStat, open_inside, scan
 class Detection:
     new: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
     unchanged: int = 0
     problems: list[str] = field(default_factory=list)
     listing_digest: str = ""
@@ -44,8 +45,9 @@ def detect(
 ) -> Detection:
     """Register what changed. With the digest of the previous, fully registered listing, an
     identical listing costs no database work at all."""
-    files, problems = scan(inbox, min_age_seconds)
-    result = Detection(problems=problems, listing_digest=listing_digest(files))
+    listing = scan(inbox, min_age_seconds)
+    files = listing.files
+    result = Detection(problems=listing.problems, listing_digest=listing_digest(files))
     if previous_digest is not None and result.listing_digest == previous_digest:
         result.unchanged = len(files)
         return result
@@ -54,7 +56,7 @@ def detect(
         prior = known.get(key)
         if (
             prior is not None
-            and prior.status != records.DELETED
+            and prior.status not in records.GONE
             and prior.size_bytes == stat.size
             and prior.mtime_ns == stat.mtime_ns
         ):
@@ -74,12 +76,19 @@ def detect(
             result.changed.append(change.document_id)
         else:
             result.unchanged += 1
+    gone = [
+        prior.id for (kb, path), prior in known.items()
+        if prior.status not in records.GONE and not listing.may_be_present(kb, path)
+    ]
+    result.deleted = records.mark_deleting(engine, gone)
     return result
 
 
-def pending_documents(engine: Engine, requested_before: dt.datetime | None) -> list[str]:
-    """Pending documents not requested since `requested_before` (None: all pending)."""
-    query = sa.select(documents.c.id).where(documents.c.status == records.PENDING)
+def pending_documents(
+    engine: Engine, requested_before: dt.datetime | None, status: str = records.PENDING
+) -> list[str]:
+    """Documents in `status` not requested since `requested_before` (None: all of them)."""
+    query = sa.select(documents.c.id).where(documents.c.status == status)
     if requested_before is not None:
         query = query.where(
             (documents.c.requested_at.is_(None)) | (documents.c.requested_at < requested_before)

@@ -28,6 +28,7 @@ class Embedder(Protocol):
     provider: str
     model: str
     dimensions: int
+    calls: int  # embedding requests made (batches), for materialization metadata
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]: ...
 
@@ -42,6 +43,7 @@ class HashingEmbedder:
     dimensions: int = 384
     model: str = "hash-ngrams-v1"
     provider: str = "hash"
+    calls: int = 0
 
     def _features(self, text: str) -> dict[int, float]:
         words = [w.lower() for w in _WORD_RE.findall(text)]
@@ -55,6 +57,7 @@ class HashingEmbedder:
         return acc
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        self.calls += 1
         out = np.zeros((len(texts), self.dimensions), dtype=np.float32)
         for row, text in enumerate(texts):
             for index, value in self._features(text).items():
@@ -154,8 +157,10 @@ class SentenceTransformerEmbedder:
         self.batch_size = batch_size
         self._model = SentenceTransformer(_local_model_path(model), device="cpu")
         self.dimensions = int(self._model.get_sentence_embedding_dimension())
+        self.calls = 0
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        self.calls += 1
         vectors = self._model.encode(
             list(texts), batch_size=self.batch_size, normalize_embeddings=True, show_progress_bar=False
         )

@@ -23,9 +23,10 @@ def document_id(knowledge_base: str, relative_path: str) -> str:
     return str(uuid.uuid5(_NAMESPACE, f"doc\x00{knowledge_base}\x00{relative_path}"))
 
 
-def chunk_id(doc_id: str, version: str, index: int) -> str:
-    """Also the Qdrant point id: a point can only ever stand for this exact chunk."""
-    return str(uuid.uuid5(_NAMESPACE, f"chunk\x00{doc_id}\x00{version}\x00{index}"))
+def chunk_id(doc_id: str, version: str, chunker: str, index: int) -> str:
+    """Also the Qdrant point id: a point can only ever stand for this exact chunk. The chunker
+    is part of it, so re-chunking a version builds new points beside the ones being served."""
+    return str(uuid.uuid5(_NAMESPACE, f"chunk\x00{doc_id}\x00{version}\x00{chunker}\x00{index}"))
 
 
 def validate_kb_name(name: str) -> str:

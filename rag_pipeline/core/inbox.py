@@ -30,12 +30,31 @@ def is_ignored(name: str) -> bool:
     return name.startswith((".", "~$", "~")) or name.endswith(TEMP_SUFFIXES)
 
 
-def scan(inbox: Path, min_age_seconds: float = 0.0, now_ns: int | None = None) -> tuple[dict[tuple[str, str], FileStat], list[str]]:
-    """List the inbox. Returns the files and the problems found (refused entries)."""
-    files: dict[tuple[str, str], FileStat] = {}
-    problems: list[str] = []
+@dataclass
+class Scan:
+    files: dict[tuple[str, str], FileStat]  # ready to be registered
+    problems: list[str]  # refused entries, in words
+    held: set[tuple[str, str]]  # present but not taken now (still settling, or refused)
+    unlisted: list[str]  # knowledge-base-relative folders that could not be listed
+
+    def may_be_present(self, knowledge_base: str, path: str) -> bool:
+        """False only when the scan proves the file is gone: a deletion must never be inferred
+        from a folder we could not read or a file we chose not to take."""
+        if (knowledge_base, path) in self.files or (knowledge_base, path) in self.held:
+            return True
+        return any(
+            f"{knowledge_base}/{path}".startswith(folder.rstrip("/") + "/") or folder == "" for folder in self.unlisted
+        )
+
+
+def scan(inbox: Path, min_age_seconds: float = 0.0, now_ns: int | None = None) -> Scan:
+    """List the inbox: the files to register, the problems found, and what was held back."""
+    result = Scan({}, [], set(), [])
+    files, problems, held = result.files, result.problems, result.held
     if not inbox.is_dir():
-        return files, problems
+        result.problems.append(f"{inbox}: the landing directory does not exist")
+        result.unlisted.append("")
+        return result
     now_ns = now_ns if now_ns is not None else _now_ns()
     min_age_ns = int(min_age_seconds * 1e9)
 
@@ -43,7 +62,8 @@ def scan(inbox: Path, min_age_seconds: float = 0.0, now_ns: int | None = None) -
         try:
             entries = list(os.scandir(folder))
         except OSError as exc:
-            problems.append(f"{folder}: cannot list ({exc.strerror})")
+            problems.append(f"{kb}/{prefix}: cannot list ({exc.strerror})")
+            result.unlisted.append(f"{kb}/{prefix}")
             return
         for entry in entries:
             if is_ignored(entry.name):
@@ -51,13 +71,15 @@ def scan(inbox: Path, min_age_seconds: float = 0.0, now_ns: int | None = None) -
             rel = f"{prefix}{entry.name}"
             if entry.is_symlink():
                 problems.append(f"{kb}/{rel}: symbolic link refused")
+                held.add((kb, rel))
                 continue
             if entry.is_dir(follow_symlinks=False):
                 walk(entry.path, kb, rel + "/")
             elif entry.is_file(follow_symlinks=False):
                 st = entry.stat(follow_symlinks=False)
                 if now_ns - st.st_mtime_ns < min_age_ns:
-                    continue  # still settling: looked at again next tick
+                    held.add((kb, rel))  # still settling: looked at again next tick
+                    continue
                 files[(kb, rel)] = FileStat(kb, rel, st.st_size, st.st_mtime_ns)
 
     for entry in os.scandir(inbox):
@@ -74,7 +96,7 @@ def scan(inbox: Path, min_age_seconds: float = 0.0, now_ns: int | None = None) -
             problems.append(
                 f"{entry.name}: files belong in a knowledge base folder, e.g. {DEFAULT_KB}/{entry.name}"
             )
-    return files, problems
+    return result
 
 
 def _now_ns() -> int:

@@ -17,9 +17,10 @@ from typing import Sequence
 import pandas as pd
 from sqlalchemy.engine import Engine
 
-from rag_pipeline.core import records
+from rag_pipeline.core import embedding_cache, records
 from rag_pipeline.core.chunking import ChunkerConfig, chunk_document
 from rag_pipeline.core.embedding import Embedder, EmbeddingError
+from rag_pipeline.core.identity import text_hash
 from rag_pipeline.core.inbox import open_inside
 from rag_pipeline.core.parsing import ParsedDocument, ParseError, Section, parse_bytes
 from rag_pipeline.core.vectorstore import VectorStore
@@ -58,8 +59,8 @@ def extract(engine: Engine, inbox: Path, doc_ids: Sequence[str], config: str, ma
     outcomes = []
     for doc_id in doc_ids:
         row = rows.get(doc_id)
-        if row is None or row.status == records.DELETED:
-            outcomes.append(Outcome(doc_id, "missing", reason="document no longer registered"))
+        if row is None or row.status in records.GONE:
+            outcomes.append(Outcome(doc_id, "missing", reason="document was deleted"))
             continue
         if _is_current(row, config):
             outcomes.append(Outcome(doc_id, "skipped", row.version, "already indexed at this version"))
@@ -146,8 +147,11 @@ def chunk(engine: Engine, doc_ids: Sequence[str], chunker: ChunkerConfig) -> lis
 
 
 def embed(
-    engine: Engine, store: VectorStore, embedder: Embedder, doc_ids: Sequence[str], config: str, batch_size: int = 128
+    engine: Engine, store: VectorStore, embedder: Embedder, doc_ids: Sequence[str],
+    chunker: ChunkerConfig, embedding: str, batch_size: int = 128,
 ) -> list[Outcome]:
+    """Vectors for the pending documents' chunks (cache first), one batched upsert, then each
+    document switched to its new chunk set under its row lock."""
     rows = records.get_documents(engine, doc_ids)
     ready = {d: r for d, r in rows.items() if r.status == records.PENDING}
     outcomes = [
@@ -155,73 +159,116 @@ def embed(
                 f"status {rows[d].status}" if d in rows else "document no longer registered")
         for d in doc_ids if d not in ready
     ]
-    frame = records.load_chunks(engine, [(d, r.version) for d, r in ready.items()])
-    with_chunks = set(frame["document_id"]) if not frame.empty else set()
-    for d, r in ready.items():
-        if d not in with_chunks:
-            outcomes.append(Outcome(d, "skipped", r.version, "no chunks for this version yet"))
+    frame = records.load_chunks(engine, [(d, r.version) for d, r in ready.items()], chunker.fingerprint)
+    with_chunks = set(frame["document_id"])
+    outcomes += [Outcome(d, "skipped", r.version, "no chunks for this version yet") for d, r in ready.items() if d not in with_chunks]
     if frame.empty:
         return outcomes
     store.ensure_collection(embedder.dimensions)
+    frame["text_sha256"] = frame["text"].map(text_hash)
     started = time.perf_counter()
-    calls_before = getattr(embedder, "calls", 0)
-    failed_docs: dict[str, str] = {}
-    vectors: list[list[float]] = []
-    texts = frame["text"].tolist()
-    for start in range(0, len(texts), batch_size):
-        try:
-            vectors.extend(embedder.embed(texts[start : start + batch_size]))
-        except EmbeddingError as exc:
-            # Permanent refusal for this batch: park its documents with the endpoint's reason.
-            for d in set(frame["document_id"].iloc[start : start + batch_size]):
-                failed_docs[d] = str(exc)
-            vectors.extend([[]] * len(texts[start : start + batch_size]))
+    calls_before = embedder.calls
+    vectors = _vectors(engine, embedder, embedding, frame, batch_size)
     embed_seconds = time.perf_counter() - started
-    frame = frame.assign(vector=vectors)
-    for doc_id, reason in failed_docs.items():
-        outcomes.append(_failed(engine, doc_id, ready[doc_id].version, reason))
-    frame = frame[~frame["document_id"].isin(failed_docs)]
+
+    failed_docs = frame.loc[frame["text_sha256"].isin(vectors.failed), ["document_id", "text_sha256"]].drop_duplicates("document_id")
+    for doc_id, digest in failed_docs.itertuples(index=False):
+        outcomes.append(_failed(engine, doc_id, ready[doc_id].version, vectors.failed[digest]))
+    frame = frame[~frame["document_id"].isin(failed_docs["document_id"])]
     if frame.empty:
         return outcomes
-    meta = pd.DataFrame(
-        [(d, r.knowledge_base, r.path) for d, r in ready.items()], columns=["document_id", "knowledge_base", "source_path"]
-    )
-    points = frame.merge(meta, on="document_id", how="left")
+    lookup = {**vectors.cached, **vectors.fresh}
     payloads = [
         {
-            "knowledge_base": c.knowledge_base, "document_id": c.document_id, "version": c.version,
-            "chunk_index": int(c.chunk_index), "text": c.text, "source_path": c.source_path,
-            "page": None if pd.isna(c.page) else int(c.page), "heading": c.heading,
+            "knowledge_base": ready[c.document_id].knowledge_base, "document_id": c.document_id,
+            "version": c.version, "chunker": c.chunker, "chunk_index": int(c.chunk_index), "text": c.text,
+            "source_path": ready[c.document_id].path, "page": None if pd.isna(c.page) else int(c.page),
+            "heading": c.heading,
         }
-        for c in points.itertuples()
+        for c in frame.itertuples()
     ]
-    # Order matters: new points first (one batched upsert for the whole run), then per document
-    # the switch, then its old points, then its old chunks. Search never loses a document
-    # mid-update and no point outlives its chunk row.
     t0 = time.perf_counter()
-    store.upsert(points["chunk_id"].tolist(), points["vector"].tolist(), payloads)
+    store.upsert(frame["chunk_id"].tolist(), [lookup[h] for h in frame["text_sha256"]], payloads)
     upsert_seconds = time.perf_counter() - t0
-    for doc_id, n_points in frame.groupby("document_id", sort=False).size().items():
+    config = index_config(chunker, embedding)
+    run_metrics = {
+        "embedding_calls_in_run": embedder.calls - calls_before, "texts_embedded_in_run": len(vectors.fresh),
+        "embed_seconds_batch": round(embed_seconds, 4), "upsert_seconds_batch": round(upsert_seconds, 4),
+        "dimensions": embedder.dimensions, "model": embedder.model, "provider": embedder.provider,
+        "collection": store.collection,
+    }
+    for doc_id, part in frame.groupby("document_id", sort=False):
         row = ready[doc_id]
-        if not records.mark_indexed(engine, doc_id, row.version, config, int(n_points)):
-            # A newer version arrived meanwhile: leave ours for that version's run to clean.
+        if not _switch(engine, store, row, chunker.fingerprint, config, len(part)):
             outcomes.append(_superseded(doc_id, row.version))
             continue
-        store.delete_document(doc_id, keep_version=row.version)
-        records.prune_versions(engine, doc_id, row.version)
+        hits = int(part["text_sha256"].isin(vectors.cached).sum())
         outcomes.append(
             Outcome(
                 doc_id, "processed", row.version,
-                metrics={
-                    "points": int(n_points), "dimensions": embedder.dimensions, "model": embedder.model,
-                    "provider": embedder.provider, "collection": store.collection,
-                    "upsert_seconds_batch": round(upsert_seconds, 4),
-                    "embed_seconds_batch": round(embed_seconds, 4),
-                },
+                metrics={"points": int(len(part)), "cache_hits": hits, "embedded": int(len(part)) - hits, **run_metrics},
             )
         )
-    calls = getattr(embedder, "calls", 0) - calls_before
-    for o in outcomes:
-        if o.status == "processed":
-            o.metrics["embedding_calls_in_run"] = calls
+    return outcomes
+
+
+@dataclass
+class _Vectors:
+    cached: dict[str, list[float]]
+    fresh: dict[str, list[float]] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)  # text hash -> the endpoint's refusal
+
+
+def _vectors(engine: Engine, embedder: Embedder, embedding: str, frame: pd.DataFrame, batch_size: int) -> _Vectors:
+    """Each distinct text once: from the cache, else from the endpoint (then cached at once)."""
+    result = _Vectors(cached=embedding_cache.lookup(engine, embedding, frame["text_sha256"]))
+    todo = frame.drop_duplicates("text_sha256")
+    todo = todo[~todo["text_sha256"].isin(result.cached)]
+    for start in range(0, len(todo), batch_size):
+        part = todo.iloc[start : start + batch_size]
+        try:
+            got = dict(zip(part["text_sha256"], embedder.embed(part["text"].tolist())))
+        except EmbeddingError as exc:
+            # Permanent refusal of these texts: their documents are parked with the reason.
+            result.failed.update(dict.fromkeys(part["text_sha256"], str(exc)))
+            continue
+        embedding_cache.store(engine, embedding, got)
+        result.fresh.update(got)
+    return result
+
+
+def _switch(engine: Engine, store: VectorStore, row, chunker: str, config: str, chunk_count: int) -> bool:  # noqa: ANN001
+    """Make `row`'s version (as of its revision) the one served, or clean up after ourselves.
+
+    Under the document's row lock: a registration, a purge or another run's switch of this
+    document waits for us, so the Qdrant deletes below can never touch points that a newer
+    revision's run has written (that run starts only after the registration it works for)."""
+    with engine.begin() as conn:
+        current = records.lock_document(conn, row.id)
+        if current is None or current.revision != row.revision or current.status in records.GONE:
+            # Superseded. Our points stay only if a live run may still switch to the same version.
+            gone = current is None or current.status in records.GONE
+            if gone or row.version not in (current.version, current.indexed_version):
+                store.delete_version(row.id, row.version)
+                if current is not None:
+                    records.drop_version(conn, row.id, row.version)
+            return False
+        records.set_indexed(conn, row.id, row.version, chunker, config, chunk_count)
+        store.delete_all_but(row.id, row.version, chunker)
+        return True
+
+
+def purge(engine: Engine, store: VectorStore, doc_ids: Sequence[str]) -> list[Outcome]:
+    """Remove deleted documents' points and rows. Under each row lock: a re-upload of the same
+    path waits, and then starts from a clean slate instead of racing the purge."""
+    outcomes = []
+    for doc_id in doc_ids:
+        with engine.begin() as conn:
+            row = records.lock_document(conn, doc_id)
+            if row is None or row.status != records.DELETING:
+                outcomes.append(Outcome(doc_id, "skipped", reason="no longer marked deleted"))
+                continue
+            store.delete_document(doc_id)
+            records.set_purged(conn, doc_id)
+            outcomes.append(Outcome(doc_id, "processed", row.version))
     return outcomes

@@ -18,7 +18,11 @@ from rag_pipeline.core.db import chunks, document_versions, documents
 from rag_pipeline.core.identity import document_id
 from rag_pipeline.core.parsing import ParsedDocument
 
-PENDING, INDEXED, FAILED, DELETED = "pending", "indexed", "failed", "deleted"
+PENDING, INDEXED, FAILED = "pending", "indexed", "failed"
+# DELETING: the file is gone, its points and rows are still to be purged. DELETED: purged; the
+# row stays as a tombstone so a late run's compare-and-set fails and the id is never reused wrongly.
+DELETING, DELETED = "deleting", "deleted"
+GONE = (DELETING, DELETED)
 
 
 def now() -> dt.datetime:
@@ -55,21 +59,20 @@ def register_upload(
     engine: Engine, knowledge_base: str, path: str, version: str, size_bytes: int, mtime_ns: int
 ) -> Change:
     """Record that (kb, path) now holds content `version`. Idempotent; safe under concurrency:
-    the unique (knowledge_base, path) constraint makes a second writer update, never duplicate."""
+    the unique (knowledge_base, path) constraint makes a second writer update, never duplicate,
+    and the row lock orders it after any run switching this document."""
     doc_id = document_id(knowledge_base, path)
     ts = now()
     with engine.begin() as conn:
-        insert = _insert(conn).values(
+        insert = insert_for(conn, documents).values(
             id=doc_id, knowledge_base=knowledge_base, path=path, version=version,
             size_bytes=size_bytes, mtime_ns=mtime_ns, status=PENDING, attempts=0,
-            detected_at=ts, updated_at=ts,
+            detected_at=ts, updated_at=ts, revision=1,
         ).on_conflict_do_nothing(index_elements=["knowledge_base", "path"])
         if conn.execute(insert).rowcount == 1:
             return Change(doc_id, knowledge_base, path, "new")
-        row = conn.execute(
-            sa.select(documents.c.version, documents.c.status).where(documents.c.id == doc_id)
-        ).one()
-        if row.version == version and row.status != DELETED:
+        row = lock_document(conn, doc_id)
+        if row.version == version and row.status not in GONE:
             # Same bytes: only refresh the stat fingerprint so the next scan skips hashing.
             conn.execute(
                 documents.update().where(documents.c.id == doc_id)
@@ -81,17 +84,44 @@ def register_upload(
                 version=version, size_bytes=size_bytes, mtime_ns=mtime_ns, status=PENDING,
                 # A new version has never been requested, whatever happened to the old one.
                 error=None, attempts=0, updated_at=ts, requested_at=None,
+                revision=documents.c.revision + 1,
             )
         )
-        return Change(doc_id, knowledge_base, path, "changed")
+        return Change(doc_id, knowledge_base, path, "new" if row.status in GONE else "changed")
 
 
-def _insert(conn: sa.Connection):  # noqa: ANN202
+def mark_deleting(engine: Engine, doc_ids: Sequence[str]) -> list[str]:
+    """The files are gone: tombstone the documents (their purge follows). Returns those marked."""
+    marked = []
+    with engine.begin() as conn:
+        for doc_id in doc_ids:
+            result = conn.execute(
+                documents.update()
+                .where((documents.c.id == doc_id) & documents.c.status.not_in(GONE))
+                .values(status=DELETING, requested_at=None, updated_at=now(), revision=documents.c.revision + 1)
+            )
+            if result.rowcount:
+                marked.append(doc_id)
+    return marked
+
+
+def insert_for(conn: sa.Connection, table: sa.Table):  # noqa: ANN201
+    """INSERT with ON CONFLICT support for the connection's dialect."""
     if conn.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
-    return insert(documents)
+    return insert(table)
+
+
+def lock_document(conn: sa.Connection, doc_id: str) -> sa.Row | None:
+    """The document row, locked until the transaction ends: the per-document guard that orders
+    registrations, switches and purges. SQLite has no row locks; a no-op write takes its
+    database write lock instead."""
+    if conn.dialect.name == "sqlite":
+        conn.execute(documents.update().where(documents.c.id == doc_id).values(revision=documents.c.revision))
+        return conn.execute(sa.select(documents).where(documents.c.id == doc_id)).one_or_none()
+    return conn.execute(sa.select(documents).where(documents.c.id == doc_id).with_for_update()).one_or_none()
 
 
 def get_documents(engine: Engine, ids: Sequence[str]) -> dict[str, sa.Row]:
@@ -103,33 +133,36 @@ def get_documents(engine: Engine, ids: Sequence[str]) -> dict[str, sa.Row]:
 
 
 def save_version(engine: Engine, doc_id: str, version: str, parsed: ParsedDocument) -> bool:
-    """Store extracted text for `version`. False if the document has moved on to another version."""
+    """Store extracted text for `version`. False if the document has moved on to another version.
+
+    An upsert, never delete-and-insert: the row may already carry the chunks (and through them
+    the points) being served for this version, and a cascade would pull them out from under it."""
+    values = dict(
+        parser=parsed.parser, text="\n\n".join(s.text for s in parsed.sections),
+        sections=[{"text": s.text, "page": s.page, "heading": s.heading} for s in parsed.sections],
+        info=dict(parsed.info),
+    )
     with engine.begin() as conn:
         if not _lock_if_current(conn, doc_id, version):
             return False
         conn.execute(
-            document_versions.delete().where(
-                (document_versions.c.document_id == doc_id) & (document_versions.c.version == version)
-            )
+            insert_for(conn, document_versions)
+            .values(document_id=doc_id, version=version, created_at=now(), **values)
+            .on_conflict_do_update(index_elements=["document_id", "version"], set_=values)
         )
+        # Pending again if it had failed or is being rebuilt for a new configuration: the next
+        # steps work on pending documents only.
         conn.execute(
-            document_versions.insert().values(
-                document_id=doc_id, version=version, parser=parsed.parser,
-                text="\n\n".join(s.text for s in parsed.sections),
-                sections=[{"text": s.text, "page": s.page, "heading": s.heading} for s in parsed.sections],
-                info=dict(parsed.info), created_at=now(),
-            )
+            documents.update().where(documents.c.id == doc_id)
+            .values(title=parsed.title, status=PENDING, error=None, updated_at=now())
         )
-        conn.execute(documents.update().where(documents.c.id == doc_id).values(title=parsed.title, updated_at=now()))
         return True
 
 
 def _lock_if_current(conn: sa.Connection, doc_id: str, version: str) -> bool:
-    """Lock the document row for this transaction if it is still at `version`."""
-    current = conn.execute(
-        sa.select(documents.c.version).where(documents.c.id == doc_id).with_for_update()
-    ).scalar_one_or_none()
-    return current == version
+    """Lock the document row for this transaction if it is still live at `version`."""
+    row = lock_document(conn, doc_id)
+    return row is not None and row.version == version and row.status not in GONE
 
 
 def load_sections(engine: Engine, doc_id: str, version: str) -> tuple[list[dict], str] | None:
@@ -146,66 +179,104 @@ def record_failure(engine: Engine, doc_id: str, version: str, reason: str) -> bo
     with engine.begin() as conn:
         result = conn.execute(
             documents.update()
-            .where((documents.c.id == doc_id) & (documents.c.version == version))
+            .where((documents.c.id == doc_id) & (documents.c.version == version) & documents.c.status.not_in(GONE))
             .values(status=FAILED, error=reason[:2000], attempts=documents.c.attempts + 1, updated_at=now())
         )
         return result.rowcount == 1
 
 
 def replace_chunks(engine: Engine, doc_id: str, version: str, frame: pd.DataFrame, chunker: str) -> bool:
-    """Write this version's chunks in one transaction (a retry replaces a partial earlier try).
-    Other versions' chunks stay: search keeps serving them until the new version is indexed."""
+    """Write this version's chunk set for `chunker` in one transaction (a retry replaces a
+    partial earlier try with the same ids). Other chunk sets stay: search keeps serving them
+    until the new set is indexed."""
     records = frame.assign(chunker=chunker).to_dict("records")
     for record in records:
-        if pd.isna(record["page"]):
-            record["page"] = None
-        else:
-            record["page"] = int(record["page"])
+        record["page"] = None if pd.isna(record["page"]) else int(record["page"])
     with engine.begin() as conn:
         if not _lock_if_current(conn, doc_id, version):
             return False
-        conn.execute(chunks.delete().where((chunks.c.document_id == doc_id) & (chunks.c.version == version)))
+        conn.execute(
+            chunks.delete().where(
+                (chunks.c.document_id == doc_id) & (chunks.c.version == version) & (chunks.c.chunker == chunker)
+            )
+        )
         if records:
             conn.execute(chunks.insert(), records)
         return True
 
 
-def load_chunks(engine: Engine, pairs: Iterable[tuple[str, str]]) -> pd.DataFrame:
+CHUNK_FIELDS = ["chunk_id", "document_id", "version", "chunk_index", "text", "token_count", "page", "heading", "chunker"]
+
+
+def load_chunks(engine: Engine, pairs: Iterable[tuple[str, str]], chunker: str) -> pd.DataFrame:
+    """The `chunker` chunk sets of these (document, version) pairs, in document order."""
     pairs = list(pairs)
-    columns = ["chunk_id", "document_id", "version", "chunk_index", "text", "token_count", "page", "heading", "chunker"]
     if not pairs:
-        return pd.DataFrame(columns=columns)
+        return pd.DataFrame(columns=CHUNK_FIELDS)
     frames = []
     with engine.connect() as conn:
         for start in range(0, len(pairs), 500):
             cond = sa.tuple_(chunks.c.document_id, chunks.c.version).in_(pairs[start : start + 500])
-            query = sa.select(*[chunks.c[c] for c in columns]).where(cond).order_by(chunks.c.document_id, chunks.c.chunk_index)
-            frames.append(pd.DataFrame(conn.execute(query).fetchall(), columns=columns))
+            query = (
+                sa.select(*[chunks.c[c] for c in CHUNK_FIELDS])
+                .where(cond & (chunks.c.chunker == chunker))
+                .order_by(chunks.c.document_id, chunks.c.chunk_index)
+            )
+            frames.append(pd.DataFrame(conn.execute(query).fetchall(), columns=CHUNK_FIELDS))
     return pd.concat(frames, ignore_index=True)
 
 
-def mark_indexed(engine: Engine, doc_id: str, version: str, config: str, chunk_count: int) -> bool:
-    """Compare-and-set: only the version the document is still at becomes the indexed one."""
+def set_indexed(
+    conn: sa.Connection, doc_id: str, version: str, chunker: str, config: str, chunk_count: int
+) -> None:
+    """Switch the document to this chunk set, and drop every other one from the database.
+    Call with the row locked by `lock_document` and the revision checked."""
+    conn.execute(
+        documents.update().where(documents.c.id == doc_id).values(
+            status=INDEXED, indexed_version=version, indexed_chunker=chunker, indexed_config=config,
+            chunk_count=chunk_count, error=None, indexed_at=now(), updated_at=now(),
+        )
+    )
+    conn.execute(
+        document_versions.delete().where((document_versions.c.document_id == doc_id) & (document_versions.c.version != version))
+    )
+    conn.execute(
+        chunks.delete().where((chunks.c.document_id == doc_id) & (chunks.c.version == version) & (chunks.c.chunker != chunker))
+    )
+
+
+def drop_version(conn: sa.Connection, doc_id: str, version: str) -> None:
+    """Extracted text and chunks of one version (cascade)."""
+    conn.execute(
+        document_versions.delete().where((document_versions.c.document_id == doc_id) & (document_versions.c.version == version))
+    )
+
+
+def set_purged(conn: sa.Connection, doc_id: str) -> None:
+    """The deleted document's rows are gone; its tombstone stays. Call with the row locked."""
+    conn.execute(document_versions.delete().where(document_versions.c.document_id == doc_id))
+    conn.execute(
+        documents.update().where(documents.c.id == doc_id).values(
+            status=DELETED, indexed_version=None, indexed_chunker=None, indexed_config=None,
+            chunk_count=None, updated_at=now(),
+        )
+    )
+
+
+def documents_in(engine: Engine, status: str) -> list[str]:
+    with engine.connect() as conn:
+        return [r[0] for r in conn.execute(sa.select(documents.c.id).where(documents.c.status == status))]
+
+
+def request_again(engine: Engine, doc_ids: Sequence[str]) -> int:
+    """Make indexed documents pending again (the audit found them inconsistent)."""
     with engine.begin() as conn:
         result = conn.execute(
             documents.update()
-            .where((documents.c.id == doc_id) & (documents.c.version == version))
-            .values(
-                status=INDEXED, indexed_version=version, indexed_config=config, chunk_count=chunk_count,
-                error=None, indexed_at=now(), updated_at=now(),
-            )
+            .where(documents.c.id.in_(list(doc_ids)) & documents.c.status.not_in(GONE))
+            .values(status=PENDING, requested_at=None, attempts=0, error=None, updated_at=now())
         )
-        return result.rowcount == 1
-
-
-def prune_versions(engine: Engine, doc_id: str, keep_version: str) -> None:
-    """Drop extracted text and chunks of versions other than the indexed one (cascade)."""
-    with engine.begin() as conn:
-        conn.execute(
-            document_versions.delete().where(
-                (document_versions.c.document_id == doc_id) & (document_versions.c.version != keep_version)
-            )
-        )
+        return result.rowcount
 
 
 def list_documents(engine: Engine, knowledge_base: str | None = None) -> list[sa.Row]:
@@ -213,20 +284,27 @@ def list_documents(engine: Engine, knowledge_base: str | None = None) -> list[sa
         documents.c.id, documents.c.knowledge_base, documents.c.path, documents.c.status,
         documents.c.version, documents.c.indexed_version, documents.c.error, documents.c.chunk_count,
         documents.c.attempts, documents.c.updated_at, documents.c.indexed_at,
-    ).order_by(documents.c.knowledge_base, documents.c.path)
+    ).where(documents.c.status != DELETED).order_by(documents.c.knowledge_base, documents.c.path)
     if knowledge_base:
         query = query.where(documents.c.knowledge_base == knowledge_base)
     with engine.connect() as conn:
         return list(conn.execute(query))
 
 
-def indexed_chunk_ids(engine: Engine) -> dict[str, set[str]]:
-    """document id -> ids of the chunks of its indexed version (what Qdrant must hold)."""
+def indexed_chunk_ids(engine: Engine, doc_ids: Sequence[str] | None = None) -> dict[str, set[str]]:
+    """document id -> ids of the chunks being served for it (what Qdrant must hold). A document
+    whose newer version is pending or failed is still served at its indexed version."""
     query = (
         sa.select(chunks.c.document_id, chunks.c.chunk_id)
         .select_from(chunks.join(documents, documents.c.id == chunks.c.document_id))
-        .where((documents.c.status == INDEXED) & (chunks.c.version == documents.c.indexed_version))
+        .where(
+            documents.c.status.not_in(GONE)
+            & (chunks.c.version == documents.c.indexed_version)
+            & (chunks.c.chunker == documents.c.indexed_chunker)
+        )
     )
+    if doc_ids is not None:
+        query = query.where(chunks.c.document_id.in_(list(doc_ids)))
     out: dict[str, set[str]] = {}
     with engine.connect() as conn:
         for doc, cid in conn.execute(query):

@@ -6,6 +6,7 @@ for a chunk other than the one whose id it carries.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any, Iterator, Sequence
 from qdrant_client import QdrantClient
 from qdrant_client.http import models as qm
 
-PAYLOAD_INDEXES = ("knowledge_base", "document_id", "version")
+PAYLOAD_INDEXES = ("knowledge_base", "document_id", "version", "chunker")
 
 
 class VectorStoreError(Exception):
@@ -62,12 +63,23 @@ class Hit:
     heading: str | None
 
 
+def _match(key: str, value: str) -> qm.FieldCondition:
+    return qm.FieldCondition(key=key, match=qm.MatchValue(value=value))
+
+
 class VectorStore:
     def __init__(self, client: QdrantClient, collection: str) -> None:
         self.client = client
         self.collection = collection
+        # Embedded Qdrant is not safe for concurrent writers in one process; a server is, and
+        # the lock costs it nothing measurable.
+        self._lock = threading.RLock()
 
     def ensure_collection(self, dimensions: int) -> None:
+        with self._lock:
+            self._ensure_collection(dimensions)
+
+    def _ensure_collection(self, dimensions: int) -> None:
         if self.client.collection_exists(self.collection):
             info = self.client.get_collection(self.collection)
             params = info.config.params.vectors
@@ -97,29 +109,57 @@ class VectorStore:
 
     def upsert(self, ids: Sequence[str], vectors: Sequence[Sequence[float]], payloads: Sequence[dict[str, Any]], batch: int = 256) -> None:
         for start in range(0, len(ids), batch):
-            self.client.upsert(
-                self.collection,
-                points=qm.Batch(
-                    ids=list(ids[start : start + batch]),
-                    vectors=[list(v) for v in vectors[start : start + batch]],
-                    payloads=list(payloads[start : start + batch]),
-                ),
-                wait=True,
+            points = qm.Batch(
+                ids=list(ids[start : start + batch]),
+                vectors=[list(v) for v in vectors[start : start + batch]],
+                payloads=list(payloads[start : start + batch]),
             )
+            with self._lock:
+                self.client.upsert(self.collection, points=points, wait=True)
 
-    def delete_document(self, document_id: str, keep_version: str | None = None) -> None:
-        """Remove a document's points, or only those of versions other than keep_version."""
-        must: list[qm.Condition] = [qm.FieldCondition(key="document_id", match=qm.MatchValue(value=document_id))]
-        must_not: list[qm.Condition] = []
-        if keep_version is not None:
-            must_not.append(qm.FieldCondition(key="version", match=qm.MatchValue(value=keep_version)))
+    def delete_document(self, document_id: str) -> None:
+        """Every point of a document (it was deleted)."""
+        self._delete(document_id)
+
+    def delete_version(self, document_id: str, version: str) -> None:
+        """The points of one version of a document (a superseded run cleaning up after itself)."""
+        self._delete(document_id, must=[_match("version", version)])
+
+    def delete_all_but(self, document_id: str, version: str, chunker: str) -> None:
+        """Every point of a document except the chunk set it has just switched to."""
+        keep = qm.Filter(must=[_match("version", version), _match("chunker", chunker)])
+        self._delete(document_id, must_not=[keep])
+
+    def delete_ids(self, ids: Sequence[str]) -> None:
+        if ids and self.exists():
+            with self._lock:
+                self.client.delete(self.collection, points_selector=qm.PointIdsList(points=list(ids)), wait=True)
+
+    def _delete(self, document_id: str, must: list | None = None, must_not: list | None = None) -> None:
         if not self.exists():
             return
-        self.client.delete(
-            self.collection,
-            points_selector=qm.FilterSelector(filter=qm.Filter(must=must, must_not=must_not)),
-            wait=True,
-        )
+        flt = qm.Filter(must=[_match("document_id", document_id), *(must or [])], must_not=must_not)
+        with self._lock:
+            self.client.delete(self.collection, points_selector=qm.FilterSelector(filter=flt), wait=True)
+
+    def points_of(self, document_ids: Sequence[str], page: int = 1024) -> dict[str, dict[str, str]]:
+        """document id -> {point id: version} for these documents, in one scroll."""
+        out: dict[str, dict[str, str]] = {d: {} for d in document_ids}
+        if not document_ids or not self.exists():
+            return out
+        flt = qm.Filter(must=[qm.FieldCondition(key="document_id", match=qm.MatchAny(any=list(document_ids)))])
+        offset = None
+        while True:
+            with self._lock:
+                points, offset = self.client.scroll(
+                    self.collection, scroll_filter=flt, limit=page, offset=offset,
+                    with_payload=["document_id", "version"], with_vectors=False,
+                )
+            for point in points:
+                payload = point.payload or {}
+                out.setdefault(payload.get("document_id", ""), {})[str(point.id)] = payload.get("version", "")
+            if offset is None:
+                return out
 
     def count(self, document_id: str | None = None, version: str | None = None) -> int:
         if not self.exists():
@@ -129,7 +169,8 @@ class VectorStore:
             must.append(qm.FieldCondition(key="document_id", match=qm.MatchValue(value=document_id)))
         if version is not None:
             must.append(qm.FieldCondition(key="version", match=qm.MatchValue(value=version)))
-        return self.client.count(self.collection, count_filter=qm.Filter(must=must) if must else None, exact=True).count
+        with self._lock:
+            return self.client.count(self.collection, count_filter=qm.Filter(must=must) if must else None, exact=True).count
 
     def iter_points(self, page: int = 1024) -> Iterator[tuple[str, dict[str, Any]]]:
         """Every (point id, payload without text), for the audit."""
@@ -137,13 +178,14 @@ class VectorStore:
             return
         offset = None
         while True:
-            points, offset = self.client.scroll(
-                self.collection,
-                limit=page,
-                offset=offset,
-                with_payload=qm.PayloadSelectorExclude(exclude=["text"]),
-                with_vectors=False,
-            )
+            with self._lock:
+                points, offset = self.client.scroll(
+                    self.collection,
+                    limit=page,
+                    offset=offset,
+                    with_payload=qm.PayloadSelectorExclude(exclude=["text"]),
+                    with_vectors=False,
+                )
             for point in points:
                 yield str(point.id), dict(point.payload or {})
             if offset is None:
@@ -155,9 +197,10 @@ class VectorStore:
         flt = None
         if knowledge_base:
             flt = qm.Filter(must=[qm.FieldCondition(key="knowledge_base", match=qm.MatchValue(value=knowledge_base))])
-        response = self.client.query_points(
-            self.collection, query=list(vector), query_filter=flt, limit=k, with_payload=True
-        )
+        with self._lock:
+            response = self.client.query_points(
+                self.collection, query=list(vector), query_filter=flt, limit=k, with_payload=True
+            )
         hits = []
         for point in response.points:
             p = point.payload or {}

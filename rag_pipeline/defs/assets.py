@@ -23,7 +23,8 @@ from dagster import (
 
 from rag_pipeline.core import pipeline
 from rag_pipeline.core.pipeline import Outcome
-from rag_pipeline.defs.checks import audit_documents
+from rag_pipeline.core.audit import audit_documents
+from rag_pipeline.defs.checks import document_check, evaluate_per_document
 from rag_pipeline.defs.partitions import documents_partitions
 from rag_pipeline.defs.resources import (
     ChunkerResource,
@@ -64,69 +65,80 @@ def _report(context: AssetExecutionContext, outcomes: Sequence[Outcome]) -> dict
 @asset(
     description="An uploaded file's extracted text (one row per document version in Postgres).",
     kinds={"python", "postgres"},
-    check_specs=[AssetCheckSpec("parsed_without_errors", asset="source_document",
-                                description="Every document in the run was readable and parseable.")],
+    check_specs=[document_check("parsed", "source_document", "The upload was readable and parseable; "
+                                "a failure names the reason (the document is parked, others go on).")],
     **COMMON,
 )
 def source_document(
     context: AssetExecutionContext, db: DatabaseResource, inbox: InboxResource,
     chunker: ChunkerResource, embedder: EmbedderResource,
-) -> MaterializeResult:
+):
     config = pipeline.index_config(chunker.config, embedder.fingerprint)
     outcomes = pipeline.extract(db.engine, inbox.root, context.partition_keys, config, inbox.max_file_bytes)
-    failed = {o.document_id: o.reason for o in outcomes if o.status == "failed"}
-    return MaterializeResult(
-        metadata=_report(context, outcomes),
-        check_results=[
-            AssetCheckResult(
-                check_name="parsed_without_errors",
-                passed=not failed,
-                severity=AssetCheckSeverity.WARN,
-                description="all documents parsed" if not failed else f"{len(failed)} document(s) refused",
-                metadata={"failed": MetadataValue.json(failed)},
-            )
-        ],
-    )
+    results = {o.document_id: (o.status == "processed", o.reason or "parsed") for o in outcomes if o.status in ("processed", "failed")}
+    yield from evaluate_per_document(context, "parsed", results, AssetCheckSeverity.WARN)
+    yield MaterializeResult(metadata=_report(context, outcomes))
 
 
 @asset(
     description="Token-aware chunks of the document's current version (pandas -> the chunks table).",
     kinds={"pandas", "postgres"},
     deps=[source_document],
+    check_specs=[
+        AssetCheckSpec(
+            "chunks_within_token_limit", asset="document_chunks", blocking=True,
+            description="Every chunk written is non-empty and within the chunker's token limit. "
+            "Blocking: embeddings are not computed from chunks that break it.",
+        )
+    ],
     **COMMON,
 )
 def document_chunks(
     context: AssetExecutionContext, db: DatabaseResource, chunker: ChunkerResource
 ) -> MaterializeResult:
     outcomes = pipeline.chunk(db.engine, context.partition_keys, chunker.config)
-    return MaterializeResult(metadata={**_report(context, outcomes), "chunker": chunker.config.fingerprint})
+    limit = chunker.config.max_tokens
+    over = {o.document_id: o.metrics["max_chunk_tokens"] for o in outcomes if o.metrics.get("max_chunk_tokens", 0) > limit}
+    return MaterializeResult(
+        metadata={**_report(context, outcomes), "chunker": chunker.config.fingerprint},
+        check_results=[
+            AssetCheckResult(
+                check_name="chunks_within_token_limit", passed=not over,
+                description=f"all chunks within {limit} tokens" if not over else f"{len(over)} document(s) over {limit} tokens",
+                metadata={"over_limit": MetadataValue.json(over)},
+            )
+        ],
+    )
 
 
 @asset(
     description="Chunk vectors in Qdrant, one point per chunk with a deterministic id.",
     kinds={"openai", "qdrant"},
     deps=[document_chunks],
-    check_specs=[AssetCheckSpec("points_match_chunks", asset="document_embeddings",
-                                description="Qdrant holds exactly the current version's chunks of each document.")],
+    check_specs=[document_check("points_match_chunks", "document_embeddings",
+                                "Qdrant holds exactly the served chunks of the document, and no point "
+                                "of another version.")],
     **COMMON,
 )
 def document_embeddings(
     context: AssetExecutionContext, db: DatabaseResource, vector_store: VectorStoreResource,
     embedder: EmbedderResource, chunker: ChunkerResource,
-) -> MaterializeResult:
+):
     model = embedder.get()
     store = vector_store.get()
-    config = pipeline.index_config(chunker.config, embedder.fingerprint)
-    outcomes = pipeline.embed(db.engine, store, model, context.partition_keys, config, embedder.batch_size)
-    audit = audit_documents(db.engine, store, context.partition_keys)
-    return MaterializeResult(
-        metadata={**_report(context, outcomes), "model": model.model, "collection": store.collection},
-        check_results=[
-            AssetCheckResult(
-                check_name="points_match_chunks",
-                passed=not audit,
-                description="points match chunk rows" if not audit else f"{len(audit)} mismatch(es)",
-                metadata={"mismatches": MetadataValue.json(audit)},
-            )
-        ],
+    outcomes = pipeline.embed(
+        db.engine, store, model, context.partition_keys, chunker.config, embedder.fingerprint, embedder.batch_size
+    )
+    touched = [o.document_id for o in outcomes if o.status in ("processed", "superseded")]
+    problems = audit_documents(db.engine, store, touched).problems()
+    yield from evaluate_per_document(
+        context, "points_match_chunks", {d: (d not in problems, problems.get(d, "points match chunk rows")) for d in touched}
+    )
+    hits = sum(o.metrics.get("cache_hits", 0) for o in outcomes)
+    calls = next((o.metrics["embedding_calls_in_run"] for o in outcomes if "embedding_calls_in_run" in o.metrics), 0)
+    yield MaterializeResult(
+        metadata={
+            **_report(context, outcomes), "model": model.model, "collection": store.collection,
+            "embedding_calls": calls, "cache_hits": hits,
+        },
     )

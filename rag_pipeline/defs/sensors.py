@@ -1,13 +1,15 @@
-"""The inbox sensor: new and changed uploads become partitions and batched runs."""
+"""The inbox sensor: new, changed and deleted uploads become partitions, runs and retirements."""
 
 
 import datetime as dt
 import json
+from dataclasses import dataclass, field
 from typing import Sequence
 
 from dagster import (
     AddDynamicPartitionsRequest,
     DefaultSensorStatus,
+    DeleteDynamicPartitionsRequest,
     RunRequest,
     SensorEvaluationContext,
     SensorResult,
@@ -18,10 +20,21 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 from rag_pipeline.core import detection, records
 from rag_pipeline.defs.jobs import index_documents_job
 from rag_pipeline.defs.partitions import documents_partitions
+from rag_pipeline.defs.purge import purge_deleted_job
 from rag_pipeline.defs.resources import DatabaseResource, InboxResource
 
-# A pending document requested longer ago than this is requested again (its run was lost).
+# A document requested longer ago than this and still waiting is requested again (its run was
+# lost). Requested documents are otherwise never requested twice: two runs don't race for one.
 REREQUEST_AFTER = dt.timedelta(minutes=10)
+DOCUMENTS_TAG = "rag/documents"
+
+
+@dataclass
+class Plan:
+    found: detection.Detection
+    add_partitions: list[str] = field(default_factory=list)
+    delete_partitions: list[str] = field(default_factory=list)
+    run_requests: list[RunRequest] = field(default_factory=list)
 
 
 def plan_runs(
@@ -37,10 +50,11 @@ def plan_runs(
         # documents after a lost run is exactly what REREQUEST_AFTER is for.
         requests.append(
             RunRequest(
+                job_name=index_documents_job.name,
                 tags={
                     ASSET_PARTITION_RANGE_START_TAG: batch[0],
                     ASSET_PARTITION_RANGE_END_TAG: batch[-1],
-                    "rag/documents": str(len(batch)),
+                    DOCUMENTS_TAG: str(len(batch)),
                 },
             )
         )
@@ -50,43 +64,55 @@ def plan_runs(
 def evaluate_inbox(
     instance, engine, inbox: InboxResource, rerequest_after: dt.timedelta | None,
     previous_digest: str | None = None,
-) -> tuple[detection.Detection, list[str], list[RunRequest]]:  # noqa: ANN001
+) -> Plan:  # noqa: ANN001
     """Detect changes, commit them, then plan runs. Shared by the sensor and `rag-pipeline run`."""
     found = detection.detect(engine, inbox.root, inbox.settle_seconds, previous_digest)
     before = None if rerequest_after is None else records.now() - rerequest_after
     wanted = detection.pending_documents(engine, before)
     existing = instance.get_dynamic_partitions(documents_partitions.name)
     to_add, requests = plan_runs(existing, wanted, inbox.docs_per_run)
+    plan = Plan(found, add_partitions=to_add, run_requests=requests)
+    # Deleted documents leave the UI at once; their points and rows go in a purge run.
+    gone = set(detection.pending_documents(engine, None, records.DELETING))
+    gone |= set(detection.pending_documents(engine, None, records.DELETED))
+    plan.delete_partitions = [key for key in existing if key in gone]
+    to_purge = detection.pending_documents(engine, before, records.DELETING)
+    if to_purge:
+        plan.run_requests.append(RunRequest(job_name=purge_deleted_job.name, tags={DOCUMENTS_TAG: str(len(to_purge))}))
     # Rows are committed before any run can be launched: a run never looks for a row that
     # isn't there yet.
-    detection.mark_requested(engine, wanted)
-    return found, to_add, requests
+    detection.mark_requested(engine, [*wanted, *to_purge])
+    return plan
 
 
 @sensor(
-    job=index_documents_job,
+    jobs=[index_documents_job, purge_deleted_job],
     minimum_interval_seconds=10,
     default_status=DefaultSensorStatus.RUNNING,
-    description="Watches the landing directory; registers new and changed uploads and requests runs.",
+    description="Watches the landing directory; registers new, changed and deleted uploads, "
+    "requests index runs in batches and purges deleted documents.",
 )
 def inbox_sensor(context: SensorEvaluationContext, db: DatabaseResource, inbox: InboxResource):
     previous = json.loads(context.cursor)["listing"] if context.cursor else None
-    found, to_add, requests = evaluate_inbox(context.instance, db.engine, inbox, REREQUEST_AFTER, previous)
+    plan = evaluate_inbox(context.instance, db.engine, inbox, REREQUEST_AFTER, previous)
+    found = plan.found
     for problem in found.problems:
         context.log.warning(problem)
     # Saved only once this tick's registrations are committed, so a crashed tick re-detects.
     cursor = json.dumps({"listing": found.listing_digest})
-    if not requests and not to_add:
+    partition_requests = []
+    if plan.add_partitions:
+        partition_requests.append(AddDynamicPartitionsRequest(documents_partitions.name, plan.add_partitions))
+    if plan.delete_partitions:
+        partition_requests.append(DeleteDynamicPartitionsRequest(documents_partitions.name, plan.delete_partitions))
+    if not plan.run_requests and not partition_requests:
         return SensorResult(
             skip_reason=f"no changes ({found.unchanged} files unchanged"
             + (f", {len(found.problems)} refused" if found.problems else "") + ")",
             cursor=cursor,
         )
     context.log.info(
-        f"{len(found.new)} new, {len(found.changed)} changed; {len(requests)} run(s) requested"
+        f"{len(found.new)} new, {len(found.changed)} changed, {len(found.deleted)} deleted; "
+        f"{len(plan.run_requests)} run(s) requested"
     )
-    return SensorResult(
-        run_requests=requests,
-        dynamic_partitions_requests=[AddDynamicPartitionsRequest(documents_partitions.name, to_add)] if to_add else [],
-        cursor=cursor,
-    )
+    return SensorResult(run_requests=plan.run_requests, dynamic_partitions_requests=partition_requests, cursor=cursor)

@@ -2,7 +2,8 @@
 
 Serves POST /v1/embeddings and GET /v1/models on 127.0.0.1. Vectors come from the offline
 hashing embedder, so results are meaningful (lexical) and deterministic. Faults: status codes
-(429 with Retry-After, 500, 503, 400, 401) at a rate or for the next N requests, and hangs.
+(429 with Retry-After, 500, 503, 400, 401) at a rate or for the next N requests, hangs, and
+holding the next N requests until released (to reproduce a race at an exact moment).
 Run standalone: python -m rag_pipeline.devtools.embedding_server --port 8099
 """
 
@@ -40,6 +41,11 @@ class EmbeddingServer:
         self.failures = 0
         self.texts: Counter[str] = Counter()
         self._rng = random.Random(0)
+        self._held = threading.Condition(self.lock)
+        self._release = threading.Event()
+        self._release.set()
+        self._hold_next = 0
+        self.holding = 0
         self.httpd = ThreadingHTTPServer((host, port), self._handler())
         self.httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -68,6 +74,31 @@ class EmbeddingServer:
         with self.lock:
             self.faults = Faults(**kwargs)  # type: ignore[arg-type]
             self._rng = random.Random(self.faults.seed)
+
+    def hold_next(self, n: int = 1) -> None:
+        """The next n embedding requests wait (inside the server) until `release()`."""
+        with self.lock:
+            self._hold_next = n
+            self._release.clear()
+
+    def wait_until_held(self, n: int = 1, timeout: float = 30.0) -> bool:
+        with self._held:
+            return self._held.wait_for(lambda: self.holding >= n, timeout)
+
+    def release(self) -> None:
+        with self.lock:
+            self._hold_next = 0
+            self.holding = 0
+        self._release.set()
+
+    def _maybe_hold(self) -> None:
+        with self._held:
+            if self._hold_next <= 0:
+                return
+            self._hold_next -= 1
+            self.holding += 1
+            self._held.notify_all()
+        self._release.wait(timeout=300)
 
     def _pick_fault(self) -> tuple[int | None, bool]:
         with self.lock:
@@ -135,6 +166,7 @@ class EmbeddingServer:
                 if not inputs or not all(isinstance(t, str) and t for t in inputs):
                     self._send(400, {"error": {"message": "input must be non-empty strings"}})
                     return
+                server._maybe_hold()
                 dims = body.get("dimensions") or server.embedder.dimensions
                 embedder = server.embedder if dims == server.embedder.dimensions else HashingEmbedder(dimensions=int(dims))
                 vectors = embedder.embed(inputs)

@@ -1,0 +1,59 @@
+"""Vectors already paid for, keyed by (embedding configuration, sha256 of the text).
+
+Looked up before every endpoint call and written right after each successful one (its own
+commit), so a run that fails half-way has still banked what it was charged for.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from rag_pipeline.core.db import embedding_cache
+from rag_pipeline.core.records import insert_for, now
+
+_LOOKUP_BATCH = 1000
+
+
+def lookup(engine: Engine, embedding: str, hashes: Iterable[str]) -> dict[str, list[float]]:
+    wanted = list(dict.fromkeys(hashes))
+    found: dict[str, list[float]] = {}
+    with engine.connect() as conn:
+        for start in range(0, len(wanted), _LOOKUP_BATCH):
+            rows = conn.execute(
+                sa.select(embedding_cache.c.text_sha256, embedding_cache.c.vector).where(
+                    (embedding_cache.c.embedding == embedding)
+                    & embedding_cache.c.text_sha256.in_(wanted[start : start + _LOOKUP_BATCH])
+                )
+            )
+            for digest, blob in rows:
+                found[digest] = np.frombuffer(blob, dtype=np.float32).tolist()
+    return found
+
+
+def store(engine: Engine, embedding: str, vectors: Mapping[str, Sequence[float]]) -> None:
+    if not vectors:
+        return
+    ts = now()
+    values = [
+        {
+            "embedding": embedding, "text_sha256": digest, "dimensions": len(vector),
+            # float32: what Qdrant stores anyway, and half the bytes of the JSON floats.
+            "vector": np.asarray(vector, dtype=np.float32).tobytes(), "created_at": ts,
+        }
+        for digest, vector in vectors.items()
+    ]
+    with engine.begin() as conn:
+        # Two runs embedding the same new text at once both write it; the first one wins.
+        conn.execute(insert_for(conn, embedding_cache).on_conflict_do_nothing(), values)
+
+
+def count(engine: Engine, embedding: str | None = None) -> int:
+    query = sa.select(sa.func.count()).select_from(embedding_cache)
+    if embedding is not None:
+        query = query.where(embedding_cache.c.embedding == embedding)
+    with engine.connect() as conn:
+        return int(conn.execute(query).scalar_one())
