@@ -150,8 +150,8 @@ def embed(
     engine: Engine, store: VectorStore, embedder: Embedder, doc_ids: Sequence[str],
     chunker: ChunkerConfig, embedding: str, batch_size: int = 128,
 ) -> list[Outcome]:
-    """Vectors for the pending documents' chunks (cache first), one batched upsert, then each
-    document switched to its new chunk set under its row lock."""
+    """Vectors for the pending documents' chunks (cache first, each distinct text once), then
+    one locked write that upserts the points and switches every document still current."""
     rows = records.get_documents(engine, doc_ids)
     ready = {d: r for d, r in rows.items() if r.status == records.PENDING}
     outcomes = [
@@ -178,28 +178,19 @@ def embed(
     if frame.empty:
         return outcomes
     lookup = {**vectors.cached, **vectors.fresh}
-    payloads = [
-        {
-            "knowledge_base": ready[c.document_id].knowledge_base, "document_id": c.document_id,
-            "version": c.version, "chunker": c.chunker, "chunk_index": int(c.chunk_index), "text": c.text,
-            "source_path": ready[c.document_id].path, "page": None if pd.isna(c.page) else int(c.page),
-            "heading": c.heading,
-        }
-        for c in frame.itertuples()
-    ]
-    t0 = time.perf_counter()
-    store.upsert(frame["chunk_id"].tolist(), [lookup[h] for h in frame["text_sha256"]], payloads)
-    upsert_seconds = time.perf_counter() - t0
     config = index_config(chunker, embedding)
+    t0 = time.perf_counter()
+    switched = _write_and_switch(engine, store, ready, frame, lookup, chunker.fingerprint, config)
+    write_seconds = time.perf_counter() - t0
     run_metrics = {
         "embedding_calls_in_run": embedder.calls - calls_before, "texts_embedded_in_run": len(vectors.fresh),
-        "embed_seconds_batch": round(embed_seconds, 4), "upsert_seconds_batch": round(upsert_seconds, 4),
+        "embed_seconds_batch": round(embed_seconds, 4), "write_seconds_batch": round(write_seconds, 4),
         "dimensions": embedder.dimensions, "model": embedder.model, "provider": embedder.provider,
         "collection": store.collection,
     }
     for doc_id, part in frame.groupby("document_id", sort=False):
         row = ready[doc_id]
-        if not _switch(engine, store, row, chunker.fingerprint, config, len(part)):
+        if doc_id not in switched:
             outcomes.append(_superseded(doc_id, row.version))
             continue
         hits = int(part["text_sha256"].isin(vectors.cached).sum())
@@ -210,6 +201,42 @@ def embed(
             )
         )
     return outcomes
+
+
+def _write_and_switch(
+    engine: Engine, store: VectorStore, ready: dict, frame: pd.DataFrame, vectors: dict[str, list[float]],
+    chunker: str, config: str,
+) -> set[str]:
+    """Write the points of the documents still at the revision we read, and switch them, all
+    under their row locks (one transaction; locks taken in id order, so runs cannot deadlock).
+
+    A registration, purge or other run touching these documents waits for us, so: no point is
+    written for a version that was superseded or deleted meanwhile (the re-upload race of the
+    post-mortem); the old chunk set's points go in the same breath as its rows; and nothing
+    this run deletes can belong to a newer revision, whose run can only start after we commit.
+    Returns the documents switched."""
+    with engine.begin() as conn:
+        current = records.lock_documents(conn, list(set(frame["document_id"])))
+        live = {
+            d for d, row in current.items()
+            if row.revision == ready[d].revision and row.status not in records.GONE
+        }
+        points = frame[frame["document_id"].isin(live)]
+        payloads = [
+            {
+                "knowledge_base": ready[c.document_id].knowledge_base, "document_id": c.document_id,
+                "version": c.version, "chunker": c.chunker, "chunk_index": int(c.chunk_index), "text": c.text,
+                "source_path": ready[c.document_id].path, "page": None if pd.isna(c.page) else int(c.page),
+                "heading": c.heading,
+            }
+            for c in points.itertuples()
+        ]
+        store.upsert(points["chunk_id"].tolist(), [vectors[h] for h in points["text_sha256"]], payloads)
+        for doc_id, part in points.groupby("document_id", sort=False):
+            version = ready[doc_id].version
+            records.set_indexed(conn, doc_id, version, chunker, config, len(part))
+            store.delete_all_but(doc_id, version, chunker)
+    return live
 
 
 @dataclass
@@ -235,27 +262,6 @@ def _vectors(engine: Engine, embedder: Embedder, embedding: str, frame: pd.DataF
         embedding_cache.store(engine, embedding, got)
         result.fresh.update(got)
     return result
-
-
-def _switch(engine: Engine, store: VectorStore, row, chunker: str, config: str, chunk_count: int) -> bool:  # noqa: ANN001
-    """Make `row`'s version (as of its revision) the one served, or clean up after ourselves.
-
-    Under the document's row lock: a registration, a purge or another run's switch of this
-    document waits for us, so the Qdrant deletes below can never touch points that a newer
-    revision's run has written (that run starts only after the registration it works for)."""
-    with engine.begin() as conn:
-        current = records.lock_document(conn, row.id)
-        if current is None or current.revision != row.revision or current.status in records.GONE:
-            # Superseded. Our points stay only if a live run may still switch to the same version.
-            gone = current is None or current.status in records.GONE
-            if gone or row.version not in (current.version, current.indexed_version):
-                store.delete_version(row.id, row.version)
-                if current is not None:
-                    records.drop_version(conn, row.id, row.version)
-            return False
-        records.set_indexed(conn, row.id, row.version, chunker, config, chunk_count)
-        store.delete_all_but(row.id, row.version, chunker)
-        return True
 
 
 def purge(engine: Engine, store: VectorStore, doc_ids: Sequence[str]) -> list[Outcome]:

@@ -124,6 +124,19 @@ def lock_document(conn: sa.Connection, doc_id: str) -> sa.Row | None:
     return conn.execute(sa.select(documents).where(documents.c.id == doc_id).with_for_update()).one_or_none()
 
 
+def lock_documents(conn: sa.Connection, doc_ids: Sequence[str]) -> dict[str, sa.Row]:
+    """Several rows, locked in id order (the order every multi-row locker uses: no deadlocks)."""
+    ids = sorted(doc_ids)
+    if not ids:
+        return {}
+    if conn.dialect.name == "sqlite":
+        conn.execute(documents.update().where(documents.c.id.in_(ids)).values(revision=documents.c.revision))
+        query = sa.select(documents).where(documents.c.id.in_(ids))
+    else:
+        query = sa.select(documents).where(documents.c.id.in_(ids)).order_by(documents.c.id).with_for_update()
+    return {r.id: r for r in conn.execute(query)}
+
+
 def get_documents(engine: Engine, ids: Sequence[str]) -> dict[str, sa.Row]:
     if not ids:
         return {}
@@ -242,13 +255,6 @@ def set_indexed(
     )
     conn.execute(
         chunks.delete().where((chunks.c.document_id == doc_id) & (chunks.c.version == version) & (chunks.c.chunker != chunker))
-    )
-
-
-def drop_version(conn: sa.Connection, doc_id: str, version: str) -> None:
-    """Extracted text and chunks of one version (cascade)."""
-    conn.execute(
-        document_versions.delete().where((document_versions.c.document_id == doc_id) & (document_versions.c.version == version))
     )
 
 

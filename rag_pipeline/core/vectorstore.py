@@ -121,10 +121,6 @@ class VectorStore:
         """Every point of a document (it was deleted)."""
         self._delete(document_id)
 
-    def delete_version(self, document_id: str, version: str) -> None:
-        """The points of one version of a document (a superseded run cleaning up after itself)."""
-        self._delete(document_id, must=[_match("version", version)])
-
     def delete_all_but(self, document_id: str, version: str, chunker: str) -> None:
         """Every point of a document except the chunk set it has just switched to."""
         keep = qm.Filter(must=[_match("version", version), _match("chunker", chunker)])
