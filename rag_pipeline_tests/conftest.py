@@ -67,3 +67,25 @@ def rag_env(tmp_path: Path, pg_url: str, embedding_server: EmbeddingServer, monk
     Path(env["DAGSTER_HOME"]).mkdir()
     (Path(env["DAGSTER_HOME"]) / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     return env
+
+
+@pytest.fixture
+def rig(pg_url: str, embedding_server: EmbeddingServer, tmp_path: Path):
+    """The core steps wired to real parts (see integrity_rig)."""
+    from collections import Counter
+
+    from rag_pipeline.core.db import open_engine
+    from rag_pipeline.core.embedding import OpenAIEmbedder
+    from rag_pipeline.core.vectorstore import VectorStore, open_client
+    from rag_pipeline_tests.integrity_rig import Rig
+
+    store = VectorStore(open_client(None, tmp_path / "qdrant"), "test_chunks")
+    # Few retries, so a test that exhausts them is quick; batches of 8 make several calls.
+    embedder = OpenAIEmbedder("test-embed", 256, "sk-test-not-a-secret", embedding_server.base_url, max_retries=2, batch_size=8)
+    (tmp_path / "inbox").mkdir()
+    yield Rig(open_engine(pg_url), store, embedder, tmp_path / "inbox", embedding_server,
+              texts_before=Counter(embedding_server.texts))
+    embedding_server.release()
+    embedding_server.set_faults()
+    embedder.close()
+    store.close()

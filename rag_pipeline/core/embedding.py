@@ -96,6 +96,7 @@ class OpenAIEmbedder:
         self.model = model
         self._requested_dimensions = dimensions
         self.batch_size = batch_size
+        self.max_retries = max_retries
         self.calls = 0
         self._dimensions = dimensions
 

@@ -68,8 +68,9 @@ def register_upload(
             id=doc_id, knowledge_base=knowledge_base, path=path, version=version,
             size_bytes=size_bytes, mtime_ns=mtime_ns, status=PENDING, attempts=0,
             detected_at=ts, updated_at=ts, revision=1,
-        ).on_conflict_do_nothing(index_elements=["knowledge_base", "path"])
-        if conn.execute(insert).rowcount == 1:
+        ).on_conflict_do_nothing(index_elements=["knowledge_base", "path"]).returning(documents.c.id)
+        # RETURNING, not rowcount: drivers disagree on rowcount for ON CONFLICT DO NOTHING.
+        if conn.execute(insert).first() is not None:
             return Change(doc_id, knowledge_base, path, "new")
         row = lock_document(conn, doc_id)
         if row.version == version and row.status not in GONE:

@@ -27,7 +27,7 @@ class Faults:
     statuses: tuple[int, ...] = (429, 500, 503)
     hang_rate: float = 0.0
     hang_seconds: float = 30.0
-    next_statuses: list[int] = field(default_factory=list)
+    next_statuses: list[int | None] = field(default_factory=list)  # None: serve this one normally
     seed: int = 0
 
 
