@@ -95,3 +95,21 @@ def test_verify_detects_and_repairs_missing_and_orphan_points(rag_env, embedding
     assert sum(embedding_server.texts.values()) == sent
     code, report = cli("verify")
     assert code == 0 and report["ok"] and report["points_checked"] >= 1
+
+
+def test_run_applies_deletions_like_the_sensor(rag_env):
+    from rag_pipeline.settings import Settings
+
+    docs = Settings.from_env().inbox_dir / "kb"
+    docs.mkdir(parents=True)
+    (docs / "keep.txt").write_text("Kestrels hover over motorway verges hunting voles.")
+    (docs / "drop.txt").write_text("Dormice hibernate for half of the year in hazel woods.")
+    cli("run")
+    assert {h["path"] for h in cli("search", "dormice hibernate hazel")[1]} >= {"drop.txt"}
+    (docs / "drop.txt").unlink()
+    _, summary = cli("run")
+    assert summary["deleted"] == 1 and summary["run_failures"] == 0
+    assert [d["path"] for d in cli("status")[1]["documents"]] == ["keep.txt"]
+    assert "drop.txt" not in {h["path"] for h in cli("search", "dormice hibernate hazel")[1]}
+    _, report = cli("verify")
+    assert report["ok"] and report["points_checked"] == report["documents_checked"] == 1
