@@ -116,7 +116,7 @@ def test_changed_document_stays_searchable_and_never_points_at_missing_chunks(ri
     v1_points = set(rig.point_ids(doc))
 
     def served_v1() -> None:
-        rig.assert_invariants(in_flight_ok=True)
+        rig.assert_invariants()
         assert set(rig.point_ids(doc)) == v1_points
         assert any("Krill" in t for t in rig.search_texts("krill swarms blue whale"))
 

@@ -152,6 +152,27 @@ def embed(
 ) -> list[Outcome]:
     """Vectors for the pending documents' chunks (cache first, each distinct text once), then
     one locked write that upserts the points and switches every document still current."""
+    return write_points(engine, store, compute_vectors(engine, embedder, doc_ids, chunker, embedding, batch_size))
+
+
+@dataclass
+class Computed:
+    """A run's vectors, computed and cached but not yet written to the index."""
+    ready: dict  # document id -> its row as read before embedding (revision = the CAS token)
+    frame: pd.DataFrame  # chunk rows (+ text_sha256) of the documents to write
+    vectors: dict[str, list[float]]  # text sha256 -> vector
+    cached: set[str]  # text hashes that came from the cache
+    chunker: str
+    config: str
+    dimensions: int
+    outcomes: list[Outcome]
+    metrics: dict
+
+
+def compute_vectors(
+    engine: Engine, embedder: Embedder, doc_ids: Sequence[str], chunker: ChunkerConfig, embedding: str,
+    batch_size: int = 128,
+) -> Computed:
     rows = records.get_documents(engine, doc_ids)
     ready = {d: r for d, r in rows.items() if r.status == records.PENDING}
     outcomes = [
@@ -162,42 +183,44 @@ def embed(
     frame = records.load_chunks(engine, [(d, r.version) for d, r in ready.items()], chunker.fingerprint)
     with_chunks = set(frame["document_id"])
     outcomes += [Outcome(d, "skipped", r.version, "no chunks for this version yet") for d, r in ready.items() if d not in with_chunks]
-    if frame.empty:
-        return outcomes
-    store.ensure_collection(embedder.dimensions)
     frame["text_sha256"] = frame["text"].map(text_hash)
     started = time.perf_counter()
     calls_before = embedder.calls
     vectors = _vectors(engine, embedder, embedding, frame, batch_size)
-    embed_seconds = time.perf_counter() - started
-
     failed_docs = frame.loc[frame["text_sha256"].isin(vectors.failed), ["document_id", "text_sha256"]].drop_duplicates("document_id")
     for doc_id, digest in failed_docs.itertuples(index=False):
         outcomes.append(_failed(engine, doc_id, ready[doc_id].version, vectors.failed[digest]))
-    frame = frame[~frame["document_id"].isin(failed_docs["document_id"])]
+    return Computed(
+        ready=ready, frame=frame[~frame["document_id"].isin(failed_docs["document_id"])],
+        vectors={**vectors.cached, **vectors.fresh}, cached=set(vectors.cached), chunker=chunker.fingerprint,
+        config=index_config(chunker, embedding), dimensions=embedder.dimensions, outcomes=outcomes,
+        metrics={
+            "embedding_calls_in_run": embedder.calls - calls_before, "texts_embedded_in_run": len(vectors.fresh),
+            "embed_seconds_batch": round(time.perf_counter() - started, 4),
+            "dimensions": embedder.dimensions, "model": embedder.model, "provider": embedder.provider,
+        },
+    )
+
+
+def write_points(engine: Engine, store: VectorStore, computed: Computed) -> list[Outcome]:
+    outcomes = list(computed.outcomes)
+    frame = computed.frame
     if frame.empty:
         return outcomes
-    lookup = {**vectors.cached, **vectors.fresh}
-    config = index_config(chunker, embedding)
+    store.ensure_collection(computed.dimensions)
     t0 = time.perf_counter()
-    switched = _write_and_switch(engine, store, ready, frame, lookup, chunker.fingerprint, config)
-    write_seconds = time.perf_counter() - t0
-    run_metrics = {
-        "embedding_calls_in_run": embedder.calls - calls_before, "texts_embedded_in_run": len(vectors.fresh),
-        "embed_seconds_batch": round(embed_seconds, 4), "write_seconds_batch": round(write_seconds, 4),
-        "dimensions": embedder.dimensions, "model": embedder.model, "provider": embedder.provider,
-        "collection": store.collection,
-    }
+    switched = _write_and_switch(engine, store, computed.ready, frame, computed.vectors, computed.chunker, computed.config)
+    metrics = {**computed.metrics, "write_seconds_batch": round(time.perf_counter() - t0, 4), "collection": store.collection}
     for doc_id, part in frame.groupby("document_id", sort=False):
-        row = ready[doc_id]
+        row = computed.ready[doc_id]
         if doc_id not in switched:
             outcomes.append(_superseded(doc_id, row.version))
             continue
-        hits = int(part["text_sha256"].isin(vectors.cached).sum())
+        hits = int(part["text_sha256"].isin(computed.cached).sum())
         outcomes.append(
             Outcome(
                 doc_id, "processed", row.version,
-                metrics={"points": int(len(part)), "cache_hits": hits, "embedded": int(len(part)) - hits, **run_metrics},
+                metrics={"points": int(len(part)), "cache_hits": hits, "embedded": int(len(part)) - hits, **metrics},
             )
         )
     return outcomes
