@@ -24,7 +24,7 @@ def test_repo_dagster_yaml_runs_on_postgres(rag_env, pg_url, tmp_path, monkeypat
     for key, value in {
         "DAGSTER_HOME": str(home), "DAGSTER_PG_USER": url.username or "postgres", "DAGSTER_PG_PASSWORD": url.password or "",
         "DAGSTER_PG_HOST": url.hostname, "DAGSTER_PG_PORT": str(url.port or 5432),
-        "DAGSTER_PG_DB": url.path.lstrip("/"), "RAG_MAX_CONCURRENT_RUNS": "1",
+        "DAGSTER_PG_DB": url.path.lstrip("/"),
     }.items():
         monkeypatch.setenv(key, value)
 
@@ -43,3 +43,6 @@ def test_repo_dagster_yaml_runs_on_postgres(rag_env, pg_url, tmp_path, monkeypat
         keys = instance.get_materialized_partitions(__import__("dagster").AssetKey("document_embeddings"))
         assert len(keys) == 1
         assert instance.get_dynamic_partitions("documents") == list(keys)
+        # The vector-store step took a slot of its pool (limit 1 from dagster.yaml) and gave it back.
+        pool = instance.event_log_storage.get_concurrency_info("rag_vector_store")
+        assert pool.slot_count == 1 and pool.active_slot_count == 0, pool

@@ -91,3 +91,27 @@ def test_sensor_hands_off_only_committed_rows(rag_env, pg_url):
     assert set(partitions.partition_keys) == set(rows) and set(rows.values()) == {"pending"}
     assert request.tags["dagster/asset_partition_range_start"] in rows
     assert request.tags["dagster/asset_partition_range_end"] in rows
+
+
+def test_backfills_reuse_work_and_the_embedding_cache(rag_env, embedding_server):
+    """A single-run backfill over every document (what the UI launches) redoes nothing for
+    indexed documents, and a forced rebuild gets every vector from the cache."""
+    settings = Settings.from_env()
+    write_files(settings.inbox_dir, "kb", FILES)
+    defs = build_definitions(settings)
+    job = defs.resolve_job_def("index_documents")
+    with DagsterInstance.get() as instance:
+        tick_and_run(defs, instance)
+        keys = instance.get_dynamic_partitions("documents")
+        backfill_tags = {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}
+        requests = embedding_server.requests
+        assert job.execute_in_process(instance=instance, tags=backfill_tags).success
+        assert embedding_server.requests == requests
+        assert {_embedding_metadata(instance, k)["status"] for k in keys} == {"skipped"}
+
+        assert records.request_again(get_engine(settings.database_url), keys) == len(keys)
+        assert job.execute_in_process(instance=instance, tags=backfill_tags).success
+        assert embedding_server.requests == requests
+        for key in keys:
+            meta = _embedding_metadata(instance, key)
+            assert meta["status"] == "processed" and meta["cache_hits"] == meta["points"] and meta["embedded"] == 0

@@ -115,6 +115,9 @@ def document_chunks(
     description="Chunk vectors in Qdrant, one point per chunk with a deterministic id.",
     kinds={"openai", "qdrant"},
     deps=[document_chunks],
+    # Writers to the vector store queue across runs (limit in dagster.yaml `concurrency.pools`):
+    # embedded Qdrant allows one writer, and a server is protected from upsert storms.
+    pool="rag_vector_store",
     check_specs=[document_check("points_match_chunks", "document_embeddings",
                                 "Qdrant holds exactly the served chunks of the document, and no point "
                                 "of another version.")],
