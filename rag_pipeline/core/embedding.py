@@ -21,7 +21,12 @@ import numpy as np
 
 
 class EmbeddingError(Exception):
-    """Permanent embedding failure (bad request, bad credentials, wrong model)."""
+    """The endpoint refused these texts (400, 422): the documents' problem, parked with it."""
+
+
+class EndpointError(Exception):
+    """The endpoint cannot serve anyone (bad credentials, unknown model, wrong width): the run
+    fails fast with this message and the documents wait, since none of them is at fault."""
 
 
 class Embedder(Protocol):
@@ -120,16 +125,24 @@ class OpenAIEmbedder:
                 response = self._client.embeddings.create(
                     model=self.model, input=batch, encoding_format="float", **kwargs
                 )
-            except (openai.BadRequestError, openai.AuthenticationError, openai.PermissionDeniedError,
-                    openai.NotFoundError, openai.UnprocessableEntityError) as exc:
-                raise EmbeddingError(f"embedding endpoint refused the request: {exc.status_code} {_short(exc)}") from exc
+            except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
+                raise EmbeddingError(f"embedding endpoint refused the text: {exc.status_code} {_short(exc)}") from exc
+            except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
+                raise EndpointError(
+                    f"embedding endpoint rejected the credentials ({exc.status_code}): check OPENAI_API_KEY"
+                ) from exc
+            except openai.NotFoundError as exc:
+                raise EndpointError(
+                    f"embedding endpoint has no model {self.model!r} at {self._client.base_url} (404): "
+                    "check RAG_EMBEDDING_MODEL and OPENAI_BASE_URL"
+                ) from exc
             self.calls += 1
             data = sorted(response.data, key=lambda d: d.index)
             if len(data) != len(batch):
-                raise EmbeddingError(f"endpoint returned {len(data)} vectors for {len(batch)} inputs")
+                raise EndpointError(f"endpoint returned {len(data)} vectors for {len(batch)} inputs")
             vectors.extend(list(d.embedding) for d in data)
         if vectors and self._dimensions is not None and len(vectors[0]) != self._dimensions:
-            raise EmbeddingError(
+            raise EndpointError(
                 f"endpoint returned {len(vectors[0])}-dimensional vectors, expected {self._dimensions}"
                 " (check RAG_EMBEDDING_DIMENSIONS)"
             )
@@ -151,7 +164,7 @@ class SentenceTransformerEmbedder:
         try:
             from sentence_transformers import SentenceTransformer
         except ImportError as exc:  # pragma: no cover - depends on the optional extra
-            raise EmbeddingError(
+            raise EndpointError(
                 "RAG_EMBEDDER=local needs the 'local' extra: pip install 'rag_pipeline[local]'"
             ) from exc
         self.model = model

@@ -278,10 +278,15 @@ def _vectors(engine: Engine, embedder: Embedder, embedding: str, frame: pd.DataF
         part = todo.iloc[start : start + batch_size]
         try:
             got = dict(zip(part["text_sha256"], embedder.embed(part["text"].tolist())))
-        except EmbeddingError as exc:
-            # Permanent refusal of these texts: their documents are parked with the reason.
-            result.failed.update(dict.fromkeys(part["text_sha256"], str(exc)))
-            continue
+        except EmbeddingError:
+            # Some text in the batch was refused: find which, one text at a time, so only the
+            # documents holding it are parked.
+            got = {}
+            for digest, text in zip(part["text_sha256"], part["text"]):
+                try:
+                    got[digest] = embedder.embed([text])[0]
+                except EmbeddingError as exc:
+                    result.failed[digest] = str(exc)
         embedding_cache.store(engine, embedding, got)
         result.fresh.update(got)
     return result

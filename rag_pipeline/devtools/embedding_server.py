@@ -28,6 +28,7 @@ class Faults:
     hang_rate: float = 0.0
     hang_seconds: float = 30.0
     next_statuses: list[int | None] = field(default_factory=list)  # None: serve this one normally
+    refuse_marker: str | None = None  # 400 for any request with a text containing this
     seed: int = 0
 
 
@@ -142,10 +143,10 @@ class EmbeddingServer:
                 if not self.path.rstrip("/").endswith("/embeddings"):
                     self._send(404, {"error": {"message": "not found"}})
                     return
+                status, hang = server._pick_fault()  # counts the request
                 if server.api_key and self.headers.get("Authorization") != f"Bearer {server.api_key}":
                     self._send(401, {"error": {"message": "invalid api key", "type": "invalid_request_error"}})
                     return
-                status, hang = server._pick_fault()
                 if hang:
                     time.sleep(server.faults.hang_seconds)
                     return
@@ -163,6 +164,10 @@ class EmbeddingServer:
                     return
                 if isinstance(inputs, str):
                     inputs = [inputs]
+                marker = server.faults.refuse_marker
+                if marker and any(marker in t for t in inputs if isinstance(t, str)):
+                    self._send(400, {"error": {"message": "input is too long for this model", "type": "invalid_request_error"}})
+                    return
                 if not inputs or not all(isinstance(t, str) and t for t in inputs):
                     self._send(400, {"error": {"message": "input must be non-empty strings"}})
                     return

@@ -1,0 +1,49 @@
+"""Faults that are nobody's document's fault make documents wait; faults in a document's own
+content park that document with the reason."""
+
+from __future__ import annotations
+
+import pytest
+
+from rag_pipeline.core import pipeline, records
+from rag_pipeline.core.embedding import EndpointError, OpenAIEmbedder
+from rag_pipeline.devtools.embedding_server import EmbeddingServer
+from rag_pipeline_tests.integrity_rig import EMBEDDING
+
+
+def _status(rig, doc_id: str):  # noqa: ANN001, ANN202
+    row = records.get_documents(rig.engine, [doc_id])[doc_id]
+    return row.status, row.error
+
+
+def test_bad_credentials_fail_the_run_fast_and_park_nothing(rig):
+    doc = rig.write("kb", "doc.txt", "Herons stand still in the shallows waiting for fish.")
+    rig.detect()
+    rig.extract([doc])
+    rig.chunk([doc])
+    with EmbeddingServer(dimensions=256, api_key="the-right-key") as guarded:
+        embedder = OpenAIEmbedder("test-embed", 256, "a-wrong-key", guarded.base_url, max_retries=0)
+        try:
+            with pytest.raises(EndpointError, match="rejected the credentials \\(401\\): check OPENAI_API_KEY"):
+                pipeline.embed(rig.engine, rig.store, embedder, [doc], rig.chunker, EMBEDDING)
+        finally:
+            embedder.close()
+        assert guarded.requests == 1  # failed fast: a 401 is not retried
+    assert _status(rig, doc) == (records.PENDING, None)  # waiting, not blamed
+    assert rig.index([doc]) == {doc: "processed"}  # the right endpoint indexes it
+
+
+def test_a_text_the_endpoint_refuses_parks_only_its_document(rig):
+    names = ["one", "two", "poison", "four"]
+    docs = [rig.write("kb", f"{name}.txt", f"{name} is a perfectly ordinary document.") for name in names]
+    rig.detect()
+    rig.extract(docs)
+    rig.chunk(docs)
+    # All four texts go in one request; the endpoint refuses it because of one of them.
+    rig.server.set_faults(refuse_marker="poison")
+    outcomes = {o.document_id: o for o in rig.embed(docs)}
+    poison = docs[2]
+    assert outcomes[poison].status == "failed" and "refused the text: 400" in outcomes[poison].reason
+    assert _status(rig, poison)[0] == records.FAILED and "too long" in _status(rig, poison)[1]
+    assert {outcomes[d].status for d in docs if d != poison} == {"processed"}
+    rig.assert_invariants()
