@@ -90,6 +90,19 @@ embedding_cache = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
 
+# A run worker's proof of life, written every few seconds by its own process. The run launcher
+# reads it to tell Dagster's run monitoring that a worker died (kill -9, OOM, lost machine).
+run_heartbeats = sa.Table(
+    "run_heartbeats",
+    metadata,
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("beat_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+)
+
 _engines: dict[str, Engine] = {}
 _engines_lock = threading.Lock()
 _migrated: set[str] = set()

@@ -16,6 +16,7 @@ from sqlalchemy.engine import Engine
 from rag_pipeline.core.chunking import ChunkerConfig
 from rag_pipeline.core.db import dispose_engine, open_engine
 from rag_pipeline.core.embedding import Embedder, make_embedder
+from rag_pipeline.core.heartbeat import Heartbeat
 from rag_pipeline.core.vectorstore import VectorStore, open_client
 
 
@@ -25,11 +26,22 @@ class DatabaseResource(ConfigurableResource):
     url: str = Field(description="SQLAlchemy URL; postgresql:// URLs use psycopg 3.")
     pool_size: int = Field(default=5, description="Connections this process may hold at most.")
 
+    _heartbeat: Optional[Heartbeat] = PrivateAttr(default=None)
+
     @property
     def engine(self) -> Engine:
         return open_engine(self.url, self.pool_size)
 
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        # Every run uses the database, so its resource carries the run's heartbeat (read by the
+        # HeartbeatRunLauncher). Sensor ticks have no run id and do not beat.
+        if context.run_id:
+            self._heartbeat = Heartbeat(self.engine, context.run_id).start()
+
     def teardown_after_execution(self, context: InitResourceContext) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+            self._heartbeat = None
         dispose_engine(self.url)
 
 
