@@ -35,8 +35,8 @@ class DatabaseResource(ConfigurableResource):
     def setup_for_execution(self, context: InitResourceContext) -> None:
         # Every run uses the database, so its resource carries the run's heartbeat (read by the
         # HeartbeatRunLauncher). Sensor ticks have no run id and do not beat.
-        if context.run_id:
-            self._heartbeat = Heartbeat(self.engine, context.run_id).start()
+        if context.run is not None:
+            self._heartbeat = Heartbeat(self.engine, context.run.run_id).start()
 
     def teardown_after_execution(self, context: InitResourceContext) -> None:
         if self._heartbeat is not None:
