@@ -3,6 +3,7 @@ content park that document with the reason."""
 
 from __future__ import annotations
 
+import openai
 import pytest
 
 from rag_pipeline.core import pipeline, records
@@ -47,3 +48,33 @@ def test_a_text_the_endpoint_refuses_parks_only_its_document(rig):
     assert _status(rig, poison)[0] == records.FAILED and "too long" in _status(rig, poison)[1]
     assert {outcomes[d].status for d in docs if d != poison} == {"processed"}
     rig.assert_invariants()
+
+
+def test_endpoint_outage_makes_documents_wait_then_index(rig):
+    docs = [rig.write("kb", f"d{i}.txt", f"Outage test document {i} about tidal pools.") for i in range(3)]
+    rig.detect()
+    rig.extract(docs)
+    rig.chunk(docs)
+    rig.server.set_faults(status_rate=1.0, statuses=(503,))  # down
+    with pytest.raises(openai.InternalServerError):
+        rig.embed(docs)
+    assert {_status(rig, d) for d in docs} == {(records.PENDING, None)}  # waiting, not bad input
+    rig.server.set_faults()  # back
+    assert rig.index(docs) == dict.fromkeys(docs, "processed")
+    rig.assert_converged()
+
+
+def test_flaky_endpoint_429_500_and_hangs_everything_indexed_once(rig):
+    flaky = OpenAIEmbedder("test-embed", 256, "sk-test", rig.server.base_url, timeout=1.0, max_retries=8, batch_size=4)
+    rig.embedder = flaky
+    try:
+        docs = [rig.write("kb", f"f{i}.txt", " ".join(f"flaky{i}w{j}" for j in range(60))) for i in range(8)]
+        rig.server.set_faults(status_rate=0.3, statuses=(429, 500, 503), hang_rate=0.1, hang_seconds=3.0, seed=7)
+        rig.settle()
+        assert rig.server.failures > 0
+    finally:
+        rig.server.set_faults()
+        flaky.close()
+    rig.assert_converged()
+    sent = rig.sent_texts()
+    assert sent and max(sent.values()) == 1  # a retried request never duplicated a vector
