@@ -51,6 +51,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     from rag_pipeline.core.db import open_engine
 
     rows = records.list_documents(open_engine(settings.database_url), args.kb)
+    if args.failed:  # the dead letter: parked documents and why
+        rows = [r for r in rows if r.status == records.FAILED]
     docs = [
         {
             "document_id": r.id, "knowledge_base": r.knowledge_base, "path": r.path, "status": r.status,
@@ -68,6 +70,20 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     ]
     lines.append("totals: " + (", ".join(f"{k} {v}" for k, v in sorted(totals.items())) or "no documents"))
     _emit(args, {"documents": docs, "totals": totals}, "\n".join(lines))
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
+    """Re-drive parked documents: back to pending with a fresh attempt budget."""
+    from rag_pipeline.core import records
+    from rag_pipeline.core.db import open_engine
+
+    engine = open_engine(settings.database_url)
+    count = records.request_again(engine, args.documents or None, status=records.FAILED)
+    _emit(
+        args, {"requeued": count},
+        f"{count} failed document(s) re-queued; the sensor or `rag-pipeline run` indexes them",
+    )
     return 0
 
 
@@ -185,7 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_run)
     p = sub.add_parser("status", parents=[common], help="each document's state and totals")
     p.add_argument("--kb")
+    p.add_argument("--failed", action="store_true", help="only parked documents, with their reasons (the dead letter)")
     p.set_defaults(fn=cmd_status)
+    p = sub.add_parser("retry", parents=[common], help="re-queue failed documents (all, or the ids given)")
+    p.add_argument("documents", nargs="*", metavar="DOCUMENT_ID")
+    p.set_defaults(fn=cmd_retry)
     p = sub.add_parser("search", parents=[common], help="top chunks for a query")
     p.add_argument("query")
     p.add_argument("--kb")

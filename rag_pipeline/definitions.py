@@ -30,13 +30,15 @@ def build_resources(settings: Settings) -> dict:
         "db": DatabaseResource(url=_secret("DATABASE_URL", settings.database_url)),
         "inbox": InboxResource(
             path=str(settings.inbox_dir), max_file_bytes=settings.max_file_bytes,
-            docs_per_run=settings.docs_per_run,
+            docs_per_run=settings.docs_per_run, overdue_seconds=settings.overdue_seconds,
+            max_attempts=settings.max_attempts,
         ),
         "chunker": ChunkerResource(max_tokens=settings.chunk_tokens, overlap=settings.chunk_overlap),
         "embedder": EmbedderResource(
             provider=settings.embedder, model=settings.embedding_model,
             dimensions=settings.embedding_dimensions, api_key=_secret("OPENAI_API_KEY"),
             base_url=settings.openai_base_url, batch_size=settings.embed_batch_size,
+            timeout_seconds=settings.embed_timeout_seconds, max_retries=settings.embed_max_retries,
         ),
         "vector_store": VectorStoreResource(
             url=settings.qdrant_url, path=None if settings.qdrant_url else str(settings.qdrant_path),

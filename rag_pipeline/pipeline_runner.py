@@ -31,6 +31,8 @@ def run_pending(settings: Settings, progress: bool = False) -> dict:
         instance.add_dynamic_partitions(documents_partitions.name, plan.add_partitions)
     for key in plan.delete_partitions:
         instance.delete_dynamic_partition(documents_partitions.name, key)
+    for evaluation in plan.check_events:  # what the sensor would report: late or parked documents
+        instance.report_runless_asset_event(evaluation)
     requests = [r for r in plan.run_requests if r.job_name == "index_documents"]
     total_docs = sum(int(r.tags.get(DOCUMENTS_TAG, "0")) for r in requests)
     bar = None

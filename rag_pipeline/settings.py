@@ -44,7 +44,11 @@ class Settings:
     chunk_tokens: int = 400
     chunk_overlap: int = 60
     docs_per_run: int = 200
+    overdue_seconds: float = 120.0
+    max_attempts: int = 3
     embed_batch_size: int = 128
+    embed_timeout_seconds: float = 60.0
+    embed_max_retries: int = 6
     max_file_bytes: int = 50 * 1024 * 1024
     # Secrets are never part of repr(): a settings object can end up in a log line.
     openai_api_key: str | None = field(default=None, repr=False)
@@ -75,7 +79,11 @@ class Settings:
             chunk_tokens=_int(env, "RAG_CHUNK_TOKENS", 400),
             chunk_overlap=_int(env, "RAG_CHUNK_OVERLAP", 60),
             docs_per_run=_int(env, "RAG_DOCS_PER_RUN", 200),
+            overdue_seconds=float(_int(env, "RAG_OVERDUE_SECONDS", 120)),
+            max_attempts=_int(env, "RAG_MAX_ATTEMPTS", 3),
             embed_batch_size=_int(env, "RAG_EMBED_BATCH_SIZE", 128),
+            embed_timeout_seconds=float(_int(env, "RAG_EMBED_TIMEOUT_SECONDS", 60)),
+            embed_max_retries=_int(env, "RAG_EMBED_MAX_RETRIES", 6),
             max_file_bytes=_int(env, "RAG_MAX_FILE_BYTES", 50 * 1024 * 1024),
             openai_api_key=env.get("OPENAI_API_KEY") or None,
             qdrant_api_key=env.get("QDRANT_API_KEY") or None,
@@ -96,4 +104,5 @@ def make_settings_embedder(settings: Settings):  # noqa: ANN201
     return make_embedder(
         settings.embedder, settings.embedding_model, settings.embedding_dimensions,
         settings.openai_api_key, settings.openai_base_url, settings.embed_batch_size,
+        settings.embed_timeout_seconds, settings.embed_max_retries,
     )

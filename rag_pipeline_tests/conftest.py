@@ -59,6 +59,8 @@ def rag_env(tmp_path: Path, pg_url: str, embedding_server: EmbeddingServer, monk
         "DAGSTER_HOME": str(tmp_path / "dagster_home"),
         "RAG_CHUNK_TOKENS": "120",
         "RAG_CHUNK_OVERLAP": "20",
+        # Enough retries for the fault tests' bursts, few enough that an outage fails fast.
+        "RAG_EMBED_MAX_RETRIES": "3",
     }
     for name in ("QDRANT_URL", "QDRANT_PATH", "RAG_INBOX_DIR", "RAG_COLLECTION"):
         monkeypatch.delenv(name, raising=False)

@@ -115,3 +115,93 @@ def test_backfills_reuse_work_and_the_embedding_cache(rag_env, embedding_server)
         for key in keys:
             meta = _embedding_metadata(instance, key)
             assert meta["status"] == "processed" and meta["cache_hits"] == meta["points"] and meta["embedded"] == 0
+
+
+def _tick(defs, instance: DagsterInstance):  # noqa: ANN001, ANN202
+    """One sensor evaluation whose runs are never executed (as if they were lost)."""
+    with build_sensor_context(instance=instance, resources=defs.resources) as ctx:
+        result = defs.resolve_sensor_def("inbox_sensor")(ctx)
+    for request in result.dynamic_partitions_requests or []:
+        if isinstance(request, AddDynamicPartitionsRequest):
+            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    return result
+
+
+def _age_requests(engine, seconds: int = 3600) -> None:  # noqa: ANN001
+    import datetime as dt
+
+    import sqlalchemy as sa
+
+    from rag_pipeline.core.db import documents
+
+    with engine.begin() as conn:
+        conn.execute(documents.update().values(requested_at=records.now() - dt.timedelta(seconds=seconds)))
+
+
+def test_late_and_abandoned_documents_are_reported_parked_and_retried(rag_env, monkeypatch, capsys):
+    """The stale-processing reconciler, replaced: a document whose runs keep getting lost is
+    reported late once, handed to at most RAG_MAX_ATTEMPTS runs, then parked with a reason
+    (the dead letter) until `retry` re-drives it."""
+    import time
+
+    from rag_pipeline import cli
+
+    monkeypatch.setenv("RAG_OVERDUE_SECONDS", "1")
+    monkeypatch.setenv("RAG_MAX_ATTEMPTS", "2")
+    settings = Settings.from_env()
+    write_files(settings.inbox_dir, "kb", {"a.txt": FILES["a.txt"]})
+    doc = document_id("kb", "a.txt")
+    engine = get_engine(settings.database_url)
+    defs = build_definitions(settings)
+    with DagsterInstance.get() as instance:
+        assert len(_tick(defs, instance).run_requests) == 1  # attempt 1: its run is lost
+        time.sleep(1.5)
+        [late] = _tick(defs, instance).asset_events
+        assert (late.check_name, late.partition, late.passed, late.severity.value) == ("indexed_in_time", doc, False, "WARN")
+        assert "not indexed 1 s after upload" in late.description
+        assert _tick(defs, instance).asset_events == []  # reported once, not every tick
+        _age_requests(engine)
+        assert len(_tick(defs, instance).run_requests) == 1  # attempt 2: lost too
+        _age_requests(engine)
+        parked = _tick(defs, instance)
+        assert parked.run_requests == [] and [e.severity.value for e in parked.asset_events] == ["ERROR"]
+        row = records.get_documents(engine, [doc])[doc]
+        assert row.status == records.FAILED and row.error == "gave up after 2 runs"
+
+        capsys.readouterr()
+        assert cli.main(["status", "--failed", "--json"]) == 0
+        import json
+
+        dead = json.loads(capsys.readouterr().out)["documents"]
+        assert [(d["path"], d["error"]) for d in dead] == [("a.txt", "gave up after 2 runs")]
+        assert cli.main(["retry", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out) == {"requeued": 1}
+
+        _, [run] = tick_and_run(defs, instance)
+        [fresh] = [e for e in run.get_asset_check_evaluations() if e.check_name == "indexed_in_time"]
+        assert fresh.passed and fresh.partition == doc
+        assert records.get_documents(engine, [doc])[doc].status == records.INDEXED
+
+
+def test_an_outage_fails_the_run_but_leaves_documents_waiting_without_spending_attempts(rag_env, embedding_server):
+    settings = Settings.from_env()
+    write_files(settings.inbox_dir, "kb", FILES)
+    defs = build_definitions(settings)
+    engine = get_engine(settings.database_url)
+    with DagsterInstance.get() as instance:
+        [request] = _tick(defs, instance).run_requests
+        embedding_server.set_faults(status_rate=1.0, statuses=(503,))
+        try:
+            result = defs.resolve_job_def("index_documents").execute_in_process(
+                instance=instance, tags=dict(request.tags), raise_on_error=False
+            )
+        finally:
+            embedding_server.set_faults()
+        assert not result.success
+        rows = records.list_documents(engine)
+        assert {r.status for r in rows} == {records.PENDING}
+        assert all(r.error.startswith("waiting: InternalServerError") for r in rows)
+        assert {r.attempts for r in rows} == {0}  # the hand-off was refunded: not their fault
+        # The next hand-off (the sensor's re-request, or Dagster's run retry) indexes them.
+        assert defs.resolve_job_def("index_documents").execute_in_process(instance=instance, tags=dict(request.tags)).success
+        assert {r.status for r in records.list_documents(engine)} == {records.INDEXED}

@@ -37,6 +37,10 @@ documents = sa.Table(
     # Bumped by every registered change or deletion: the compare-and-set token of a run.
     sa.Column("revision", sa.Integer, nullable=False, server_default="0"),
     sa.Column("indexed_chunker", sa.String(128)),
+    # When the current version was registered (its freshness clock), and when its being
+    # overdue was reported (so the report is made once).
+    sa.Column("registered_at", sa.DateTime(timezone=True)),
+    sa.Column("overdue_reported_at", sa.DateTime(timezone=True)),
     sa.UniqueConstraint("knowledge_base", "path", name="uq_documents_kb_path"),
     sa.Index("ix_documents_status", "status"),
 )

@@ -98,13 +98,14 @@ def pending_documents(
 
 
 def mark_requested(engine: Engine, doc_ids: Sequence[str]) -> None:
+    """Handed to a run: stamped, and one attempt spent."""
     ts = records.now()
     with engine.begin() as conn:
         for start in range(0, len(doc_ids), 500):
             conn.execute(
                 documents.update()
                 .where(documents.c.id.in_(list(doc_ids[start : start + 500])))
-                .values(requested_at=ts)
+                .values(requested_at=ts, attempts=documents.c.attempts + 1)
             )
 
 

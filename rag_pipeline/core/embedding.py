@@ -204,11 +204,16 @@ def make_embedder(
     api_key: str | None = None,
     base_url: str | None = None,
     batch_size: int = 128,
+    timeout: float = 60.0,
+    max_retries: int = 6,
 ) -> Embedder:
     if provider == "hash":
         return HashingEmbedder(dimensions=dimensions or 384, model=model)
     if provider == "openai":
-        return OpenAIEmbedder(model, dimensions, api_key=api_key, base_url=base_url, batch_size=batch_size)
+        return OpenAIEmbedder(
+            model, dimensions, api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries,
+            batch_size=batch_size,
+        )
     if provider == "local":
         return SentenceTransformerEmbedder(model)
     raise ValueError(f"unknown embedder {provider!r}")

@@ -8,6 +8,7 @@ run fails and the documents stay pending for the retry.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import time
 from dataclasses import dataclass, field
@@ -220,10 +221,20 @@ def write_points(engine: Engine, store: VectorStore, computed: Computed) -> list
         outcomes.append(
             Outcome(
                 doc_id, "processed", row.version,
-                metrics={"points": int(len(part)), "cache_hits": hits, "embedded": int(len(part)) - hits, **metrics},
+                metrics={
+                    "points": int(len(part)), "cache_hits": hits, "embedded": int(len(part)) - hits,
+                    "seconds_since_upload": round(_seconds_since(row.registered_at), 1), **metrics,
+                },
             )
         )
     return outcomes
+
+
+def _seconds_since(ts) -> float:  # noqa: ANN001
+    if ts is None:
+        return 0.0
+    ts = ts if ts.tzinfo else ts.replace(tzinfo=dt.timezone.utc)  # SQLite returns naive UTC
+    return (records.now() - ts).total_seconds()
 
 
 def _write_and_switch(

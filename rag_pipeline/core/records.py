@@ -67,7 +67,7 @@ def register_upload(
         insert = insert_for(conn, documents).values(
             id=doc_id, knowledge_base=knowledge_base, path=path, version=version,
             size_bytes=size_bytes, mtime_ns=mtime_ns, status=PENDING, attempts=0,
-            detected_at=ts, updated_at=ts, revision=1,
+            detected_at=ts, updated_at=ts, registered_at=ts, revision=1,
         ).on_conflict_do_nothing(index_elements=["knowledge_base", "path"]).returning(documents.c.id)
         # RETURNING, not rowcount: drivers disagree on rowcount for ON CONFLICT DO NOTHING.
         if conn.execute(insert).first() is not None:
@@ -84,8 +84,8 @@ def register_upload(
             documents.update().where(documents.c.id == doc_id).values(
                 version=version, size_bytes=size_bytes, mtime_ns=mtime_ns, status=PENDING,
                 # A new version has never been requested, whatever happened to the old one.
-                error=None, attempts=0, updated_at=ts, requested_at=None,
-                revision=documents.c.revision + 1,
+                error=None, attempts=0, updated_at=ts, requested_at=None, registered_at=ts,
+                overdue_reported_at=None, revision=documents.c.revision + 1,
             )
         )
         return Change(doc_id, knowledge_base, path, "new" if row.status in GONE else "changed")
@@ -194,7 +194,7 @@ def record_failure(engine: Engine, doc_id: str, version: str, reason: str) -> bo
         result = conn.execute(
             documents.update()
             .where((documents.c.id == doc_id) & (documents.c.version == version) & documents.c.status.not_in(GONE))
-            .values(status=FAILED, error=reason[:2000], attempts=documents.c.attempts + 1, updated_at=now())
+            .values(status=FAILED, error=reason[:2000], updated_at=now())
         )
         return result.rowcount == 1
 
@@ -248,7 +248,7 @@ def set_indexed(
     conn.execute(
         documents.update().where(documents.c.id == doc_id).values(
             status=INDEXED, indexed_version=version, indexed_chunker=chunker, indexed_config=config,
-            chunk_count=chunk_count, error=None, indexed_at=now(), updated_at=now(),
+            chunk_count=chunk_count, error=None, indexed_at=now(), updated_at=now(), overdue_reported_at=None,
         )
     )
     conn.execute(
@@ -275,15 +275,70 @@ def documents_in(engine: Engine, status: str) -> list[str]:
         return [r[0] for r in conn.execute(sa.select(documents.c.id).where(documents.c.status == status))]
 
 
-def request_again(engine: Engine, doc_ids: Sequence[str]) -> int:
-    """Make indexed documents pending again (the audit found them inconsistent)."""
+def request_again(engine: Engine, doc_ids: Sequence[str] | None = None, status: str | None = None) -> int:
+    """Make documents pending again, with a fresh attempt budget: those named, or all in
+    `status` (`rag-pipeline retry` re-drives the failed ones; the audit's repair, the
+    inconsistent ones)."""
+    cond = documents.c.status.not_in(GONE)
+    if doc_ids is not None:
+        cond &= documents.c.id.in_(list(doc_ids))
+    if status is not None:
+        cond &= documents.c.status == status
+    ts = now()
     with engine.begin() as conn:
         result = conn.execute(
-            documents.update()
-            .where(documents.c.id.in_(list(doc_ids)) & documents.c.status.not_in(GONE))
-            .values(status=PENDING, requested_at=None, attempts=0, error=None, updated_at=now())
+            documents.update().where(cond).values(
+                status=PENDING, requested_at=None, attempts=0, error=None, updated_at=ts,
+                registered_at=ts, overdue_reported_at=None,
+            )
         )
         return result.rowcount
+
+
+def note_wait(engine: Engine, doc_ids: Sequence[str], reason: str, refund: bool) -> None:
+    """A run holding these documents failed. The reason shows in `status` while they wait.
+    With `refund`, the failure was the infrastructure's (endpoint, database or vector store
+    unavailable), so it does not count against the documents' attempt budget."""
+    values: dict = {"error": f"waiting: {reason}"[:2000], "updated_at": now()}
+    if refund:
+        values["attempts"] = sa.case((documents.c.attempts > 0, documents.c.attempts - 1), else_=0)
+    with engine.begin() as conn:
+        conn.execute(
+            documents.update()
+            .where(documents.c.id.in_(list(doc_ids)) & (documents.c.status == PENDING))
+            .values(**values)
+        )
+
+
+def park_exhausted(engine: Engine, max_attempts: int) -> list[sa.Row]:
+    """Pending documents already handed to `max_attempts` runs that never finished them become
+    failed (the dead letter), keeping the last error. Returns them."""
+    with engine.begin() as conn:
+        rows = conn.execute(
+            documents.update()
+            .where((documents.c.status == PENDING) & (documents.c.attempts >= max_attempts))
+            .values(
+                status=FAILED, updated_at=now(),
+                error=sa.literal(f"gave up after {max_attempts} runs")
+                + sa.case((documents.c.error.is_not(None), sa.literal("; last error: ") + documents.c.error), else_=""),
+            )
+            .returning(documents.c.id, documents.c.error)
+        )
+        return list(rows)
+
+
+def overdue(engine: Engine, older_than: dt.datetime) -> list[sa.Row]:
+    """Pending documents registered before `older_than` whose lateness was not yet reported;
+    marked reported in the same transaction."""
+    cond = (
+        (documents.c.status == PENDING) & (documents.c.registered_at < older_than)
+        & documents.c.overdue_reported_at.is_(None)
+    )
+    with engine.begin() as conn:
+        rows = list(conn.execute(sa.select(documents.c.id, documents.c.registered_at, documents.c.error).where(cond)))
+        if rows:
+            conn.execute(documents.update().where(documents.c.id.in_([r.id for r in rows])).values(overdue_reported_at=now()))
+        return rows
 
 
 def list_documents(engine: Engine, knowledge_base: str | None = None) -> list[sa.Row]:

@@ -7,7 +7,8 @@ failing the others.
 
 
 import warnings
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
 from dagster import (
     BetaWarning,
@@ -21,10 +22,10 @@ from dagster import (
     asset,
 )
 
-from rag_pipeline.core import pipeline
+from rag_pipeline.core import faults, pipeline, records
 from rag_pipeline.core.pipeline import Outcome
 from rag_pipeline.core.audit import audit_documents
-from rag_pipeline.defs.checks import document_check, evaluate_per_document
+from rag_pipeline.defs.checks import INDEXED_IN_TIME, document_check, evaluate_per_document
 from rag_pipeline.defs.partitions import documents_partitions
 from rag_pipeline.defs.resources import (
     ChunkerResource,
@@ -45,6 +46,20 @@ COMMON = dict(
     owners=["team:rag-platform"],
     tags={"domain": "rag"},
 )
+
+
+@contextmanager
+def waiting_on_failure(context: AssetExecutionContext, engine) -> Iterator[None]:  # noqa: ANN001
+    """A step that fails as a whole leaves its documents pending with the reason; if the
+    infrastructure was at fault, the attempt is not held against them."""
+    try:
+        yield
+    except Exception as exc:
+        try:
+            records.note_wait(engine, context.partition_keys, faults.describe(exc), faults.is_infrastructure(exc))
+        except Exception:  # the database may be what failed
+            context.log.warning("could not record the failure against the documents", exc_info=True)
+        raise
 
 
 def _report(context: AssetExecutionContext, outcomes: Sequence[Outcome]) -> dict:
@@ -74,7 +89,8 @@ def source_document(
     chunker: ChunkerResource, embedder: EmbedderResource,
 ):
     config = pipeline.index_config(chunker.config, embedder.fingerprint)
-    outcomes = pipeline.extract(db.engine, inbox.root, context.partition_keys, config, inbox.max_file_bytes)
+    with waiting_on_failure(context, db.engine):
+        outcomes = pipeline.extract(db.engine, inbox.root, context.partition_keys, config, inbox.max_file_bytes)
     results = {o.document_id: (o.status == "processed", o.reason or "parsed") for o in outcomes if o.status in ("processed", "failed")}
     yield from evaluate_per_document(context, "parsed", results, AssetCheckSeverity.WARN)
     yield MaterializeResult(metadata=_report(context, outcomes))
@@ -96,7 +112,8 @@ def source_document(
 def document_chunks(
     context: AssetExecutionContext, db: DatabaseResource, chunker: ChunkerResource
 ) -> MaterializeResult:
-    outcomes = pipeline.chunk(db.engine, context.partition_keys, chunker.config)
+    with waiting_on_failure(context, db.engine):
+        outcomes = pipeline.chunk(db.engine, context.partition_keys, chunker.config)
     limit = chunker.config.max_tokens
     over = {o.document_id: o.metrics["max_chunk_tokens"] for o in outcomes if o.metrics.get("max_chunk_tokens", 0) > limit}
     return MaterializeResult(
@@ -118,24 +135,36 @@ def document_chunks(
     # Writers to the vector store queue across runs (limit in dagster.yaml `concurrency.pools`):
     # embedded Qdrant allows one writer, and a server is protected from upsert storms.
     pool="rag_vector_store",
-    check_specs=[document_check("points_match_chunks", "document_embeddings",
-                                "Qdrant holds exactly the served chunks of the document, and no point "
-                                "of another version.")],
+    check_specs=[
+        document_check("points_match_chunks", "document_embeddings",
+                       "Qdrant holds exactly the served chunks of the document, and no point of another version."),
+        # Replaces a stale-processing reconciler: the sensor fails it for a document still not
+        # indexed RAG_OVERDUE_SECONDS after its upload, or parked after RAG_MAX_ATTEMPTS runs;
+        # the run that indexes the document passes it.
+        document_check(INDEXED_IN_TIME, "document_embeddings",
+                       "The document's current version was indexed, not left waiting past the threshold."),
+    ],
     **COMMON,
 )
 def document_embeddings(
     context: AssetExecutionContext, db: DatabaseResource, vector_store: VectorStoreResource,
     embedder: EmbedderResource, chunker: ChunkerResource,
 ):
-    model = embedder.get()
-    store = vector_store.get()
-    outcomes = pipeline.embed(
-        db.engine, store, model, context.partition_keys, chunker.config, embedder.fingerprint, embedder.batch_size
-    )
+    with waiting_on_failure(context, db.engine):
+        model = embedder.get()
+        store = vector_store.get()
+        outcomes = pipeline.embed(
+            db.engine, store, model, context.partition_keys, chunker.config, embedder.fingerprint, embedder.batch_size
+        )
     touched = [o.document_id for o in outcomes if o.status in ("processed", "superseded")]
     problems = audit_documents(db.engine, store, touched).problems()
     yield from evaluate_per_document(
         context, "points_match_chunks", {d: (d not in problems, problems.get(d, "points match chunk rows")) for d in touched}
+    )
+    yield from evaluate_per_document(
+        context, INDEXED_IN_TIME,
+        {o.document_id: (True, f"indexed {o.metrics['seconds_since_upload']:.0f} s after upload")
+         for o in outcomes if o.status == "processed"},
     )
     hits = sum(o.metrics.get("cache_hits", 0) for o in outcomes)
     calls = next((o.metrics["embedding_calls_in_run"] for o in outcomes if "embedding_calls_in_run" in o.metrics), 0)

@@ -14,6 +14,7 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
+    AssetKey,
     Output,
     PreviewWarning,
 )
@@ -22,6 +23,18 @@ from rag_pipeline.defs.partitions import documents_partitions
 
 # Partitioned checks are what put a result on each document in the UI.
 warnings.filterwarnings("ignore", category=PreviewWarning, message=".*partitions_def on an AssetCheckSpec.*")
+
+
+INDEXED_IN_TIME = "indexed_in_time"
+
+
+def overdue_evaluation(doc_id: str, description: str, parked: bool) -> AssetCheckEvaluation:
+    """Reported by the sensor, outside any run: the document is late, or was given up on."""
+    return AssetCheckEvaluation(
+        asset_key=AssetKey("document_embeddings"), check_name=INDEXED_IN_TIME, passed=False,
+        severity=AssetCheckSeverity.ERROR if parked else AssetCheckSeverity.WARN,
+        description=description, partition=doc_id, metadata={"document_id": doc_id, "parked": parked},
+    )
 
 
 def document_check(name: str, asset: str, description: str) -> AssetCheckSpec:

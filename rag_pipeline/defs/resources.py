@@ -54,6 +54,8 @@ class EmbedderResource(ConfigurableResource):
     api_key: Optional[str] = None
     base_url: Optional[str] = None
     batch_size: int = 128
+    timeout_seconds: float = Field(default=60.0, description="Per request; a timeout is retried.")
+    max_retries: int = Field(default=6, description="The openai client's retries (429/5xx/timeouts, with backoff).")
     _embedder: Optional[Embedder] = PrivateAttr(default=None)
 
     @property
@@ -64,7 +66,8 @@ class EmbedderResource(ConfigurableResource):
     def get(self) -> Embedder:
         if self._embedder is None:
             self._embedder = make_embedder(
-                self.provider, self.model, self.dimensions, self.api_key, self.base_url, self.batch_size
+                self.provider, self.model, self.dimensions, self.api_key, self.base_url, self.batch_size,
+                self.timeout_seconds, self.max_retries,
             )
         return self._embedder
 
@@ -103,6 +106,8 @@ class InboxResource(ConfigurableResource):
     max_file_bytes: int = 50 * 1024 * 1024
     docs_per_run: int = 200
     settle_seconds: float = 0.0
+    overdue_seconds: float = Field(default=120.0, description="A document not indexed this long after upload is reported.")
+    max_attempts: int = Field(default=3, description="Runs a document version is handed to before it is parked.")
 
     @property
     def root(self) -> Path:

@@ -8,6 +8,7 @@ from typing import Sequence
 
 from dagster import (
     AddDynamicPartitionsRequest,
+    AssetCheckEvaluation,
     DefaultSensorStatus,
     DeleteDynamicPartitionsRequest,
     RunRequest,
@@ -18,6 +19,7 @@ from dagster import (
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from rag_pipeline.core import detection, records
+from rag_pipeline.defs.checks import overdue_evaluation
 from rag_pipeline.defs.jobs import index_documents_job
 from rag_pipeline.defs.partitions import documents_partitions
 from rag_pipeline.defs.purge import purge_deleted_job
@@ -35,6 +37,7 @@ class Plan:
     add_partitions: list[str] = field(default_factory=list)
     delete_partitions: list[str] = field(default_factory=list)
     run_requests: list[RunRequest] = field(default_factory=list)
+    check_events: list[AssetCheckEvaluation] = field(default_factory=list)
 
 
 def plan_runs(
@@ -67,11 +70,19 @@ def evaluate_inbox(
 ) -> Plan:  # noqa: ANN001
     """Detect changes, commit them, then plan runs. Shared by the sensor and `rag-pipeline run`."""
     found = detection.detect(engine, inbox.root, inbox.settle_seconds, previous_digest)
+    # The reconciler's job, done as checks: documents given up on after max_attempts runs
+    # become failed (the dead letter); late ones are reported once.
+    check_events = [
+        overdue_evaluation(r.id, r.error, parked=True) for r in records.park_exhausted(engine, inbox.max_attempts)
+    ]
+    for r in records.overdue(engine, records.now() - dt.timedelta(seconds=inbox.overdue_seconds)):
+        late = f"not indexed {inbox.overdue_seconds:.0f} s after upload"
+        check_events.append(overdue_evaluation(r.id, f"{late}; {r.error}" if r.error else late, parked=False))
     before = None if rerequest_after is None else records.now() - rerequest_after
     wanted = detection.pending_documents(engine, before)
     existing = instance.get_dynamic_partitions(documents_partitions.name)
     to_add, requests = plan_runs(existing, wanted, inbox.docs_per_run)
-    plan = Plan(found, add_partitions=to_add, run_requests=requests)
+    plan = Plan(found, add_partitions=to_add, run_requests=requests, check_events=check_events)
     # Deleted documents leave the UI at once; their points and rows go in a purge run.
     gone = set(detection.pending_documents(engine, None, records.DELETING))
     gone |= set(detection.pending_documents(engine, None, records.DELETED))
@@ -109,10 +120,13 @@ def inbox_sensor(context: SensorEvaluationContext, db: DatabaseResource, inbox: 
         return SensorResult(
             skip_reason=f"no changes ({found.unchanged} files unchanged"
             + (f", {len(found.problems)} refused" if found.problems else "") + ")",
-            cursor=cursor,
+            cursor=cursor, asset_events=plan.check_events,
         )
     context.log.info(
         f"{len(found.new)} new, {len(found.changed)} changed, {len(found.deleted)} deleted; "
         f"{len(plan.run_requests)} run(s) requested"
     )
-    return SensorResult(run_requests=plan.run_requests, dynamic_partitions_requests=partition_requests, cursor=cursor)
+    return SensorResult(
+        run_requests=plan.run_requests, dynamic_partitions_requests=partition_requests, cursor=cursor,
+        asset_events=plan.check_events,
+    )
