@@ -78,3 +78,29 @@ def test_flaky_endpoint_429_500_and_hangs_everything_indexed_once(rig):
     rig.assert_converged()
     sent = rig.sent_texts()
     assert sent and max(sent.values()) == 1  # a retried request never duplicated a vector
+
+
+def test_qdrant_unreachable_fails_cleanly_and_nothing_is_half_written(rig):
+    from qdrant_client import QdrantClient
+
+    from rag_pipeline.core import faults
+    from rag_pipeline.core.vectorstore import VectorStore
+
+    doc = rig.write("kb", "doc.txt", "Puffins nest in burrows on windswept cliffs.")
+    rig.settle()
+    served = rig.point_ids(doc)
+    rig.write("kb", "doc.txt", "Puffins nest in burrows on windswept cliffs, and fish for sand eels.")
+    rig.detect()
+    rig.extract([doc])
+    rig.chunk([doc])
+    # Nothing listens on this port: every call fails after the client's timeout.
+    down = VectorStore(QdrantClient(url="http://127.0.0.1:9", timeout=2), "test_chunks")
+    with pytest.raises(Exception) as caught:
+        pipeline.embed(rig.engine, down, rig.embedder, [doc], rig.chunker, EMBEDDING)
+    assert faults.is_infrastructure(caught.value), repr(caught.value)
+    row = records.get_documents(rig.engine, [doc])[doc]
+    assert row.status == records.PENDING and row.indexed_version != row.version  # not switched
+    assert rig.point_ids(doc) == served  # the served version is untouched
+    rig.assert_invariants()
+    assert rig.index([doc]) == {doc: "processed"}  # Qdrant back: indexed, vectors from the cache
+    rig.assert_converged()
