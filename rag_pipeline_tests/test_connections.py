@@ -1,0 +1,142 @@
+"""Connections stay bounded: many runs at once against a PostgreSQL with few connection slots
+(a private cluster with a low max_connections), Dagster's storage and our tables both on it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from rag_pipeline.core import records
+from rag_pipeline.core.db import open_engine
+from rag_pipeline.settings import Settings
+from rag_pipeline_tests.helpers import write_files
+
+REPO = Path(__file__).resolve().parent.parent
+MAX_CONNECTIONS = 30
+RUNS = 6
+# Per run process: our engine (the run's thread and its heartbeat thread, never more) and
+# Dagster's storage (a connection per storage call, one call at a time per thread).
+PER_RUN = 4
+
+
+def _pg_bin() -> Path | None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return found[-1].parent if found else None
+
+
+class PrivateCluster:
+    def __init__(self, root: Path, port: int, max_connections: int) -> None:
+        self.bin = _pg_bin()
+        self.dir = root
+        self.port = port
+        self.as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        self.options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections={max_connections}"
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *args: str) -> None:
+        subprocess.run([*self.as_postgres, *args], check=True, capture_output=True, timeout=120)
+
+    def start(self) -> "PrivateCluster":
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if self.as_postgres:
+            shutil.chown(self.dir, "postgres")
+        self._run(str(self.bin / "initdb"), "-D", str(self.dir / "data"), "-A", "trust", "-U", "postgres")
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.dir / "data"), "-o", self.options, "-l", str(self.dir / "log"), "-w", "start")
+        return self
+
+    def stop(self) -> None:
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.dir / "data"), "-m", "immediate", "stop")
+
+
+@pytest.fixture
+def small_postgres():
+    if _pg_bin() is None:
+        pytest.skip("no PostgreSQL binaries to start a private cluster")
+    root = Path(f"/tmp/rag-test-pg-{os.getpid()}")
+    shutil.rmtree(root, ignore_errors=True)
+    cluster = PrivateCluster(root, 5491, MAX_CONNECTIONS).start()
+    yield cluster
+    cluster.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+RUNNER = """
+import sys
+from dagster import DagsterInstance
+from rag_pipeline.definitions import build_definitions
+job = build_definitions().resolve_job_def("index_documents")
+with DagsterInstance.get() as instance:
+    result = job.execute_in_process(instance=instance, tags={
+        "dagster/asset_partition_range_start": sys.argv[1], "dagster/asset_partition_range_end": sys.argv[2]})
+sys.exit(0 if result.success else 1)
+"""
+
+
+def test_concurrent_runs_stay_within_the_connection_bound(small_postgres, rag_env, tmp_path, monkeypatch):
+    home = tmp_path / "prod_home"
+    home.mkdir()
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    for key, value in {
+        "DAGSTER_HOME": str(home), "DAGSTER_PG_USER": "postgres", "DAGSTER_PG_PASSWORD": "",
+        "DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": str(small_postgres.port), "DAGSTER_PG_DB": "postgres",
+        "DATABASE_URL": small_postgres.url,
+    }.items():
+        monkeypatch.setenv(key, value)
+    settings = Settings.from_env()
+    write_files(settings.inbox_dir, "kb", {
+        f"doc{i:02d}.txt": f"Document {i} on the migration of arctic terns, chapter {i}.".encode() for i in range(RUNS * 3)
+    })
+    from rag_pipeline.core import detection
+    from rag_pipeline.defs.partitions import documents_partitions
+
+    engine = open_engine(settings.database_url, pool_size=1)
+    detection.detect(engine, settings.inbox_dir)
+    keys = sorted(detection.pending_documents(engine, None))
+    with __import__("dagster").DagsterInstance.get() as instance:
+        instance.add_dynamic_partitions(documents_partitions.name, keys)
+    engine.dispose()
+
+    peak = {"n": 0}
+    stop = threading.Event()
+
+    def sample() -> None:
+        with psycopg.connect(small_postgres.url, autocommit=True) as conn:
+            while not stop.is_set():
+                n = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'").fetchone()[0]
+                peak["n"] = max(peak["n"], n - 1)  # not counting this sampler
+                time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    procs = [
+        subprocess.Popen([sys.executable, "-c", RUNNER, keys[i], keys[i + 2]], env=dict(os.environ),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        for i in range(0, len(keys), 3)
+    ]
+    outputs = [p.communicate(timeout=600)[0].decode(errors="replace") for p in procs]
+    stop.set()
+    sampler.join(5)
+    for proc, out in zip(procs, outputs):
+        assert proc.returncode == 0, out[-3000:]
+        assert "too many clients" not in out and "remaining connection slots" not in out
+    rows = records.list_documents(open_engine(settings.database_url))
+    assert len(rows) == RUNS * 3 and {r.status for r in rows} == {records.INDEXED}
+    print(f"peak connections with {RUNS} concurrent runs: {peak['n']} (bound {RUNS * PER_RUN})")
+    assert 0 < peak["n"] <= RUNS * PER_RUN
+    # And no session is left behind, idle in a transaction or otherwise.
+    with psycopg.connect(small_postgres.url, autocommit=True) as conn:
+        left = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+        ).fetchone()[0]
+    assert left <= 1  # at most the test's own engine
