@@ -18,6 +18,7 @@ from rag_pipeline.core import records
 from rag_pipeline.core.db import open_engine
 from rag_pipeline.settings import Settings
 from rag_pipeline_tests.helpers import write_files
+from rag_pipeline_tests.private_pg import private_cluster
 
 REPO = Path(__file__).resolve().parent.parent
 MAX_CONNECTIONS = 30
@@ -27,48 +28,9 @@ RUNS = 6
 PER_RUN = 4
 
 
-def _pg_bin() -> Path | None:
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    return found[-1].parent if found else None
-
-
-class PrivateCluster:
-    def __init__(self, root: Path, port: int, max_connections: int) -> None:
-        self.bin = _pg_bin()
-        self.dir = root
-        self.port = port
-        self.as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        self.options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections={max_connections}"
-
-    @property
-    def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-
-    def _run(self, *args: str) -> None:
-        subprocess.run([*self.as_postgres, *args], check=True, capture_output=True, timeout=120)
-
-    def start(self) -> "PrivateCluster":
-        self.dir.mkdir(parents=True, exist_ok=True)
-        if self.as_postgres:
-            shutil.chown(self.dir, "postgres")
-        self._run(str(self.bin / "initdb"), "-D", str(self.dir / "data"), "-A", "trust", "-U", "postgres")
-        self._run(str(self.bin / "pg_ctl"), "-D", str(self.dir / "data"), "-o", self.options, "-l", str(self.dir / "log"), "-w", "start")
-        return self
-
-    def stop(self) -> None:
-        self._run(str(self.bin / "pg_ctl"), "-D", str(self.dir / "data"), "-m", "immediate", "stop")
-
-
 @pytest.fixture
 def small_postgres():
-    if _pg_bin() is None:
-        pytest.skip("no PostgreSQL binaries to start a private cluster")
-    root = Path(f"/tmp/rag-test-pg-{os.getpid()}")
-    shutil.rmtree(root, ignore_errors=True)
-    cluster = PrivateCluster(root, 5491, MAX_CONNECTIONS).start()
-    yield cluster
-    cluster.stop()
-    shutil.rmtree(root, ignore_errors=True)
+    yield from private_cluster(MAX_CONNECTIONS)
 
 
 RUNNER = """

@@ -68,7 +68,8 @@ def test_flaky_endpoint_429_500_and_hangs_everything_indexed_once(rig):
     flaky = OpenAIEmbedder("test-embed", 256, "sk-test", rig.server.base_url, timeout=1.0, max_retries=8, batch_size=4)
     rig.embedder = flaky
     try:
-        docs = [rig.write("kb", f"f{i}.txt", " ".join(f"flaky{i}w{j}" for j in range(60))) for i in range(8)]
+        for i in range(8):
+            rig.write("kb", f"f{i}.txt", " ".join(f"flaky{i}w{j}" for j in range(60)))
         rig.server.set_faults(status_rate=0.3, statuses=(429, 500, 503), hang_rate=0.1, hang_seconds=3.0, seed=7)
         rig.settle()
         assert rig.server.failures > 0
@@ -76,6 +77,7 @@ def test_flaky_endpoint_429_500_and_hangs_everything_indexed_once(rig):
         rig.server.set_faults()
         flaky.close()
     rig.assert_converged()
+    assert len(records.list_documents(rig.engine)) == 8
     sent = rig.sent_texts()
     assert sent and max(sent.values()) == 1  # a retried request never duplicated a vector
 

@@ -130,8 +130,6 @@ def _tick(defs, instance: DagsterInstance):  # noqa: ANN001, ANN202
 def _age_requests(engine, seconds: int = 3600) -> None:  # noqa: ANN001
     import datetime as dt
 
-    import sqlalchemy as sa
-
     from rag_pipeline.core.db import documents
 
     with engine.begin() as conn:
