@@ -6,7 +6,7 @@ import os
 
 from dagster import Definitions, EnvVar
 
-from rag_pipeline.defs.assets import document_chunks, document_embeddings, source_document
+from rag_pipeline.defs.assets import chunk_vectors, document_chunks, document_embeddings, source_document
 from rag_pipeline.defs.jobs import index_documents_job
 from rag_pipeline.defs.purge import purge_deleted_job
 from rag_pipeline.defs.resources import (
@@ -50,7 +50,7 @@ def build_resources(settings: Settings) -> dict:
 def build_definitions(settings: Settings | None = None) -> Definitions:
     settings = settings or Settings.from_env()
     return Definitions(
-        assets=[source_document, document_chunks, document_embeddings],
+        assets=[source_document, document_chunks, chunk_vectors, document_embeddings],
         jobs=[index_documents_job, purge_deleted_job],
         sensors=[inbox_sensor],
         resources=build_resources(settings),

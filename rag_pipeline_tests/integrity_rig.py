@@ -62,7 +62,7 @@ class Rig:
 
     def compute(self, ids: list[str]) -> pipeline.Computed:
         """The embed step's first half: vectors computed and cached, nothing written yet."""
-        return pipeline.compute_vectors(self.engine, self.embedder, ids, self.chunker, EMBEDDING, batch_size=8)
+        return pipeline.compute_vectors(self.engine, self.embedder, ids, self.chunker, EMBEDDING, batch_size=8)[0]
 
     def write_points(self, computed: pipeline.Computed) -> list[Outcome]:
         return pipeline.write_points(self.engine, self.store, computed)

@@ -60,6 +60,7 @@ def test_concurrent_runs_stay_within_the_connection_bound(small_postgres, rag_en
         f"doc{i:02d}.txt": f"Document {i} on the migration of arctic terns, chapter {i}.".encode() for i in range(RUNS * 3)
     })
     from rag_pipeline.core import detection
+    from rag_pipeline.defs.jobs import ensure_pools
     from rag_pipeline.defs.partitions import documents_partitions
 
     engine = open_engine(settings.database_url, pool_size=1)
@@ -67,6 +68,7 @@ def test_concurrent_runs_stay_within_the_connection_bound(small_postgres, rag_en
     keys = sorted(detection.pending_documents(engine, None))
     with __import__("dagster").DagsterInstance.get() as instance:
         instance.add_dynamic_partitions(documents_partitions.name, keys)
+        ensure_pools(instance)  # as the sensor does before it launches any run
     engine.dispose()
 
     peak = {"n": 0}

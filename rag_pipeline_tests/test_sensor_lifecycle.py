@@ -32,9 +32,9 @@ def _paths_found(settings: Settings, query: str) -> set[str]:
     return {h["path"] for h in hits if h["score"] > 0.2}
 
 
-def _embedding_metadata(instance: DagsterInstance, doc_id: str) -> dict:
+def _metadata(instance: DagsterInstance, doc_id: str, asset: str = "document_embeddings") -> dict:
     [record] = instance.fetch_materializations(
-        AssetRecordsFilter(AssetKey("document_embeddings"), asset_partitions=[doc_id]), limit=1
+        AssetRecordsFilter(AssetKey(asset), asset_partitions=[doc_id]), limit=1
     ).records
     return {k: v.value for k, v in record.asset_materialization.metadata.items()}
 
@@ -64,8 +64,9 @@ def test_deleted_and_renamed_uploads_leave_search_and_the_ui_in_one_tick(rag_env
 
         assert _paths_found(settings, "beekeepers honey hives") == set()
         assert _paths_found(settings, "cartographers sea monsters maps") == {"maps.txt"}
-        meta = _embedding_metadata(instance, moved)
-        assert meta["status"] == "processed" and meta["embedded"] == 0 and meta["cache_hits"] == meta["points"] >= 1
+        meta = _metadata(instance, moved, "chunk_vectors")
+        assert meta["status"] == "processed" and meta["embedded"] == 0 and meta["cache_hits"] == meta["chunks"] >= 1
+        assert _metadata(instance, moved)["points"] == meta["chunks"]
 
         engine = get_engine(settings.database_url)
         assert {r.path: r.status for r in records.list_documents(engine)} == {"a.txt": "indexed", "maps.txt": "indexed"}
@@ -107,14 +108,15 @@ def test_backfills_reuse_work_and_the_embedding_cache(rag_env, embedding_server)
         requests = embedding_server.requests
         assert job.execute_in_process(instance=instance, tags=backfill_tags).success
         assert embedding_server.requests == requests
-        assert {_embedding_metadata(instance, k)["status"] for k in keys} == {"skipped"}
+        assert {_metadata(instance, k)["status"] for k in keys} == {"skipped"}
 
         assert records.request_again(get_engine(settings.database_url), keys) == len(keys)
         assert job.execute_in_process(instance=instance, tags=backfill_tags).success
         assert embedding_server.requests == requests
         for key in keys:
-            meta = _embedding_metadata(instance, key)
-            assert meta["status"] == "processed" and meta["cache_hits"] == meta["points"] and meta["embedded"] == 0
+            meta = _metadata(instance, key, "chunk_vectors")
+            assert meta["status"] == "processed" and meta["cache_hits"] == meta["chunks"] and meta["embedded"] == 0
+            assert _metadata(instance, key)["status"] == "processed"
 
 
 def _tick(defs, instance: DagsterInstance):  # noqa: ANN001, ANN202

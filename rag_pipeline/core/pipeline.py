@@ -153,27 +153,26 @@ def embed(
 ) -> list[Outcome]:
     """Vectors for the pending documents' chunks (cache first, each distinct text once), then
     one locked write that upserts the points and switches every document still current."""
-    return write_points(engine, store, compute_vectors(engine, embedder, doc_ids, chunker, embedding, batch_size))
+    computed, _ = compute_vectors(engine, embedder, doc_ids, chunker, embedding, batch_size)
+    return write_points(engine, store, computed)
 
 
 @dataclass
 class Computed:
-    """A run's vectors, computed and cached but not yet written to the index."""
+    """Vectors for a run's pending chunk sets, in hand but not yet written to the index."""
     ready: dict  # document id -> its row as read before embedding (revision = the CAS token)
     frame: pd.DataFrame  # chunk rows (+ text_sha256) of the documents to write
     vectors: dict[str, list[float]]  # text sha256 -> vector
-    cached: set[str]  # text hashes that came from the cache
     chunker: str
     config: str
-    dimensions: int
-    outcomes: list[Outcome]
+    dimensions: int | None  # None: as wide as the vectors (an endpoint whose width was not configured)
+    outcomes: list[Outcome]  # documents that will not be written (skipped, failed, ...)
     metrics: dict
 
 
-def compute_vectors(
-    engine: Engine, embedder: Embedder, doc_ids: Sequence[str], chunker: ChunkerConfig, embedding: str,
-    batch_size: int = 128,
-) -> Computed:
+def _pending_chunk_sets(
+    engine: Engine, doc_ids: Sequence[str], chunker: ChunkerConfig
+) -> tuple[dict, pd.DataFrame, list[Outcome]]:
     rows = records.get_documents(engine, doc_ids)
     ready = {d: r for d, r in rows.items() if r.status == records.PENDING}
     outcomes = [
@@ -185,21 +184,55 @@ def compute_vectors(
     with_chunks = set(frame["document_id"])
     outcomes += [Outcome(d, "skipped", r.version, "no chunks for this version yet") for d, r in ready.items() if d not in with_chunks]
     frame["text_sha256"] = frame["text"].map(text_hash)
+    return ready, frame, outcomes
+
+
+def compute_vectors(
+    engine: Engine, embedder: Embedder, doc_ids: Sequence[str], chunker: ChunkerConfig, embedding: str,
+    batch_size: int = 128,
+) -> tuple[Computed, list[Outcome]]:
+    """Every distinct text of the pending chunk sets gets a vector, from the cache or the
+    endpoint (and is cached at once). Returns what the write needs, and per-document outcomes
+    of this step (cache hits, texts embedded; the refused documents parked)."""
+    ready, frame, outcomes = _pending_chunk_sets(engine, doc_ids, chunker)
     started = time.perf_counter()
     calls_before = embedder.calls
     vectors = _vectors(engine, embedder, embedding, frame, batch_size)
     failed_docs = frame.loc[frame["text_sha256"].isin(vectors.failed), ["document_id", "text_sha256"]].drop_duplicates("document_id")
     for doc_id, digest in failed_docs.itertuples(index=False):
         outcomes.append(_failed(engine, doc_id, ready[doc_id].version, vectors.failed[digest]))
-    return Computed(
-        ready=ready, frame=frame[~frame["document_id"].isin(failed_docs["document_id"])],
-        vectors={**vectors.cached, **vectors.fresh}, cached=set(vectors.cached), chunker=chunker.fingerprint,
+    frame = frame[~frame["document_id"].isin(failed_docs["document_id"])]
+    run_metrics = {
+        "embedding_calls_in_run": embedder.calls - calls_before, "texts_embedded_in_run": len(vectors.fresh),
+        "embed_seconds_batch": round(time.perf_counter() - started, 4),
+        "dimensions": embedder.dimensions, "model": embedder.model, "provider": embedder.provider,
+    }
+    step = list(outcomes)
+    for doc_id, part in frame.groupby("document_id", sort=False):
+        hits = int(part["text_sha256"].isin(vectors.cached).sum())
+        step.append(Outcome(doc_id, "processed", ready[doc_id].version, metrics={
+            "chunks": int(len(part)), "cache_hits": hits, "embedded": int(len(part)) - hits, **run_metrics,
+        }))
+    computed = Computed(
+        ready=ready, frame=frame, vectors={**vectors.cached, **vectors.fresh}, chunker=chunker.fingerprint,
         config=index_config(chunker, embedding), dimensions=embedder.dimensions, outcomes=outcomes,
-        metrics={
-            "embedding_calls_in_run": embedder.calls - calls_before, "texts_embedded_in_run": len(vectors.fresh),
-            "embed_seconds_batch": round(time.perf_counter() - started, 4),
-            "dimensions": embedder.dimensions, "model": embedder.model, "provider": embedder.provider,
-        },
+        metrics=run_metrics,
+    )
+    return computed, step
+
+
+def cached_vectors(
+    engine: Engine, doc_ids: Sequence[str], chunker: ChunkerConfig, embedding: str, dimensions: int | None
+) -> Computed:
+    """What the write step needs, when the vectors were computed by an earlier step: the
+    pending chunk sets whose every text is in the cache."""
+    ready, frame, outcomes = _pending_chunk_sets(engine, doc_ids, chunker)
+    vectors = embedding_cache.lookup(engine, embedding, frame["text_sha256"])
+    incomplete = set(frame.loc[~frame["text_sha256"].isin(vectors), "document_id"])
+    outcomes += [Outcome(d, "skipped", ready[d].version, "vectors not computed for this version yet") for d in sorted(incomplete)]
+    return Computed(
+        ready=ready, frame=frame[~frame["document_id"].isin(incomplete)], vectors=vectors, chunker=chunker.fingerprint,
+        config=index_config(chunker, embedding), dimensions=dimensions, outcomes=outcomes, metrics={},
     )
 
 
@@ -208,7 +241,7 @@ def write_points(engine: Engine, store: VectorStore, computed: Computed) -> list
     frame = computed.frame
     if frame.empty:
         return outcomes
-    store.ensure_collection(computed.dimensions)
+    store.ensure_collection(computed.dimensions or len(next(iter(computed.vectors.values()))))
     t0 = time.perf_counter()
     switched = _write_and_switch(engine, store, computed.ready, frame, computed.vectors, computed.chunker, computed.config)
     metrics = {**computed.metrics, "write_seconds_batch": round(time.perf_counter() - t0, 4), "collection": store.collection}
@@ -217,13 +250,12 @@ def write_points(engine: Engine, store: VectorStore, computed: Computed) -> list
         if doc_id not in switched:
             outcomes.append(_superseded(doc_id, row.version))
             continue
-        hits = int(part["text_sha256"].isin(computed.cached).sum())
         outcomes.append(
             Outcome(
                 doc_id, "processed", row.version,
                 metrics={
-                    "points": int(len(part)), "cache_hits": hits, "embedded": int(len(part)) - hits,
-                    "seconds_since_upload": round(_seconds_since(row.registered_at), 1), **metrics,
+                    "points": int(len(part)), "seconds_since_upload": round(_seconds_since(row.registered_at), 1),
+                    **metrics,
                 },
             )
         )

@@ -129,9 +129,37 @@ def document_chunks(
 
 
 @asset(
-    description="Chunk vectors in Qdrant, one point per chunk with a deterministic id.",
-    kinds={"openai", "qdrant"},
+    description="A vector for every chunk text of the document's current version, from the embedding "
+    "cache (Postgres) or the endpoint: each distinct text is embedded once per model and width.",
+    kinds={"openai", "postgres"},
     deps=[document_chunks],
+    # Calls to the embedding endpoint queue across runs (limit in dagster.yaml `concurrency.pools`).
+    pool="rag_embedding_endpoint",
+    **COMMON,
+)
+def chunk_vectors(
+    context: AssetExecutionContext, db: DatabaseResource, embedder: EmbedderResource, chunker: ChunkerResource,
+) -> MaterializeResult:
+    with waiting_on_failure(context, db.engine):
+        model = embedder.get()
+        _, outcomes = pipeline.compute_vectors(
+            db.engine, model, context.partition_keys, chunker.config, embedder.fingerprint, embedder.batch_size
+        )
+    run = next((o.metrics for o in outcomes if "embedding_calls_in_run" in o.metrics), {})
+    return MaterializeResult(
+        metadata={
+            **_report(context, outcomes), "model": model.model,
+            "embedding_calls": run.get("embedding_calls_in_run", 0), "texts_embedded": run.get("texts_embedded_in_run", 0),
+            "cache_hits": sum(o.metrics.get("cache_hits", 0) for o in outcomes),
+        },
+    )
+
+
+@asset(
+    description="Chunk vectors in Qdrant, one point per chunk with a deterministic id; the document is "
+    "switched to its new chunk set in one locked write.",
+    kinds={"qdrant"},
+    deps=[chunk_vectors],
     # Writers to the vector store queue across runs (limit in dagster.yaml `concurrency.pools`):
     # embedded Qdrant allows one writer, and a server is protected from upsert storms.
     pool="rag_vector_store",
@@ -151,11 +179,11 @@ def document_embeddings(
     embedder: EmbedderResource, chunker: ChunkerResource,
 ):
     with waiting_on_failure(context, db.engine):
-        model = embedder.get()
         store = vector_store.get()
-        outcomes = pipeline.embed(
-            db.engine, store, model, context.partition_keys, chunker.config, embedder.fingerprint, embedder.batch_size
+        computed = pipeline.cached_vectors(
+            db.engine, context.partition_keys, chunker.config, embedder.fingerprint, embedder.dimensions,
         )
+        outcomes = pipeline.write_points(db.engine, store, computed)
     touched = [o.document_id for o in outcomes if o.status in ("processed", "superseded")]
     problems = audit_documents(db.engine, store, touched).problems()
     yield from evaluate_per_document(
@@ -166,11 +194,4 @@ def document_embeddings(
         {o.document_id: (True, f"indexed {o.metrics['seconds_since_upload']:.0f} s after upload")
          for o in outcomes if o.status == "processed"},
     )
-    hits = sum(o.metrics.get("cache_hits", 0) for o in outcomes)
-    calls = next((o.metrics["embedding_calls_in_run"] for o in outcomes if "embedding_calls_in_run" in o.metrics), 0)
-    yield MaterializeResult(
-        metadata={
-            **_report(context, outcomes), "model": model.model, "collection": store.collection,
-            "embedding_calls": calls, "cache_hits": hits,
-        },
-    )
+    yield MaterializeResult(metadata={**_report(context, outcomes), "collection": store.collection})

@@ -1,3 +1,5 @@
+import logging
+
 from dagster import AssetSelection, define_asset_job, in_process_executor
 
 # One process per run: the run holds one database pool and one Qdrant client (which the
@@ -8,3 +10,22 @@ index_documents_job = define_asset_job(
     executor_def=in_process_executor,
     description="Extract, chunk and embed a range of documents.",
 )
+
+# The pools the job's steps claim slots from (see the assets).
+POOLS = ("rag_embedding_endpoint", "rag_vector_store")
+
+
+def ensure_pools(instance) -> None:  # noqa: ANN001
+    """Create the pools at their default limit before runs need them. Dagster creates a pool on
+    first use, but runs that start together race to create it (the loser's transaction fails on
+    PostgreSQL), so the sensor, which always precedes its runs, does it first."""
+    storage = instance.event_log_storage
+    if not storage.supports_global_concurrency_limits:
+        return
+    known = set(storage.get_concurrency_keys())
+    for pool in POOLS:
+        if pool not in known:
+            try:
+                storage.initialize_concurrency_limit_to_default(pool)
+            except Exception:  # another process created it first: that is all we wanted
+                logging.getLogger(__name__).info("pool %s was created concurrently", pool)

@@ -20,7 +20,7 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 
 from rag_pipeline.core import detection, records
 from rag_pipeline.defs.checks import overdue_evaluation
-from rag_pipeline.defs.jobs import index_documents_job
+from rag_pipeline.defs.jobs import ensure_pools, index_documents_job
 from rag_pipeline.defs.partitions import documents_partitions
 from rag_pipeline.defs.purge import purge_deleted_job
 from rag_pipeline.defs.resources import DatabaseResource, InboxResource
@@ -69,6 +69,7 @@ def evaluate_inbox(
     previous_digest: str | None = None,
 ) -> Plan:  # noqa: ANN001
     """Detect changes, commit them, then plan runs. Shared by the sensor and `rag-pipeline run`."""
+    ensure_pools(instance)
     found = detection.detect(engine, inbox.root, inbox.settle_seconds, previous_digest)
     # The reconciler's job, done as checks: documents given up on after max_attempts runs
     # become failed (the dead letter); late ones are reported once.
