@@ -175,6 +175,9 @@ def test_killed_run_worker_is_retried_and_its_documents_indexed(
         print(f"recovery after kill -9 of {victims}: {recovery:.1f} s")
         # The bound: stale heartbeat (30 s) + a monitoring poll (10 s) + a retry's launch and run.
         assert recovery < 120
+        # No async code runs anywhere in the pipeline; the processes' logs prove no loop trouble.
+        logs = "".join(p.read_text(errors="replace") for p in tmp_path.glob("*.log"))
+        assert "Event loop is closed" not in logs and "attached to a different loop" not in logs
     finally:
         embedding_server.release()
         topology.stop()

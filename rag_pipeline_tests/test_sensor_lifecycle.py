@@ -205,3 +205,18 @@ def test_an_outage_fails_the_run_but_leaves_documents_waiting_without_spending_a
         # The next hand-off (the sensor's re-request, or Dagster's run retry) indexes them.
         assert defs.resolve_job_def("index_documents").execute_in_process(instance=instance, tags=dict(request.tags)).success
         assert {r.status for r in records.list_documents(engine)} == {records.INDEXED}
+
+
+def test_a_ui_backfill_redrives_parked_documents(rag_env):
+    settings = Settings.from_env()
+    write_files(settings.inbox_dir, "kb", {"a.txt": FILES["a.txt"]})
+    doc = document_id("kb", "a.txt")
+    engine = get_engine(settings.database_url)
+    defs = build_definitions(settings)
+    with DagsterInstance.get() as instance:
+        _tick(defs, instance)  # registered and requested; its run is lost
+        assert [r.id for r in records.park_exhausted(engine, 1)] == [doc]  # the dead letter
+        # What the UI launches for a backfill of that partition: the parked document is indexed.
+        tags = {"dagster/asset_partition_range_start": doc, "dagster/asset_partition_range_end": doc}
+        assert defs.resolve_job_def("index_documents").execute_in_process(instance=instance, tags=tags).success
+    assert records.get_documents(engine, [doc])[doc].status == records.INDEXED
