@@ -50,10 +50,3 @@ def store(engine: Engine, embedding: str, vectors: Mapping[str, Sequence[float]]
         # Two runs embedding the same new text at once both write it; the first one wins.
         conn.execute(insert_for(conn, embedding_cache).on_conflict_do_nothing(), values)
 
-
-def count(engine: Engine, embedding: str | None = None) -> int:
-    query = sa.select(sa.func.count()).select_from(embedding_cache)
-    if embedding is not None:
-        query = query.where(embedding_cache.c.embedding == embedding)
-    with engine.connect() as conn:
-        return int(conn.execute(query).scalar_one())

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
-from pathlib import Path
 from typing import BinaryIO
 
 _NAMESPACE = uuid.UUID("6f1d3c2a-8b0e-4d59-9a57-3f2f4c1b7e10")
@@ -48,11 +47,6 @@ def sha256_stream(fh: BinaryIO, limit: int | None = None) -> tuple[str, int]:
             raise ValueError(f"file exceeds the size limit of {limit} bytes")
         digest.update(block)
     return digest.hexdigest(), size
-
-
-def sha256_file(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return sha256_stream(fh)[0]
 
 
 def text_hash(text: str) -> str:
