@@ -62,10 +62,13 @@ class Heartbeat:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(self.interval + 5)
-        with self.engine.begin() as conn:
-            conn.execute(
-                run_heartbeats.update().where(run_heartbeats.c.run_id == self.run_id).values(finished_at=now())
-            )
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    run_heartbeats.update().where(run_heartbeats.c.run_id == self.run_id).values(finished_at=now())
+                )
+        except Exception:  # the run's own error (maybe the database) matters more than this note
+            log.warning("could not record the end of run %s", self.run_id, exc_info=True)
 
 
 @dataclass(frozen=True)
