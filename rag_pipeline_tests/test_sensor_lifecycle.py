@@ -162,6 +162,9 @@ def test_late_and_abandoned_documents_are_reported_parked_and_retried(rag_env, m
         assert _tick(defs, instance).asset_events == []  # reported once, not every tick
         _age_requests(engine)
         assert len(_tick(defs, instance).run_requests) == 1  # attempt 2: lost too
+        # Its last run may still be working on it: not parked before it is due again.
+        assert _tick(defs, instance).asset_events == []
+        assert records.get_documents(engine, [doc])[doc].status == records.PENDING
         _age_requests(engine)
         parked = _tick(defs, instance)
         assert parked.run_requests == [] and [e.severity.value for e in parked.asset_events] == ["ERROR"]

@@ -310,13 +310,18 @@ def note_wait(engine: Engine, doc_ids: Sequence[str], reason: str, refund: bool)
         )
 
 
-def park_exhausted(engine: Engine, max_attempts: int) -> list[sa.Row]:
+def park_exhausted(engine: Engine, max_attempts: int, requested_before: dt.datetime | None = None) -> list[sa.Row]:
     """Pending documents already handed to `max_attempts` runs that never finished them become
-    failed (the dead letter), keeping the last error. Returns them."""
+    failed (the dead letter), keeping the last error. Only once they are due for another hand-off
+    (last requested before `requested_before`): the last run may still be working on them.
+    Returns them."""
+    cond = (documents.c.status == PENDING) & (documents.c.attempts >= max_attempts)
+    if requested_before is not None:
+        cond &= documents.c.requested_at.is_(None) | (documents.c.requested_at < requested_before)
     with engine.begin() as conn:
         rows = conn.execute(
             documents.update()
-            .where((documents.c.status == PENDING) & (documents.c.attempts >= max_attempts))
+            .where(cond)
             .values(
                 status=FAILED, updated_at=now(),
                 error=sa.literal(f"gave up after {max_attempts} runs")

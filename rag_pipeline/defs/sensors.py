@@ -71,15 +71,16 @@ def evaluate_inbox(
     """Detect changes, commit them, then plan runs. Shared by the sensor and `rag-pipeline run`."""
     ensure_pools(instance)
     found = detection.detect(engine, inbox.root, inbox.settle_seconds, previous_digest)
+    before = None if rerequest_after is None else records.now() - rerequest_after
     # The reconciler's job, done as checks: documents given up on after max_attempts runs
     # become failed (the dead letter); late ones are reported once.
     check_events = [
-        overdue_evaluation(r.id, r.error, parked=True) for r in records.park_exhausted(engine, inbox.max_attempts)
+        overdue_evaluation(r.id, r.error, parked=True)
+        for r in records.park_exhausted(engine, inbox.max_attempts, before)
     ]
     for r in records.overdue(engine, records.now() - dt.timedelta(seconds=inbox.overdue_seconds)):
         late = f"not indexed {inbox.overdue_seconds:.0f} s after upload"
         check_events.append(overdue_evaluation(r.id, f"{late}; {r.error}" if r.error else late, parked=False))
-    before = None if rerequest_after is None else records.now() - rerequest_after
     wanted = detection.pending_documents(engine, before)
     existing = instance.get_dynamic_partitions(documents_partitions.name)
     to_add, requests = plan_runs(existing, wanted, inbox.docs_per_run)
