@@ -58,7 +58,15 @@ class Rig:
         return pipeline.chunk(self.engine, ids, self.chunker)
 
     def embed(self, ids: list[str]) -> list[Outcome]:
-        return pipeline.embed(self.engine, self.store, self.embedder, ids, self.chunker, EMBEDDING, batch_size=8)
+        """The two steps as the job runs them: vectors into the cache, then the write step
+        reading the rows anew and its vectors from the cache."""
+        computed, step = pipeline.compute_vectors(self.engine, self.embedder, ids, self.chunker, EMBEDDING, batch_size=8)
+        written = pipeline.write_points(
+            self.engine, self.store, pipeline.cached_vectors(self.engine, ids, self.chunker, EMBEDDING, computed.dimensions)
+        )
+        # Documents the vector step parked are reported as such; the rest as the write saw them.
+        failed = {o.document_id: o for o in step if o.status == "failed"}
+        return [failed.get(o.document_id, o) for o in written if o.document_id not in failed] + list(failed.values())
 
     def compute(self, ids: list[str]) -> pipeline.Computed:
         """The embed step's first half: vectors computed and cached, nothing written yet."""

@@ -66,8 +66,10 @@ def detect(
             with open_inside(inbox, stat.knowledge_base, stat.path) as fh:
                 version, size = sha256_stream(fh)
         except (OSError, PermissionError) as exc:
-            # Vanished between listing and hashing, or refused: the next tick sees the truth.
+            # Vanished between listing and hashing, or refused. No digest for this listing, so
+            # the next tick looks again even if nothing about the file's size or mtime changes.
             result.problems.append(f"{stat.knowledge_base}/{stat.path}: {exc}")
+            result.listing_digest = ""
             continue
         change = records.register_upload(engine, stat.knowledge_base, stat.path, version, size, stat.mtime_ns)
         if change.kind == "new":

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from rag_pipeline.core.db import run_heartbeats
-from rag_pipeline.core.records import insert_for, now
+from rag_pipeline.core.records import insert_for, now, seconds_since
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +80,7 @@ class Beat:
     finished_at: dt.datetime | None
 
     def age(self) -> float:
-        beat = self.beat_at if self.beat_at.tzinfo else self.beat_at.replace(tzinfo=dt.timezone.utc)  # SQLite
-        return (now() - beat).total_seconds()
+        return seconds_since(self.beat_at)
 
 
 def last_beat(engine: Engine, run_id: str) -> Beat | None:

@@ -8,7 +8,6 @@ run fails and the documents stay pending for the retry.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import time
 from dataclasses import dataclass, field
@@ -202,10 +201,13 @@ def compute_vectors(
     for doc_id, digest in failed_docs.itertuples(index=False):
         outcomes.append(_failed(engine, doc_id, ready[doc_id].version, vectors.failed[digest]))
     frame = frame[~frame["document_id"].isin(failed_docs["document_id"])]
+    every = {**vectors.cached, **vectors.fresh}
+    # The width from the vectors themselves: asking an unconfigured endpoint would cost a call.
+    width = len(next(iter(every.values()))) if every else None
     run_metrics = {
         "embedding_calls_in_run": embedder.calls - calls_before, "texts_embedded_in_run": len(vectors.fresh),
         "embed_seconds_batch": round(time.perf_counter() - started, 4),
-        "dimensions": embedder.dimensions, "model": embedder.model, "provider": embedder.provider,
+        "dimensions": width, "model": embedder.model, "provider": embedder.provider,
     }
     step = list(outcomes)
     for doc_id, part in frame.groupby("document_id", sort=False):
@@ -214,8 +216,8 @@ def compute_vectors(
             "chunks": int(len(part)), "cache_hits": hits, "embedded": int(len(part)) - hits, **run_metrics,
         }))
     computed = Computed(
-        ready=ready, frame=frame, vectors={**vectors.cached, **vectors.fresh}, chunker=chunker.fingerprint,
-        config=index_config(chunker, embedding), dimensions=embedder.dimensions, outcomes=outcomes,
+        ready=ready, frame=frame, vectors=every, chunker=chunker.fingerprint,
+        config=index_config(chunker, embedding), dimensions=width, outcomes=outcomes,
         metrics=run_metrics,
     )
     return computed, step
@@ -254,19 +256,12 @@ def write_points(engine: Engine, store: VectorStore, computed: Computed) -> list
             Outcome(
                 doc_id, "processed", row.version,
                 metrics={
-                    "points": int(len(part)), "seconds_since_upload": round(_seconds_since(row.registered_at), 1),
+                    "points": int(len(part)), "seconds_since_upload": round(records.seconds_since(row.registered_at), 1),
                     **metrics,
                 },
             )
         )
     return outcomes
-
-
-def _seconds_since(ts) -> float:  # noqa: ANN001
-    if ts is None:
-        return 0.0
-    ts = ts if ts.tzinfo else ts.replace(tzinfo=dt.timezone.utc)  # SQLite returns naive UTC
-    return (records.now() - ts).total_seconds()
 
 
 def _write_and_switch(

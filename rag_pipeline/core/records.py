@@ -29,6 +29,13 @@ def now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
+def seconds_since(ts: dt.datetime | None) -> float:
+    if ts is None:
+        return 0.0
+    ts = ts if ts.tzinfo else ts.replace(tzinfo=dt.timezone.utc)  # SQLite returns naive UTC
+    return (now() - ts).total_seconds()
+
+
 @dataclass(frozen=True)
 class Known:
     id: str
@@ -157,7 +164,8 @@ def save_version(engine: Engine, doc_id: str, version: str, parsed: ParsedDocume
         info=dict(parsed.info),
     )
     with engine.begin() as conn:
-        if not _lock_if_current(conn, doc_id, version):
+        row = lock_document(conn, doc_id)
+        if not _is_live_at(row, version):
             return False
         conn.execute(
             insert_for(conn, document_versions)
@@ -166,16 +174,21 @@ def save_version(engine: Engine, doc_id: str, version: str, parsed: ParsedDocume
         )
         # Pending again if it had failed or is being rebuilt for a new configuration: the next
         # steps work on pending documents only.
-        conn.execute(
-            documents.update().where(documents.c.id == doc_id)
-            .values(title=parsed.title, status=PENDING, error=None, updated_at=now())
-        )
+        values = dict(title=parsed.title, status=PENDING, error=None, updated_at=now())
+        if row.status != PENDING:
+            # Taken up by a run the sensor did not hand it to (a backfill): it is in hand now,
+            # so the sensor must not hand it out again meanwhile.
+            values["requested_at"] = now()
+        conn.execute(documents.update().where(documents.c.id == doc_id).values(**values))
         return True
 
 
 def _lock_if_current(conn: sa.Connection, doc_id: str, version: str) -> bool:
     """Lock the document row for this transaction if it is still live at `version`."""
-    row = lock_document(conn, doc_id)
+    return _is_live_at(lock_document(conn, doc_id), version)
+
+
+def _is_live_at(row: sa.Row | None, version: str) -> bool:
     return row is not None and row.version == version and row.status not in GONE
 
 
@@ -249,6 +262,7 @@ def set_indexed(
         documents.update().where(documents.c.id == doc_id).values(
             status=INDEXED, indexed_version=version, indexed_chunker=chunker, indexed_config=config,
             chunk_count=chunk_count, error=None, indexed_at=now(), updated_at=now(), overdue_reported_at=None,
+            attempts=0, requested_at=None,
         )
     )
     conn.execute(
@@ -310,7 +324,9 @@ def note_wait(engine: Engine, doc_ids: Sequence[str], reason: str, refund: bool)
         )
 
 
-def park_exhausted(engine: Engine, max_attempts: int, requested_before: dt.datetime | None = None) -> list[sa.Row]:
+def park_exhausted(
+    engine: Engine, max_attempts: int, requested_before: dt.datetime | None = None, busy: Iterable[str] = ()
+) -> list[sa.Row]:
     """Pending documents already handed to `max_attempts` runs that never finished them become
     failed (the dead letter), keeping the last error. Only once they are due for another hand-off
     (last requested before `requested_before`): the last run may still be working on them.
@@ -318,6 +334,9 @@ def park_exhausted(engine: Engine, max_attempts: int, requested_before: dt.datet
     cond = (documents.c.status == PENDING) & (documents.c.attempts >= max_attempts)
     if requested_before is not None:
         cond &= documents.c.requested_at.is_(None) | (documents.c.requested_at < requested_before)
+    busy = list(busy)
+    if busy:
+        cond &= documents.c.id.not_in(busy)
     with engine.begin() as conn:
         rows = conn.execute(
             documents.update()

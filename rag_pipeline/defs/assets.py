@@ -184,7 +184,7 @@ def document_embeddings(
             db.engine, context.partition_keys, chunker.config, embedder.fingerprint, embedder.dimensions,
         )
         outcomes = pipeline.write_points(db.engine, store, computed)
-    touched = [o.document_id for o in outcomes if o.status in ("processed", "superseded")]
+    touched = [o.document_id for o in outcomes if o.status == "processed"]
     problems = audit_documents(db.engine, store, touched).problems()
     yield from evaluate_per_document(
         context, "points_match_chunks", {d: (d not in problems, problems.get(d, "points match chunk rows")) for d in touched}

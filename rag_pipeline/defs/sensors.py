@@ -9,9 +9,11 @@ from typing import Sequence
 from dagster import (
     AddDynamicPartitionsRequest,
     AssetCheckEvaluation,
+    DagsterRunStatus,
     DefaultSensorStatus,
     DeleteDynamicPartitionsRequest,
     RunRequest,
+    RunsFilter,
     SensorEvaluationContext,
     SensorResult,
     sensor,
@@ -64,6 +66,22 @@ def plan_runs(
     return to_add, requests
 
 
+ACTIVE = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
+
+
+def documents_in_active_runs(instance, partition_order: Sequence[str]) -> set[str]:  # noqa: ANN001
+    position = {key: i for i, key in enumerate(partition_order)}
+    busy: set[str] = set()
+    for run in instance.get_runs(RunsFilter(job_name=index_documents_job.name, statuses=ACTIVE)):
+        start = run.tags.get(ASSET_PARTITION_RANGE_START_TAG)
+        end = run.tags.get(ASSET_PARTITION_RANGE_END_TAG)
+        if start in position and end in position:
+            busy.update(partition_order[position[start] : position[end] + 1])
+        else:
+            busy.update(k for k in (start, end, run.tags.get("dagster/partition")) if k)
+    return busy
+
+
 def evaluate_inbox(
     instance, engine, inbox: InboxResource, rerequest_after: dt.timedelta | None,
     previous_digest: str | None = None,
@@ -72,23 +90,25 @@ def evaluate_inbox(
     ensure_pools(instance)
     found = detection.detect(engine, inbox.root, inbox.settle_seconds, previous_digest)
     before = None if rerequest_after is None else records.now() - rerequest_after
+    existing = instance.get_dynamic_partitions(documents_partitions.name)
+    # Documents a queued or running run holds: never handed out again, parked or retired
+    # under it (a run whose range names a deleted partition would fail as a whole).
+    busy = documents_in_active_runs(instance, existing)
     # The reconciler's job, done as checks: documents given up on after max_attempts runs
     # become failed (the dead letter); late ones are reported once.
     check_events = [
         overdue_evaluation(r.id, r.error, parked=True)
-        for r in records.park_exhausted(engine, inbox.max_attempts, before)
+        for r in records.park_exhausted(engine, inbox.max_attempts, before, busy)
     ]
     for r in records.overdue(engine, records.now() - dt.timedelta(seconds=inbox.overdue_seconds)):
         late = f"not indexed {inbox.overdue_seconds:.0f} s after upload"
         check_events.append(overdue_evaluation(r.id, f"{late}; {r.error}" if r.error else late, parked=False))
-    wanted = detection.pending_documents(engine, before)
-    existing = instance.get_dynamic_partitions(documents_partitions.name)
+    wanted = [d for d in detection.pending_documents(engine, before) if d not in busy]
     to_add, requests = plan_runs(existing, wanted, inbox.docs_per_run)
     plan = Plan(found, add_partitions=to_add, run_requests=requests, check_events=check_events)
     # Deleted documents leave the UI at once; their points and rows go in a purge run.
-    gone = set(detection.pending_documents(engine, None, records.DELETING))
-    gone |= set(detection.pending_documents(engine, None, records.DELETED))
-    plan.delete_partitions = [key for key in existing if key in gone]
+    gone = {*records.documents_in(engine, records.DELETING), *records.documents_in(engine, records.DELETED)}
+    plan.delete_partitions = [key for key in existing if key in gone and key not in busy]
     to_purge = detection.pending_documents(engine, before, records.DELETING)
     if to_purge:
         plan.run_requests.append(RunRequest(job_name=purge_deleted_job.name, tags={DOCUMENTS_TAG: str(len(to_purge))}))

@@ -19,6 +19,12 @@ def upgrade() -> None:
     with op.batch_alter_table("chunks") as batch:
         batch.drop_constraint("uq_chunks_position", type_="unique")
         batch.create_unique_constraint("uq_chunks_position", ["document_id", "version", "chunker", "chunk_index"])
+    # Documents indexed before this revision are served by the chunk set they were indexed with.
+    op.execute(
+        "UPDATE documents SET indexed_chunker = (SELECT min(c.chunker) FROM chunks c"
+        " WHERE c.document_id = documents.id AND c.version = documents.indexed_version)"
+        " WHERE indexed_version IS NOT NULL"
+    )
     op.create_table(
         "embedding_cache",
         sa.Column("embedding", sa.String(255), primary_key=True),
