@@ -88,7 +88,7 @@ def test_verify_detects_and_repairs_missing_and_orphan_points(rag_env, embedding
     assert set(report["problems"]) == {"", *report["documents_missing_points"]}  # the orphan has no document
 
     code, repaired = cli("verify", "--repair", check=False)
-    assert code == 0 and repaired["repaired"] == {"orphan_points_deleted": 1, "documents_requested": 1}
+    assert code == 0 and repaired["repaired"] == {"orphan_points_deleted": 1, "documents_requested": 1, "unserved_rows_dropped": 0}
     # The re-requested document is re-indexed from the embedding cache: no endpoint traffic.
     sent = sum(embedding_server.texts.values())
     cli("run")

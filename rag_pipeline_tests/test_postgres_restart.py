@@ -11,6 +11,7 @@ import pytest
 
 from rag_pipeline.core import db as core_db
 from rag_pipeline.core import faults, records
+from rag_pipeline.core.audit import audit_all, repair
 from rag_pipeline.core.db import dispose_engine, open_engine
 from rag_pipeline.core.embedding import OpenAIEmbedder
 from rag_pipeline.core.vectorstore import VectorStore, open_client
@@ -80,4 +81,35 @@ def test_restart_inside_the_locked_write(pg_rig, cluster):
     sent = sum(pg_rig.sent_texts().values())
     assert {o.status for o in pg_rig.embed(docs)} == {"processed"}
     assert sum(pg_rig.sent_texts().values()) == sent  # the retry's vectors came from the cache
+    pg_rig.assert_converged()
+
+
+def test_losing_the_database_while_retiring_the_old_version_never_loses_the_served_one(pg_rig, cluster):
+    """The database goes away just as the old chunk set's points are being deleted. Whatever the
+    database then says is served must be whole in Qdrant."""
+    doc = pg_rig.write("kb", "doc.txt", "Otters crack shellfish on stones they keep in a pocket of skin.")
+    pg_rig.settle()
+    pg_rig.write("kb", "doc.txt", "Otters crack shellfish on stones, and hold hands while asleep.")
+    pg_rig.detect()
+    pg_rig.extract([doc])
+    pg_rig.chunk([doc])
+    real_delete = pg_rig.store.delete_all_but
+
+    def lose_the_database_then_delete(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        cluster.restart()
+        real_delete(*args, **kwargs)
+
+    pg_rig.store.delete_all_but = lose_the_database_then_delete
+    try:
+        pg_rig.embed([doc])
+    except Exception as exc:  # the retirement's own transaction may fail: that is allowed
+        assert faults.is_infrastructure(exc), repr(exc)
+    pg_rig.store.delete_all_but = real_delete
+    pg_rig.assert_invariants()  # every served chunk has its point
+    row = records.get_documents(pg_rig.engine, [doc])[doc]
+    assert row.indexed_version == row.version  # the switch had committed before the retirement
+    # What the interrupted retirement left (old points: orphans; old rows), `verify --repair` removes.
+    report = audit_all(pg_rig.engine, pg_rig.store)
+    repair(pg_rig.engine, pg_rig.store, report)
+    pg_rig.settle()
     pg_rig.assert_converged()

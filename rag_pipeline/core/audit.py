@@ -85,8 +85,10 @@ def audit_all(engine: Engine, store: VectorStore) -> AuditReport:
 
 def repair(engine: Engine, store: VectorStore, report: AuditReport) -> dict[str, int]:
     """Delete orphan points; make documents with missing points pending, so the sensor (or
-    `rag-pipeline run`) re-indexes them. The embedding cache makes that free of endpoint calls."""
+    `rag-pipeline run`) re-indexes them (the embedding cache makes that free of endpoint calls);
+    drop chunk sets an interrupted switch left behind."""
     orphan_ids = [pid for ids in report.orphan_points.values() for pid in ids]
     store.delete_ids(orphan_ids)
     requested = records.request_again(engine, list(report.missing_points)) if report.missing_points else 0
-    return {"orphan_points_deleted": len(orphan_ids), "documents_requested": requested}
+    dropped = records.drop_unserved_chunk_sets(engine)
+    return {"orphan_points_deleted": len(orphan_ids), "documents_requested": requested, "unserved_rows_dropped": dropped}

@@ -268,14 +268,14 @@ def _write_and_switch(
     engine: Engine, store: VectorStore, ready: dict, frame: pd.DataFrame, vectors: dict[str, list[float]],
     chunker: str, config: str,
 ) -> set[str]:
-    """Write the points of the documents still at the revision we read, and switch them, all
-    under their row locks (one transaction; locks taken in id order, so runs cannot deadlock).
+    """Write the points of the documents still at the revision we read and switch them, under
+    their row locks (locks taken in id order, so runs cannot deadlock); then retire what the
+    switch replaced.
 
     A registration, purge or other run touching these documents waits for us, so: no point is
     written for a version that was superseded or deleted meanwhile (the re-upload race of the
-    post-mortem); the old chunk set's points go in the same breath as its rows; and nothing
-    this run deletes can belong to a newer revision, whose run can only start after we commit.
-    Returns the documents switched."""
+    post-mortem); the old chunk set's points and rows go together, after the switch; and
+    nothing this run deletes can belong to a newer revision. Returns the documents switched."""
     with engine.begin() as conn:
         current = records.lock_documents(conn, list(set(frame["document_id"])))
         live = {
@@ -294,9 +294,17 @@ def _write_and_switch(
         ]
         store.upsert(points["chunk_id"].tolist(), [vectors[h] for h in points["text_sha256"]], payloads)
         for doc_id, part in points.groupby("document_id", sort=False):
-            version = ready[doc_id].version
-            records.set_indexed(conn, doc_id, version, chunker, config, len(part))
-            store.delete_all_but(doc_id, version, chunker)
+            records.set_indexed(conn, doc_id, ready[doc_id].version, chunker, config, len(part))
+    # What the switch replaced goes only once the switch is committed (a failed commit leaves
+    # the old version served and whole), and only where it still stands: any later writer of
+    # points switches in the same transaction, so an unchanged indexed set means nobody wrote.
+    with engine.begin() as conn:
+        current = records.lock_documents(conn, list(live))
+        for doc_id in sorted(live):
+            row, version = current.get(doc_id), ready[doc_id].version
+            if row is not None and (row.indexed_version, row.indexed_chunker) == (version, chunker):
+                store.delete_all_but(doc_id, version, chunker)
+                records.drop_replaced(conn, doc_id, version, chunker)
     return live
 
 

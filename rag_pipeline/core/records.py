@@ -256,8 +256,8 @@ def load_chunks(engine: Engine, pairs: Iterable[tuple[str, str]], chunker: str) 
 def set_indexed(
     conn: sa.Connection, doc_id: str, version: str, chunker: str, config: str, chunk_count: int
 ) -> None:
-    """Switch the document to this chunk set, and drop every other one from the database.
-    Call with the row locked by `lock_document` and the revision checked."""
+    """Switch the document to this chunk set. Call with the row locked by `lock_document` and
+    the revision checked."""
     conn.execute(
         documents.update().where(documents.c.id == doc_id).values(
             status=INDEXED, indexed_version=version, indexed_chunker=chunker, indexed_config=config,
@@ -265,12 +265,38 @@ def set_indexed(
             attempts=0, requested_at=None,
         )
     )
+
+
+def drop_replaced(conn: sa.Connection, doc_id: str, version: str, chunker: str) -> None:
+    """Every chunk set of the document but the one it serves. Call with the row locked."""
     conn.execute(
         document_versions.delete().where((document_versions.c.document_id == doc_id) & (document_versions.c.version != version))
     )
     conn.execute(
         chunks.delete().where((chunks.c.document_id == doc_id) & (chunks.c.version == version) & (chunks.c.chunker != chunker))
     )
+
+
+def drop_unserved_chunk_sets(engine: Engine) -> int:
+    """Chunk sets left behind by a retirement that did not complete, on documents with nothing
+    in flight (indexed at their current version). Returns the rows removed."""
+    settled = sa.select(documents.c.id).where((documents.c.status == INDEXED) & (documents.c.indexed_version == documents.c.version))
+    with engine.begin() as conn:
+        versions = conn.execute(
+            document_versions.delete().where(
+                document_versions.c.document_id.in_(settled)
+                & (document_versions.c.version != sa.select(documents.c.indexed_version)
+                   .where(documents.c.id == document_versions.c.document_id).scalar_subquery())
+            )
+        ).rowcount
+        sets = conn.execute(
+            chunks.delete().where(
+                chunks.c.document_id.in_(settled)
+                & (chunks.c.chunker != sa.select(documents.c.indexed_chunker)
+                   .where(documents.c.id == chunks.c.document_id).scalar_subquery())
+            )
+        ).rowcount
+    return versions + sets
 
 
 def set_purged(conn: sa.Connection, doc_id: str) -> None:
