@@ -102,12 +102,15 @@ def pending_documents(
 def mark_requested(engine: Engine, doc_ids: Sequence[str]) -> None:
     """Handed to a run: stamped, and one attempt spent."""
     ts = records.now()
+    ids = sorted(doc_ids)
     with engine.begin() as conn:
-        for start in range(0, len(doc_ids), 500):
+        for start in range(0, len(ids), 500):
+            part = ids[start : start + 500]
+            # Rows locked in id order first (as the write step locks them): a plain multi-row
+            # UPDATE locks in whatever order it scans, and could deadlock with a run.
+            records.lock_documents(conn, part)
             conn.execute(
-                documents.update()
-                .where(documents.c.id.in_(list(doc_ids[start : start + 500])))
-                .values(requested_at=ts, attempts=documents.c.attempts + 1)
+                documents.update().where(documents.c.id.in_(part)).values(requested_at=ts, attempts=documents.c.attempts + 1)
             )
 
 

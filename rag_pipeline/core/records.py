@@ -75,7 +75,9 @@ def register_upload(
             id=doc_id, knowledge_base=knowledge_base, path=path, version=version,
             size_bytes=size_bytes, mtime_ns=mtime_ns, status=PENDING, attempts=0,
             detected_at=ts, updated_at=ts, registered_at=ts, revision=1,
-        ).on_conflict_do_nothing(index_elements=["knowledge_base", "path"]).returning(documents.c.id)
+        ).on_conflict_do_nothing().returning(documents.c.id)
+        # No conflict target: the id is derived from (kb, path), so a concurrent writer can trip
+        # either unique index first, and PostgreSQL only absorbs conflicts on the target's.
         # RETURNING, not rowcount: drivers disagree on rowcount for ON CONFLICT DO NOTHING.
         if conn.execute(insert).first() is not None:
             return Change(doc_id, knowledge_base, path, "new")
@@ -102,7 +104,7 @@ def mark_deleting(engine: Engine, doc_ids: Sequence[str]) -> list[str]:
     """The files are gone: tombstone the documents (their purge follows). Returns those marked."""
     marked = []
     with engine.begin() as conn:
-        for doc_id in doc_ids:
+        for doc_id in sorted(doc_ids):  # id order, like every multi-row locker: no deadlocks
             result = conn.execute(
                 documents.update()
                 .where((documents.c.id == doc_id) & documents.c.status.not_in(GONE))
