@@ -68,6 +68,13 @@ class Rig:
         failed = {o.document_id: o for o in step if o.status == "failed"}
         return [failed.get(o.document_id, o) for o in written if o.document_id not in failed] + list(failed.values())
 
+    def prepare(self, ids: list[str]) -> None:
+        """Register what changed and run a run's first two steps: the documents wait for the
+        embedding step, which is where the races live."""
+        self.detect()
+        self.extract(ids)
+        self.chunk(ids)
+
     def compute(self, ids: list[str]) -> pipeline.Computed:
         """The embed step's first half: vectors computed and cached, nothing written yet."""
         return pipeline.compute_vectors(self.engine, self.embedder, ids, self.chunker, EMBEDDING, batch_size=8)[0]

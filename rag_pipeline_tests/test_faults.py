@@ -19,9 +19,7 @@ def _status(rig, doc_id: str):  # noqa: ANN001, ANN202
 
 def test_bad_credentials_fail_the_run_fast_and_park_nothing(rig):
     doc = rig.write("kb", "doc.txt", "Herons stand still in the shallows waiting for fish.")
-    rig.detect()
-    rig.extract([doc])
-    rig.chunk([doc])
+    rig.prepare([doc])
     with EmbeddingServer(dimensions=256, api_key="the-right-key") as guarded:
         embedder = OpenAIEmbedder("test-embed", 256, "a-wrong-key", guarded.base_url, max_retries=0)
         try:
@@ -37,9 +35,7 @@ def test_bad_credentials_fail_the_run_fast_and_park_nothing(rig):
 def test_a_text_the_endpoint_refuses_parks_only_its_document(rig):
     names = ["one", "two", "poison", "four"]
     docs = [rig.write("kb", f"{name}.txt", f"{name} is a perfectly ordinary document.") for name in names]
-    rig.detect()
-    rig.extract(docs)
-    rig.chunk(docs)
+    rig.prepare(docs)
     # All four texts go in one request; the endpoint refuses it because of one of them.
     rig.server.set_faults(refuse_marker="poison")
     outcomes = {o.document_id: o for o in rig.embed(docs)}
@@ -52,9 +48,7 @@ def test_a_text_the_endpoint_refuses_parks_only_its_document(rig):
 
 def test_endpoint_outage_makes_documents_wait_then_index(rig):
     docs = [rig.write("kb", f"d{i}.txt", f"Outage test document {i} about tidal pools.") for i in range(3)]
-    rig.detect()
-    rig.extract(docs)
-    rig.chunk(docs)
+    rig.prepare(docs)
     rig.server.set_faults(status_rate=1.0, statuses=(503,))  # down
     with pytest.raises(openai.InternalServerError):
         rig.embed(docs)
@@ -92,11 +86,11 @@ def test_qdrant_unreachable_fails_cleanly_and_nothing_is_half_written(rig):
     rig.settle()
     served = rig.point_ids(doc)
     rig.write("kb", "doc.txt", "Puffins nest in burrows on windswept cliffs, and fish for sand eels.")
-    rig.detect()
-    rig.extract([doc])
-    rig.chunk([doc])
-    # Nothing listens on this port: every call fails after the client's timeout.
+    rig.prepare([doc])
+    # Nothing listens on this port: every call fails after the client's timeout. The collection
+    # check is skipped so the failure lands where it can hurt: the upsert inside the locked switch.
     down = VectorStore(QdrantClient(url="http://127.0.0.1:9", timeout=2), "test_chunks")
+    down.ensure_collection = lambda dimensions: None
     with pytest.raises(Exception) as caught:
         pipeline.embed(rig.engine, down, rig.embedder, [doc], rig.chunker, EMBEDDING)
     assert faults.is_infrastructure(caught.value), repr(caught.value)

@@ -150,9 +150,7 @@ def test_reupload_while_old_version_is_embedding(rig):
     """The post-mortem: an embedding job for the old version finishes after the re-upload
     replaced its chunks, and writes embeddings for chunks that no longer exist."""
     doc = rig.write("kb", "doc.txt", V1)
-    rig.detect()
-    rig.extract([doc])
-    rig.chunk([doc])
+    rig.prepare([doc])
     rig.server.hold_next(1)
     old_run, box = _in_thread(rig.embed, [doc])
     assert rig.server.wait_until_held()  # the v1 run is inside its endpoint call
@@ -173,9 +171,7 @@ def test_reupload_while_old_version_is_embedding(rig):
 def test_old_run_finishing_first_is_replaced_cleanly(rig):
     """The other order: the old version's run completes between the re-upload's steps."""
     doc = rig.write("kb", "doc.txt", V1)
-    rig.detect()
-    rig.extract([doc])
-    rig.chunk([doc])
+    rig.prepare([doc])
     rig.write("kb", "doc.txt", V2)
     rig.detect()
     # v1's embed step reads the row after the re-upload: the document is at v2 now.
@@ -213,9 +209,7 @@ def test_deleted_upload_is_purged_and_can_come_back(rig):
 
 def test_deletion_while_its_run_is_embedding(rig):
     doc = rig.write("kb", "doc.txt", V1)
-    rig.detect()
-    rig.extract([doc])
-    rig.chunk([doc])
+    rig.prepare([doc])
     rig.server.hold_next(1)
     run, box = _in_thread(_embed_with_rows_read_first, rig, [doc])
     assert rig.server.wait_until_held()
@@ -270,9 +264,7 @@ def test_two_runs_on_one_document_do_not_interleave(rig):
 def test_a_run_on_an_older_revision_never_overwrites_a_newer_one(rig):
     """ABA: v1 -> v2 -> v1 again while runs for each are in flight."""
     doc = rig.write("kb", "doc.txt", V1)
-    rig.detect()
-    rig.extract([doc])
-    rig.chunk([doc])
+    rig.prepare([doc])
     rig.server.hold_next(1)
     run_a, box_a = _in_thread(_embed_with_rows_read_first, rig, [doc])  # read revision 1 (v1)
     assert rig.server.wait_until_held()
@@ -313,9 +305,7 @@ def test_each_distinct_text_is_embedded_once(rig):
 
 def test_retry_after_a_failure_mid_run_resends_nothing_already_embedded(rig):
     docs = [rig.write("kb", f"d{i}.txt", " ".join(f"term{i}x{j}" for j in range(150))) for i in range(6)]
-    rig.detect()
-    rig.extract(docs)
-    rig.chunk(docs)
+    rig.prepare(docs)
     # Two batches succeed, then the endpoint answers 500 past the client's retries.
     retries = rig.embedder.max_retries
     rig.server.set_faults(next_statuses=[None, None] + [500] * (retries + 1))

@@ -40,9 +40,7 @@ def pg_rig(cluster, embedding_server, tmp_path):
 
 def _prepared(rig: Rig) -> list[str]:
     docs = [rig.write("kb", f"d{i}.txt", f"Restart test {i}: beavers build dams of sticks and mud.") for i in range(3)]
-    rig.detect()
-    rig.extract(docs)
-    rig.chunk(docs)
+    rig.prepare(docs)
     return docs
 
 
@@ -90,9 +88,7 @@ def test_losing_the_database_while_retiring_the_old_version_never_loses_the_serv
     doc = pg_rig.write("kb", "doc.txt", "Otters crack shellfish on stones they keep in a pocket of skin.")
     pg_rig.settle()
     pg_rig.write("kb", "doc.txt", "Otters crack shellfish on stones, and hold hands while asleep.")
-    pg_rig.detect()
-    pg_rig.extract([doc])
-    pg_rig.chunk([doc])
+    pg_rig.prepare([doc])
     real_delete = pg_rig.store.delete_all_but
 
     def lose_the_database_then_delete(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202

@@ -300,11 +300,12 @@ def _write_and_switch(
     # points switches in the same transaction, so an unchanged indexed set means nobody wrote.
     with engine.begin() as conn:
         current = records.lock_documents(conn, list(live))
-        for doc_id in sorted(live):
-            row, version = current.get(doc_id), ready[doc_id].version
-            if row is not None and (row.indexed_version, row.indexed_chunker) == (version, chunker):
-                store.delete_all_but(doc_id, version, chunker)
-                records.drop_replaced(conn, doc_id, version, chunker)
+        keep = {
+            doc_id: (ready[doc_id].version, chunker) for doc_id, row in current.items()
+            if (row.indexed_version, row.indexed_chunker) == (ready[doc_id].version, chunker)
+        }
+        store.delete_all_but(keep)
+        records.drop_replaced(conn, keep)
     return live
 
 

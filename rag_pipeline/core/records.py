@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import pandas as pd
 import sqlalchemy as sa
@@ -269,13 +269,25 @@ def set_indexed(
     )
 
 
-def drop_replaced(conn: sa.Connection, doc_id: str, version: str, chunker: str) -> None:
-    """Every chunk set of the document but the one it serves. Call with the row locked."""
+def drop_replaced(conn: sa.Connection, keep: Mapping[str, tuple[str, str]]) -> None:
+    """Every chunk set of these documents but the one each serves ({id: (version, chunker)}),
+    in two statements for the batch. Call with the rows locked."""
+    if not keep:
+        return
+    versions = [(doc, version) for doc, (version, _) in keep.items()]
     conn.execute(
-        document_versions.delete().where((document_versions.c.document_id == doc_id) & (document_versions.c.version != version))
+        document_versions.delete().where(
+            document_versions.c.document_id.in_(list(keep))
+            & sa.tuple_(document_versions.c.document_id, document_versions.c.version).not_in(versions)
+        )
     )
     conn.execute(
-        chunks.delete().where((chunks.c.document_id == doc_id) & (chunks.c.version == version) & (chunks.c.chunker != chunker))
+        chunks.delete().where(
+            sa.tuple_(chunks.c.document_id, chunks.c.version).in_(versions)
+            & sa.tuple_(chunks.c.document_id, chunks.c.version, chunks.c.chunker).not_in(
+                [(doc, version, chunker) for doc, (version, chunker) in keep.items()]
+            )
+        )
     )
 
 
@@ -312,9 +324,9 @@ def set_purged(conn: sa.Connection, doc_id: str) -> None:
     )
 
 
-def documents_in(engine: Engine, status: str) -> list[str]:
+def documents_in(engine: Engine, *statuses: str) -> list[str]:
     with engine.connect() as conn:
-        return [r[0] for r in conn.execute(sa.select(documents.c.id).where(documents.c.status == status))]
+        return [r[0] for r in conn.execute(sa.select(documents.c.id).where(documents.c.status.in_(statuses)))]
 
 
 def request_again(engine: Engine, doc_ids: Sequence[str] | None = None, status: str | None = None) -> int:

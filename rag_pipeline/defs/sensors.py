@@ -107,7 +107,7 @@ def evaluate_inbox(
     to_add, requests = plan_runs(existing, wanted, inbox.docs_per_run)
     plan = Plan(found, add_partitions=to_add, run_requests=requests, check_events=check_events)
     # Deleted documents leave the UI at once; their points and rows go in a purge run.
-    gone = {*records.documents_in(engine, records.DELETING), *records.documents_in(engine, records.DELETED)}
+    gone = set(records.documents_in(engine, *records.GONE))
     plan.delete_partitions = [key for key in existing if key in gone and key not in busy]
     to_purge = detection.pending_documents(engine, before, records.DELETING)
     if to_purge:
