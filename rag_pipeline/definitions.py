@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from dagster import Definitions, EnvVar
@@ -29,7 +30,7 @@ def build_resources(settings: Settings) -> dict:
     return {
         "db": DatabaseResource(url=_secret("DATABASE_URL", settings.database_url)),
         "inbox": InboxResource(
-            path=str(settings.inbox_dir), max_file_bytes=settings.max_file_bytes,
+            path=str(settings.inbox_dir), **dataclasses.asdict(settings.limits),
             docs_per_run=settings.docs_per_run, overdue_seconds=settings.overdue_seconds,
             max_attempts=settings.max_attempts,
         ),

@@ -65,6 +65,7 @@ def run_pending(settings: Settings, progress: bool = False) -> dict:
         "new": len(found.new),
         "changed": len(found.changed),
         "deleted": len(found.deleted),
+        "refused": len(found.refused),
         "indexed": sum(1 for r in rows if r.status == records.INDEXED),
         "failed": len(failures),
         "pending": sum(1 for r in rows if r.status == records.PENDING),

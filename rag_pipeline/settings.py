@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
+from rag_pipeline.core.parsing.base import Limits
+
 DEFAULT_MODELS = {
     "hash": "hash-ngrams-v1",
     "openai": "text-embedding-3-small",
@@ -49,7 +51,7 @@ class Settings:
     embed_batch_size: int = 128
     embed_timeout_seconds: float = 60.0
     embed_max_retries: int = 6
-    max_file_bytes: int = 50 * 1024 * 1024
+    limits: Limits = field(default_factory=Limits)
     # Secrets are never part of repr(): a settings object can end up in a log line.
     openai_api_key: str | None = field(default=None, repr=False)
     qdrant_api_key: str | None = field(default=None, repr=False)
@@ -84,7 +86,14 @@ class Settings:
             embed_batch_size=_int(env, "RAG_EMBED_BATCH_SIZE", 128),
             embed_timeout_seconds=float(_int(env, "RAG_EMBED_TIMEOUT_SECONDS", 60)),
             embed_max_retries=_int(env, "RAG_EMBED_MAX_RETRIES", 6),
-            max_file_bytes=_int(env, "RAG_MAX_FILE_BYTES", 50 * 1024 * 1024),
+            limits=Limits(
+                max_file_bytes=_int(env, "RAG_MAX_FILE_BYTES", Limits.max_file_bytes),
+                max_pages=_int(env, "RAG_MAX_PAGES", Limits.max_pages),
+                max_chunks=_int(env, "RAG_MAX_CHUNKS", Limits.max_chunks),
+                max_unpacked_bytes=_int(env, "RAG_MAX_UNPACKED_BYTES", Limits.max_unpacked_bytes),
+                parse_timeout_seconds=float(_int(env, "RAG_PARSE_TIMEOUT_SECONDS", int(Limits.parse_timeout_seconds))),
+                parse_memory_mb=_int(env, "RAG_PARSE_MEMORY_MB", Limits.parse_memory_mb),
+            ),
             openai_api_key=env.get("OPENAI_API_KEY") or None,
             qdrant_api_key=env.get("QDRANT_API_KEY") or None,
         )

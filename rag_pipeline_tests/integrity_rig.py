@@ -17,12 +17,12 @@ from rag_pipeline.core.chunking import ChunkerConfig
 from rag_pipeline.core.db import chunks, documents
 from rag_pipeline.core.embedding import Embedder
 from rag_pipeline.core.identity import document_id
+from rag_pipeline.core.parsing import Limits
 from rag_pipeline.core.pipeline import Outcome
 from rag_pipeline.core.vectorstore import VectorStore
 from rag_pipeline.devtools.embedding_server import EmbeddingServer
 
 EMBEDDING = "openai:test-embed:256"
-MAX_BYTES = 10 * 1024 * 1024
 
 
 @dataclass
@@ -52,10 +52,10 @@ class Rig:
         return detection.detect(self.engine, self.inbox)
 
     def extract(self, ids: list[str]) -> list[Outcome]:
-        return pipeline.extract(self.engine, self.inbox, ids, self.config, MAX_BYTES)
+        return pipeline.extract(self.engine, self.inbox, ids, self.config, Limits())
 
     def chunk(self, ids: list[str]) -> list[Outcome]:
-        return pipeline.chunk(self.engine, ids, self.chunker)
+        return pipeline.chunk(self.engine, ids, self.chunker, Limits.max_chunks)
 
     def embed(self, ids: list[str]) -> list[Outcome]:
         """The two steps as the job runs them: vectors into the cache, then the write step

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine
 from rag_pipeline.core import records
 from rag_pipeline.core.db import documents
 from rag_pipeline.core.identity import sha256_stream
-from rag_pipeline.core.inbox import FileStat, open_inside, scan
+from rag_pipeline.core.inbox import Scan, open_inside, scan
 
 
 @dataclass
@@ -29,25 +29,34 @@ class Detection:
     deleted: list[str] = field(default_factory=list)
     unchanged: int = 0
     problems: list[str] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)  # newly refused unread: {document id: reason}
     listing_digest: str = ""
 
 
-def listing_digest(files: dict[tuple[str, str], FileStat]) -> str:
+def listing_digest(listing: Scan) -> str:
     digest = hashlib.sha256()
-    for key in sorted(files):
-        f = files[key]
-        digest.update(f"{f.knowledge_base}\x00{f.path}\x00{f.size}\x00{f.mtime_ns}\n".encode())
+    entries = [*listing.files.values(), *(r.stat for r in listing.refused.values())]
+    for f in sorted(entries, key=lambda f: (f.knowledge_base, f.path)):
+        refused = (f.knowledge_base, f.path) in listing.refused
+        digest.update(f"{f.knowledge_base}\x00{f.path}\x00{f.size}\x00{f.mtime_ns}\x00{refused}\n".encode())
     return digest.hexdigest()
 
 
+def refusal_version(reason: str) -> str:
+    """The version recorded for a file refused unread: it has no content hash, and a different
+    reason (a link retargeted into a size refusal) is a different version."""
+    return records.REFUSED_PREFIX + hashlib.sha256(reason.encode()).hexdigest()[: 64 - len(records.REFUSED_PREFIX)]
+
+
 def detect(
-    engine: Engine, inbox: Path, min_age_seconds: float = 0.0, previous_digest: str | None = None
+    engine: Engine, inbox: Path, min_age_seconds: float = 0.0, previous_digest: str | None = None,
+    max_file_bytes: int | None = None,
 ) -> Detection:
     """Register what changed. With the digest of the previous, fully registered listing, an
     identical listing costs no database work at all."""
-    listing = scan(inbox, min_age_seconds)
+    listing = scan(inbox, min_age_seconds, max_file_bytes=max_file_bytes)
     files = listing.files
-    result = Detection(problems=listing.problems, listing_digest=listing_digest(files))
+    result = Detection(problems=listing.problems, listing_digest=listing_digest(listing))
     if previous_digest is not None and result.listing_digest == previous_digest:
         result.unchanged = len(files)
         return result
@@ -59,6 +68,8 @@ def detect(
             and prior.status not in records.GONE
             and prior.size_bytes == stat.size
             and prior.mtime_ns == stat.mtime_ns
+            # Refused unread last time (a raised size limit now takes it): hash it this time.
+            and not prior.version.startswith(records.REFUSED_PREFIX)
         ):
             result.unchanged += 1
             continue
@@ -78,6 +89,15 @@ def detect(
             result.changed.append(change.document_id)
         else:
             result.unchanged += 1
+    for (kb, path), refusal in listing.refused.items():
+        stat = refusal.stat
+        change = records.register_upload(
+            engine, kb, path, refusal_version(refusal.reason), stat.size, stat.mtime_ns, refusal=refusal.reason
+        )
+        if change.kind == "unchanged":
+            result.unchanged += 1
+        else:
+            result.refused[change.document_id] = refusal.reason
     gone = [
         prior.id for (kb, path), prior in known.items()
         if prior.status not in records.GONE and not listing.may_be_present(kb, path)

@@ -8,12 +8,14 @@ resolve inside it. Hidden and temporary files are never picked up, which is also
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rag_pipeline.core.identity import DEFAULT_KB, KB_NAME_RE, document_id, validate_kb_name
+from rag_pipeline.core.parsing.base import over_file_limit
 
 TEMP_SUFFIXES = (".part", ".tmp", ".crdownload", ".partial", ".swp")
 
@@ -30,27 +32,57 @@ def is_ignored(name: str) -> bool:
     return name.startswith((".", "~$", "~")) or name.endswith(TEMP_SUFFIXES)
 
 
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def shown(path: str) -> str:
+    """A path as it may appear in a log line: a newline in a file name must not forge a line."""
+    return _CONTROL_RE.sub(lambda m: f"\\x{ord(m.group()):02x}", path)
+
+
+def _storable_name(name: str) -> bool:
+    # Names that are not UTF-8 arrive surrogate-escaped; no database column can hold them.
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+@dataclass(frozen=True)
+class Refusal:
+    stat: FileStat
+    reason: str
+
+
 @dataclass
 class Scan:
     files: dict[tuple[str, str], FileStat]  # ready to be registered
-    problems: list[str]  # refused entries, in words
-    held: set[tuple[str, str]]  # present but not taken now (still settling, or refused)
+    problems: list[str]  # entries that cannot be documents at all (no knowledge base, bad name)
+    held: set[tuple[str, str]]  # present but not taken now (still settling)
     unlisted: list[str]  # knowledge-base-relative folders that could not be listed
+    # Documents refused without being read (symbolic links, over the size limit): registered as
+    # failed with the reason, so they show in `status` and the UI like any other failure.
+    refused: dict[tuple[str, str], Refusal] = field(default_factory=dict)
 
     def may_be_present(self, knowledge_base: str, path: str) -> bool:
         """False only when the scan proves the file is gone: a deletion must never be inferred
         from a folder we could not read or a file we chose not to take."""
-        if (knowledge_base, path) in self.files or (knowledge_base, path) in self.held:
+        key = (knowledge_base, path)
+        if key in self.files or key in self.held or key in self.refused:
             return True
         return any(
             f"{knowledge_base}/{path}".startswith(folder.rstrip("/") + "/") or folder == "" for folder in self.unlisted
         )
 
 
-def scan(inbox: Path, min_age_seconds: float = 0.0, now_ns: int | None = None) -> Scan:
-    """List the inbox: the files to register, the problems found, and what was held back."""
+def scan(
+    inbox: Path, min_age_seconds: float = 0.0, now_ns: int | None = None, max_file_bytes: int | None = None
+) -> Scan:
+    """List the inbox: the files to register, those refused unread, the problems found, and what
+    was held back. Nothing is opened here: entries are only listed and lstat-ed."""
     result = Scan({}, [], set(), [])
-    files, problems, held = result.files, result.problems, result.held
+    files, problems, held, refused = result.files, result.problems, result.held, result.refused
     if not inbox.is_dir():
         result.problems.append(f"{inbox}: the landing directory does not exist")
         result.unlisted.append("")
@@ -62,40 +94,51 @@ def scan(inbox: Path, min_age_seconds: float = 0.0, now_ns: int | None = None) -
         try:
             entries = list(os.scandir(folder))
         except OSError as exc:
-            problems.append(f"{kb}/{prefix}: cannot list ({exc.strerror})")
+            problems.append(f"{kb}/{shown(prefix)}: cannot list ({exc.strerror})")
             result.unlisted.append(f"{kb}/{prefix}")
             return
         for entry in entries:
             if is_ignored(entry.name):
                 continue
             rel = f"{prefix}{entry.name}"
+            if not _storable_name(entry.name):
+                problems.append(f"{kb}/{shown(rel.encode('utf-8', 'surrogateescape').decode('utf-8', 'replace'))}: "
+                                "file name is not valid UTF-8; rename it")
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue  # gone between listing and stat
+            stat = FileStat(kb, rel, st.st_size, st.st_mtime_ns)
             if entry.is_symlink():
-                problems.append(f"{kb}/{rel}: symbolic link refused")
-                held.add((kb, rel))
+                refused[(kb, rel)] = Refusal(stat, "symbolic link refused: uploads must be regular files inside "
+                                                    "the landing directory (a link is never followed)")
                 continue
             if entry.is_dir(follow_symlinks=False):
                 walk(entry.path, kb, rel + "/")
             elif entry.is_file(follow_symlinks=False):
-                st = entry.stat(follow_symlinks=False)
                 if now_ns - st.st_mtime_ns < min_age_ns:
                     held.add((kb, rel))  # still settling: looked at again next tick
                     continue
-                files[(kb, rel)] = FileStat(kb, rel, st.st_size, st.st_mtime_ns)
+                if max_file_bytes is not None and st.st_size > max_file_bytes:
+                    # Refused on its size alone: never hashed or read.
+                    refused[(kb, rel)] = Refusal(stat, over_file_limit(st.st_size, max_file_bytes))
+                    continue
+                files[(kb, rel)] = stat
 
     for entry in os.scandir(inbox):
-        if is_ignored(entry.name) or entry.is_symlink():
-            if entry.is_symlink():
-                problems.append(f"{entry.name}: symbolic link refused")
+        name = shown(entry.name.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
+        if is_ignored(entry.name):
             continue
-        if entry.is_dir(follow_symlinks=False):
+        if entry.is_symlink():
+            problems.append(f"{name}: symbolic link refused (a knowledge base must be a real folder)")
+        elif entry.is_dir(follow_symlinks=False):
             if not KB_NAME_RE.match(entry.name):
-                problems.append(f"{entry.name}: not a valid knowledge base name")
+                problems.append(f"{name}: not a valid knowledge base name (up to 64 letters, digits, '.', '_', '-')")
                 continue
             walk(entry.path, entry.name, "")
         elif entry.is_file(follow_symlinks=False):
-            problems.append(
-                f"{entry.name}: files belong in a knowledge base folder, e.g. {DEFAULT_KB}/{entry.name}"
-            )
+            problems.append(f"{name}: files belong in a knowledge base folder, e.g. {DEFAULT_KB}/{name}")
     return result
 
 

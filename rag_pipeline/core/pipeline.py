@@ -9,6 +9,7 @@ run fails and the documents stay pending for the retry.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,8 @@ from rag_pipeline.core.chunking import ChunkerConfig, chunk_document
 from rag_pipeline.core.embedding import Embedder, EmbeddingError
 from rag_pipeline.core.identity import text_hash
 from rag_pipeline.core.inbox import open_inside
-from rag_pipeline.core.parsing import ParsedDocument, ParseError, Section, parse_bytes
+from rag_pipeline.core.parsing import Limits, ParsedDocument, ParseError, Section, over_file_limit
+from rag_pipeline.core.sandbox import ParserSandbox
 from rag_pipeline.core.vectorstore import VectorStore
 
 
@@ -54,7 +56,14 @@ def _is_current(row, config: str) -> bool:  # noqa: ANN001
     return row.status == records.INDEXED and row.indexed_version == row.version and row.indexed_config == config
 
 
-def extract(engine: Engine, inbox: Path, doc_ids: Sequence[str], config: str, max_bytes: int) -> list[Outcome]:
+def extract(engine: Engine, inbox: Path, doc_ids: Sequence[str], config: str, limits: Limits) -> list[Outcome]:
+    with ParserSandbox(limits) as sandbox:
+        return _extract(engine, inbox, doc_ids, config, limits, sandbox)
+
+
+def _extract(
+    engine: Engine, inbox: Path, doc_ids: Sequence[str], config: str, limits: Limits, sandbox: ParserSandbox
+) -> list[Outcome]:
     rows = records.get_documents(engine, doc_ids)
     outcomes = []
     for doc_id in doc_ids:
@@ -68,20 +77,26 @@ def extract(engine: Engine, inbox: Path, doc_ids: Sequence[str], config: str, ma
         started = time.perf_counter()
         try:
             with open_inside(inbox, row.knowledge_base, row.path) as fh:
-                data = fh.read(max_bytes + 1)
-            if len(data) > max_bytes:
-                raise ParseError(f"file is larger than the limit of {max_bytes} bytes (RAG_MAX_FILE_BYTES)")
+                # Sized before reading: an oversized file is refused without loading it.
+                size = os.fstat(fh.fileno()).st_size
+                if size > limits.max_file_bytes:
+                    raise ParseError(over_file_limit(size, limits.max_file_bytes))
+                data = fh.read(limits.max_file_bytes + 1)
+            if len(data) > limits.max_file_bytes:  # grew after the fstat
+                raise ParseError(over_file_limit(len(data), limits.max_file_bytes))
             version = hashlib.sha256(data).hexdigest()
             if version != row.version:
                 # The file changed after detection; the sensor registers the new bytes.
                 outcomes.append(Outcome(doc_id, "superseded", row.version, "file changed since detection"))
                 continue
-            parsed = parse_bytes(data, row.path)
+            parsed = sandbox.parse(data, row.path)
         except FileNotFoundError:
             outcomes.append(Outcome(doc_id, "missing", row.version, "file removed from the landing directory"))
             continue
         except PermissionError as exc:
-            outcomes.append(_failed(engine, doc_id, row.version, f"refused: {exc}"))
+            # errno set: the OS said no (file mode); unset: our confinement check refused it.
+            reason = f"cannot read the file: {exc.strerror}" if exc.errno else f"refused: {exc}"
+            outcomes.append(_failed(engine, doc_id, row.version, reason))
             continue
         except ParseError as exc:
             outcomes.append(_failed(engine, doc_id, row.version, str(exc)))
@@ -105,7 +120,7 @@ def extract(engine: Engine, inbox: Path, doc_ids: Sequence[str], config: str, ma
     return outcomes
 
 
-def chunk(engine: Engine, doc_ids: Sequence[str], chunker: ChunkerConfig) -> list[Outcome]:
+def chunk(engine: Engine, doc_ids: Sequence[str], chunker: ChunkerConfig, max_chunks: int) -> list[Outcome]:
     rows = records.get_documents(engine, doc_ids)
     outcomes = []
     for doc_id in doc_ids:
@@ -126,6 +141,10 @@ def chunk(engine: Engine, doc_ids: Sequence[str], chunker: ChunkerConfig) -> lis
         frame = chunk_document(doc_id, row.version, parsed, chunker)
         if frame.empty:
             outcomes.append(_failed(engine, doc_id, row.version, "no extractable text"))
+            continue
+        if len(frame) > max_chunks:
+            reason = f"document makes {len(frame)} chunks, over the limit of {max_chunks} (RAG_MAX_CHUNKS)"
+            outcomes.append(_failed(engine, doc_id, row.version, reason))
             continue
         if not records.replace_chunks(engine, doc_id, row.version, frame, chunker.fingerprint):
             outcomes.append(_superseded(doc_id, row.version))

@@ -23,6 +23,8 @@ PENDING, INDEXED, FAILED = "pending", "indexed", "failed"
 # row stays as a tombstone so a late run's compare-and-set fails and the id is never reused wrongly.
 DELETING, DELETED = "deleting", "deleted"
 GONE = (DELETING, DELETED)
+# The version of a file refused without being read (it has no content hash).
+REFUSED_PREFIX = "refused:"
 
 
 def now() -> dt.datetime:
@@ -63,17 +65,20 @@ def known_documents(engine: Engine) -> dict[tuple[str, str], Known]:
 
 
 def register_upload(
-    engine: Engine, knowledge_base: str, path: str, version: str, size_bytes: int, mtime_ns: int
+    engine: Engine, knowledge_base: str, path: str, version: str, size_bytes: int, mtime_ns: int,
+    refusal: str | None = None,
 ) -> Change:
     """Record that (kb, path) now holds content `version`. Idempotent; safe under concurrency:
     the unique (knowledge_base, path) constraint makes a second writer update, never duplicate,
-    and the row lock orders it after any run switching this document."""
+    and the row lock orders it after any run switching this document. With `refusal`, the file
+    was refused unread: registered failed with that reason, never handed to a run."""
     doc_id = document_id(knowledge_base, path)
     ts = now()
+    status, error = (PENDING, None) if refusal is None else (FAILED, refusal[:2000])
     with engine.begin() as conn:
         insert = insert_for(conn, documents).values(
             id=doc_id, knowledge_base=knowledge_base, path=path, version=version,
-            size_bytes=size_bytes, mtime_ns=mtime_ns, status=PENDING, attempts=0,
+            size_bytes=size_bytes, mtime_ns=mtime_ns, status=status, error=error, attempts=0,
             detected_at=ts, updated_at=ts, registered_at=ts, revision=1,
         ).on_conflict_do_nothing().returning(documents.c.id)
         # No conflict target: the id is derived from (kb, path), so a concurrent writer can trip
@@ -91,9 +96,9 @@ def register_upload(
             return Change(doc_id, knowledge_base, path, "unchanged")
         conn.execute(
             documents.update().where(documents.c.id == doc_id).values(
-                version=version, size_bytes=size_bytes, mtime_ns=mtime_ns, status=PENDING,
+                version=version, size_bytes=size_bytes, mtime_ns=mtime_ns, status=status,
                 # A new version has never been requested, whatever happened to the old one.
-                error=None, attempts=0, updated_at=ts, requested_at=None, registered_at=ts,
+                error=error, attempts=0, updated_at=ts, requested_at=None, registered_at=ts,
                 overdue_reported_at=None, revision=documents.c.revision + 1,
             )
         )

@@ -90,7 +90,7 @@ def source_document(
 ):
     config = pipeline.index_config(chunker.config, embedder.fingerprint)
     with waiting_on_failure(context, db.engine):
-        outcomes = pipeline.extract(db.engine, inbox.root, context.partition_keys, config, inbox.max_file_bytes)
+        outcomes = pipeline.extract(db.engine, inbox.root, context.partition_keys, config, inbox.limits)
     results = {o.document_id: (o.status == "processed", o.reason or "parsed") for o in outcomes if o.status in ("processed", "failed")}
     yield from evaluate_per_document(context, "parsed", results, AssetCheckSeverity.WARN)
     yield MaterializeResult(metadata=_report(context, outcomes))
@@ -110,10 +110,10 @@ def source_document(
     **COMMON,
 )
 def document_chunks(
-    context: AssetExecutionContext, db: DatabaseResource, chunker: ChunkerResource
+    context: AssetExecutionContext, db: DatabaseResource, inbox: InboxResource, chunker: ChunkerResource
 ) -> MaterializeResult:
     with waiting_on_failure(context, db.engine):
-        outcomes = pipeline.chunk(db.engine, context.partition_keys, chunker.config)
+        outcomes = pipeline.chunk(db.engine, context.partition_keys, chunker.config, inbox.max_chunks)
     limit = chunker.config.max_tokens
     over = {o.document_id: o.metrics["max_chunk_tokens"] for o in outcomes if o.metrics.get("max_chunk_tokens", 0) > limit}
     return MaterializeResult(

@@ -37,6 +37,15 @@ def overdue_evaluation(doc_id: str, description: str, parked: bool) -> AssetChec
     )
 
 
+def refusal_evaluation(doc_id: str, reason: str) -> AssetCheckEvaluation:
+    """Reported by the sensor: the upload was refused without being read (a link, too large)."""
+    return AssetCheckEvaluation(
+        asset_key=AssetKey("source_document"), check_name="parsed", passed=False,
+        severity=AssetCheckSeverity.WARN, description=reason, partition=doc_id,
+        metadata={"document_id": doc_id, "read": False},
+    )
+
+
 def document_check(name: str, asset: str, description: str) -> AssetCheckSpec:
     return AssetCheckSpec(name, asset=asset, description=description, partitions_def=documents_partitions)
 

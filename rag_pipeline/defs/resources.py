@@ -17,6 +17,7 @@ from rag_pipeline.core.chunking import ChunkerConfig
 from rag_pipeline.core.db import dispose_engine, open_engine
 from rag_pipeline.core.embedding import Embedder, make_embedder
 from rag_pipeline.core.heartbeat import Heartbeat
+from rag_pipeline.core.parsing import Limits
 from rag_pipeline.core.vectorstore import VectorStore, open_client
 
 
@@ -103,7 +104,16 @@ class InboxResource(ConfigurableResource):
     """The landing directory and the limits applied to what arrives there."""
 
     path: str
-    max_file_bytes: int = 50 * 1024 * 1024
+    max_file_bytes: int = Field(default=Limits.max_file_bytes, description="Larger uploads are refused unread.")
+    max_pages: int = Field(default=Limits.max_pages, description="PDFs with more pages are refused.")
+    max_chunks: int = Field(default=Limits.max_chunks, description="Documents making more chunks are refused.")
+    max_unpacked_bytes: int = Field(
+        default=Limits.max_unpacked_bytes, description="A .docx unpacking to more is refused as a zip bomb."
+    )
+    parse_timeout_seconds: float = Field(
+        default=Limits.parse_timeout_seconds, description="PDF/DOCX/HTML parsing time per file (0: no child process)."
+    )
+    parse_memory_mb: int = Field(default=Limits.parse_memory_mb, description="Memory a PDF/DOCX/HTML parse may take.")
     docs_per_run: int = 200
     settle_seconds: float = 0.0
     overdue_seconds: float = Field(default=120.0, description="A document not indexed this long after upload is reported.")
@@ -112,6 +122,13 @@ class InboxResource(ConfigurableResource):
     @property
     def root(self) -> Path:
         return Path(self.path)
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(
+            self.max_file_bytes, self.max_pages, self.max_chunks, self.max_unpacked_bytes,
+            self.parse_timeout_seconds, self.parse_memory_mb,
+        )
 
 
 class ChunkerResource(ConfigurableResource):

@@ -2,6 +2,7 @@
 
 
 import datetime as dt
+import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -21,7 +22,7 @@ from dagster import (
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from rag_pipeline.core import detection, records
-from rag_pipeline.defs.checks import overdue_evaluation
+from rag_pipeline.defs.checks import overdue_evaluation, refusal_evaluation
 from rag_pipeline.defs.jobs import ensure_pools, index_documents_job
 from rag_pipeline.defs.partitions import documents_partitions
 from rag_pipeline.defs.purge import purge_deleted_job
@@ -31,6 +32,11 @@ from rag_pipeline.defs.resources import DatabaseResource, InboxResource
 # lost). Requested documents are otherwise never requested twice: two runs don't race for one.
 REREQUEST_AFTER = dt.timedelta(minutes=10)
 DOCUMENTS_TAG = "rag/documents"
+MAX_REMEMBERED_PROBLEMS = 1000
+
+
+def problem_digests(problems: Sequence[str]) -> list[str]:
+    return [hashlib.sha256(p.encode("utf-8", "replace")).hexdigest()[:16] for p in problems]
 
 
 @dataclass
@@ -88,7 +94,7 @@ def evaluate_inbox(
 ) -> Plan:  # noqa: ANN001
     """Detect changes, commit them, then plan runs. Shared by the sensor and `rag-pipeline run`."""
     ensure_pools(instance)
-    found = detection.detect(engine, inbox.root, inbox.settle_seconds, previous_digest)
+    found = detection.detect(engine, inbox.root, inbox.settle_seconds, previous_digest, inbox.max_file_bytes)
     before = None if rerequest_after is None else records.now() - rerequest_after
     existing = instance.get_dynamic_partitions(documents_partitions.name)
     # Documents a queued or running run holds: never handed out again, parked or retired
@@ -103,8 +109,13 @@ def evaluate_inbox(
     for r in records.overdue(engine, records.now() - dt.timedelta(seconds=inbox.overdue_seconds)):
         late = f"not indexed {inbox.overdue_seconds:.0f} s after upload"
         check_events.append(overdue_evaluation(r.id, f"{late}; {r.error}" if r.error else late, parked=False))
+    # Files refused unread get a partition too, failed `parsed` with the reason: the UI lists
+    # every upload, and says why this one was not indexed.
+    check_events += [refusal_evaluation(doc_id, reason) for doc_id, reason in found.refused.items()]
     wanted = [d for d in detection.pending_documents(engine, before) if d not in busy]
     to_add, requests = plan_runs(existing, wanted, inbox.docs_per_run)
+    known = {*existing, *to_add}
+    to_add += [d for d in found.refused if d not in known]
     plan = Plan(found, add_partitions=to_add, run_requests=requests, check_events=check_events)
     # Deleted documents leave the UI at once; their points and rows go in a purge run.
     gone = set(records.documents_in(engine, *records.GONE))
@@ -126,13 +137,19 @@ def evaluate_inbox(
     "requests index runs in batches and purges deleted documents.",
 )
 def inbox_sensor(context: SensorEvaluationContext, db: DatabaseResource, inbox: InboxResource):
-    previous = json.loads(context.cursor)["listing"] if context.cursor else None
-    plan = evaluate_inbox(context.instance, db.engine, inbox, REREQUEST_AFTER, previous)
+    previous = json.loads(context.cursor) if context.cursor else {}
+    plan = evaluate_inbox(context.instance, db.engine, inbox, REREQUEST_AFTER, previous.get("listing"))
     found = plan.found
-    for problem in found.problems:
-        context.log.warning(problem)
+    for doc_id, reason in found.refused.items():
+        context.log.warning(f"document {doc_id} refused: {reason}")
+    # Problems that are not documents (a file outside any knowledge base, an unlistable folder)
+    # are seen on every tick; each is logged when it appears, not every ten seconds after.
+    reported, seen = problem_digests(found.problems), set(previous.get("problems", ()))
+    for problem, digest in zip(found.problems, reported):
+        if digest not in seen:
+            context.log.warning(problem)
     # Saved only once this tick's registrations are committed, so a crashed tick re-detects.
-    cursor = json.dumps({"listing": found.listing_digest})
+    cursor = json.dumps({"listing": found.listing_digest, "problems": reported[:MAX_REMEMBERED_PROBLEMS]})
     partition_requests = []
     if plan.add_partitions:
         partition_requests.append(AddDynamicPartitionsRequest(documents_partitions.name, plan.add_partitions))
