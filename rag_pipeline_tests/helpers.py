@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from dagster import (
@@ -29,10 +30,14 @@ def write_files(inbox: Path, kb: str, files: dict[str, bytes]) -> None:
         target.write_bytes(data)
 
 
-def tick_and_run(defs, instance: DagsterInstance, cursor: str | None = None) -> tuple[SensorResult | object, list]:  # noqa: ANN001
+def tick_and_run(
+    defs, instance: DagsterInstance, cursor: str | None = None, log_handler: logging.Handler | None = None  # noqa: ANN001
+) -> tuple[SensorResult | object, list]:
     """One sensor evaluation, its partition requests applied, and its runs executed in process."""
     sensor = defs.resolve_sensor_def("inbox_sensor")
     with build_sensor_context(instance=instance, resources=defs.resources, cursor=cursor) as ctx:
+        if log_handler is not None:
+            ctx.log.addHandler(log_handler)
         result = sensor(ctx)
     runs = []
     if isinstance(result, SensorResult):

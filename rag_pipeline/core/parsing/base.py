@@ -87,6 +87,12 @@ def decode_text(data: bytes) -> tuple[str, str]:
     best = charset_normalizer.from_bytes(data).best()
     if best is None:
         raise ParseError("undecodable text: no character encoding fits the content")
+    # On short Western text the detector ties between near-identical code pages and may pick,
+    # say, cp1250 (turning "crème" into "crčme"). Windows-1252 is what such files almost always
+    # are (browsers treat Latin-1 the same way), so it wins whenever it decodes as cleanly.
+    western = charset_normalizer.from_bytes(data, cp_isolation=["cp1252"]).best()
+    if western is not None and western.chaos <= best.chaos:
+        return str(western), "cp1252"
     return str(best), best.encoding
 
 
