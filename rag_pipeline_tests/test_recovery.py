@@ -5,14 +5,9 @@ is marked failed from its stale heartbeat, retried, and its documents end up ind
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
-from urllib.parse import urlparse
 
 import pytest
 import sqlalchemy as sa
@@ -20,93 +15,15 @@ from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFil
 
 from rag_pipeline.core import records
 from rag_pipeline.core.db import open_engine, run_heartbeats
+from rag_pipeline.devtools.topology import Topology, production_home, wait_for
 from rag_pipeline.settings import Settings
 from rag_pipeline_tests.helpers import write_files
 
-REPO = Path(__file__).resolve().parent.parent
-ARTIFACTS = REPO / "artifacts"
-
-
-def _wait_for(predicate, timeout: float, what: str, poll: float = 0.5):  # noqa: ANN001, ANN202
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
-def _production_home(tmp_path: Path, pg_url: str, monkeypatch) -> Path:  # noqa: ANN001
-    home = tmp_path / "prod_home"
-    home.mkdir()
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
-    url = urlparse(pg_url)
-    for key, value in {
-        "DAGSTER_HOME": str(home), "DAGSTER_PG_USER": url.username or "postgres",
-        "DAGSTER_PG_PASSWORD": url.password or "", "DAGSTER_PG_HOST": url.hostname,
-        "DAGSTER_PG_PORT": str(url.port or 5432), "DAGSTER_PG_DB": url.path.lstrip("/"),
-    }.items():
-        monkeypatch.setenv(key, value)
-    return home
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 
 
 def _parent_pid(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Topology:
-    """The production processes on loopback: a gRPC code server (`dagster api grpc`, as the
-    user_code container runs it) and `dagster-daemon` reaching it through a workspace file."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        self.tmp = tmp_path
-        self.bin = Path(sys.executable).parent
-        self.port = _free_port()
-        self.workspace = tmp_path / "workspace.yaml"
-        self.workspace.write_text(
-            f"load_from:\n  - grpc_server:\n      host: 127.0.0.1\n      port: {self.port}\n      location_name: rag_pipeline\n"
-        )
-        self.procs: list[subprocess.Popen] = []
-        self.code_server: subprocess.Popen | None = None
-
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
-        log = open(self.tmp / f"{name}.log", "ab")
-        proc = subprocess.Popen(args, cwd=self.tmp, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.procs.append(proc)
-        return proc
-
-    def start_code_server(self) -> None:
-        self.code_server = self._spawn("code_server", [
-            str(self.bin / "dagster"), "api", "grpc", "-h", "127.0.0.1", "-p", str(self.port),
-            "-m", "rag_pipeline.definitions", "-a", "defs",
-        ])
-        _wait_for(self._code_server_answers, 60, "the code server")
-
-    def _code_server_answers(self) -> bool:
-        with socket.socket() as sock:
-            return sock.connect_ex(("127.0.0.1", self.port)) == 0
-
-    def start_daemon(self) -> None:
-        self._spawn("daemon", [str(self.bin / "dagster-daemon"), "run", "-w", str(self.workspace)])
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                continue
-        for proc in self.procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
 
 
 @pytest.mark.parametrize("victims", ["worker", "worker_and_code_server"])
@@ -117,7 +34,8 @@ def test_killed_run_worker_is_retried_and_its_documents_indexed(
     `worker_and_code_server`: the machine running both is lost and its code server comes back
     empty-handed (a container restart); nobody remembers the run, and only its stale heartbeat,
     read by HeartbeatRunLauncher for run monitoring, reveals the death."""
-    _production_home(tmp_path, pg_url, monkeypatch)
+    for key, value in production_home(tmp_path / "prod_home", pg_url).items():
+        monkeypatch.setenv(key, value)
     settings = Settings.from_env()
     write_files(settings.inbox_dir, "kb", {
         f"doc{i}.txt": f"Document {i} tells of lighthouse keeper number {i} and the storms they saw.".encode()
@@ -137,7 +55,7 @@ def test_killed_run_worker_is_retried_and_its_documents_indexed(
                     sa.select(run_heartbeats.c.run_id, run_heartbeats.c.pid).where(run_heartbeats.c.finished_at.is_(None))
                 ).first()
 
-        run_id, pid = _wait_for(live_worker, 30, "the run's heartbeat")
+        run_id, pid = wait_for(live_worker, 30, "the run's heartbeat")
         if victims == "worker_and_code_server":
             assert _parent_pid(pid) == topology.code_server.pid
             os.kill(topology.code_server.pid, signal.SIGKILL)
@@ -152,7 +70,7 @@ def test_killed_run_worker_is_retried_and_its_documents_indexed(
             rows = records.list_documents(engine)
             return len(rows) == 3 and all(r.status == records.INDEXED for r in rows)
 
-        _wait_for(all_indexed, 240, "the documents to be indexed after the kill", poll=1)
+        wait_for(all_indexed, 240, "the documents to be indexed after the kill", poll=1)
         recovery = time.monotonic() - killed
         with DagsterInstance.get() as instance:
             dead = instance.get_run_by_id(run_id)
@@ -164,7 +82,7 @@ def test_killed_run_worker_is_retried_and_its_documents_indexed(
             expected = "stopped beating" if victims == "worker_and_code_server" else "terminated by signal 9"
             assert any(expected in (m or "") for m in failure_messages), failure_messages
             # The documents are indexed before their run records its own end.
-            _wait_for(
+            wait_for(
                 lambda: [r.status for r in instance.get_runs(RunsFilter(tags={"dagster/parent_run_id": run_id}))]
                 == [DagsterRunStatus.SUCCESS],
                 60, "the retry run to succeed",

@@ -1,0 +1,493 @@
+"""Ingest benchmark: the full pipeline against a bare script and LangChain's indexer.
+
+    python benchmarks/ingest.py                 # 5,000 documents, all variants, 100,000-file sensor tick
+    python benchmarks/ingest.py --docs 200 --sensor-files 2000   # a smoke run
+
+Every variant runs in its own process on the same generated documents, the same local
+OpenAI-compatible embedding server (started inside that process) and its own fresh PostgreSQL
+database and embedded Qdrant folder:
+
+  bare       the project's core functions in a loop (detect, extract, chunk, embed+write), no Dagster
+  pipeline   as users run it: `dagster api grpc` + `dagster-daemon` with the shipped dagster.yaml on
+             PostgreSQL; the sensor finds the files and the daemon launches the runs
+  langchain  langchain_core's `index()` with a SQLRecordManager (cleanup="incremental") into Qdrant,
+             when langchain-classic and langchain-qdrant are installed
+
+Figures: cold ingest (wall time, docs/s), a second pass with nothing changed (time, embedding
+calls), one modified document (time from the write until it is searchable), peak RSS of the
+variant's whole process tree, peak PostgreSQL connections to its database. The sensor figure is
+one unchanged tick over an inbox of --sensor-files registered files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+KB = "bench"
+DIMENSIONS = 384
+MODEL = "bench-embed"
+API_KEY = "sk-bench-not-a-secret"
+DOCS_PER_RUN = 200
+VARIANTS = ("bare", "pipeline", "langchain")
+MARKER = "zephyrine quokka lighthouse"  # words no generated document contains
+
+_WORDS = (
+    "the of and to in a is that for it as was with be by on not he i this are or his from at which but have an "
+    "they you were her she there been one all we their has would when if so no what up out more can said about "
+    "into them some could time these two may first then do any like my now over such our man me even most made "
+    "after also did many before must through back years where much your way well down should because each just "
+    "those people how too little state good very make world still own see men work long get here between both life "
+    "being under never day same another know while last might us great old year off come since against go came "
+    "right used take three river mountain harbour engine winter market garden library council bridge railway "
+    "forest machine letter island village theory signal budget climate doctor museum orchard pottery weaving"
+).split()
+
+
+def make_corpus(n: int, seed: int = 20261123) -> dict[str, bytes]:
+    """n documents of 1-6 KB of prose, the same for a given (n, seed)."""
+    rnd = random.Random(seed)
+    corpus = {}
+    for i in range(n):
+        target = rnd.randint(1024, 6144)
+        paragraphs, size = [], 0
+        while size < target:
+            sentences = []
+            for _ in range(rnd.randint(3, 7)):
+                words = rnd.choices(_WORDS, k=rnd.randint(8, 22))
+                sentences.append(" ".join(words).capitalize() + ".")
+            paragraph = " ".join(sentences)
+            paragraphs.append(paragraph)
+            size += len(paragraph) + 2
+        corpus[f"part{i // 500:02d}/doc{i:05d}.txt"] = "\n\n".join(paragraphs)[:target].encode()
+    return corpus
+
+
+def write_corpus(inbox: Path, corpus: dict[str, bytes]) -> None:
+    for rel, data in corpus.items():
+        target = inbox / KB / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+
+
+def modified(data: bytes) -> bytes:
+    # Rewritten short, so its one chunk is found by the new words even with the lexical
+    # embedding the test endpoint serves.
+    return f"The {MARKER} was repaired after the storm.\n\n".encode() + data[:300]
+
+
+# --- measurement from outside: process-tree RSS and PostgreSQL connections -------------------
+
+
+class Sampler(threading.Thread):
+    def __init__(self, pid: int, pg_admin_url: str, database: str, every: float = 0.2) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.pg, self.database, self.every = pid, pg_admin_url, database, every
+        self.peak_rss = 0
+        self.peak_connections = 0
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        import psutil
+
+        with psycopg.connect(self.pg, autocommit=True) as conn:
+            while not self._done.is_set():
+                try:
+                    root = psutil.Process(self.pid)
+                    tree = [root, *root.children(recursive=True)]
+                    rss = sum(p.memory_info().rss for p in tree if p.is_running())
+                    self.peak_rss = max(self.peak_rss, rss)
+                except psutil.Error:
+                    pass
+                n = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (self.database,)).fetchone()[0]
+                self.peak_connections = max(self.peak_connections, n)
+                self._done.wait(self.every)
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+
+
+def fresh_database(admin_url: str, name: str) -> str:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    head, _, _ = admin_url.rpartition("/")
+    return f"{head}/{name}"
+
+
+# --- the variants, each run in its own process -----------------------------------------------
+
+
+def _env_for(workdir: Path, db_url: str, server_url: str) -> dict[str, str]:
+    return {
+        "RAG_DATA_DIR": str(workdir / "data"), "DATABASE_URL": db_url, "RAG_INBOX_DIR": str(workdir / "inbox"),
+        "QDRANT_PATH": str(workdir / "qdrant"), "RAG_EMBEDDER": "openai", "RAG_EMBEDDING_MODEL": MODEL,
+        "RAG_EMBEDDING_DIMENSIONS": str(DIMENSIONS), "OPENAI_BASE_URL": server_url, "OPENAI_API_KEY": API_KEY,
+    }
+
+
+def variant_bare(workdir: Path, db_url: str, corpus: dict[str, bytes], server) -> dict:  # noqa: ANN001
+    from rag_pipeline.core import detection, pipeline
+    from rag_pipeline.core.db import open_engine
+    from rag_pipeline.core.parsing import Limits
+    from rag_pipeline.settings import Settings, make_settings_embedder, open_vector_store
+
+    settings = Settings.from_env(_env_for(workdir, db_url, server.base_url))
+    engine = open_engine(settings.database_url)
+    store, embedder = open_vector_store(settings), make_settings_embedder(settings)
+    chunker = pipeline.ChunkerConfig(settings.chunk_tokens, settings.chunk_overlap)
+    embedding = f"openai:{MODEL}:{DIMENSIONS}"
+    config = pipeline.index_config(chunker, embedding)
+
+    def one_pass() -> None:
+        detection.detect(engine, settings.inbox_dir)
+        pending = sorted(detection.pending_documents(engine, None))
+        for start in range(0, len(pending), DOCS_PER_RUN):
+            batch = pending[start : start + DOCS_PER_RUN]
+            pipeline.extract(engine, settings.inbox_dir, batch, config, settings.limits)
+            pipeline.chunk(engine, batch, chunker, Limits.max_chunks)
+            pipeline.embed(engine, store, embedder, batch, chunker, embedding, settings.embed_batch_size)
+
+    def searchable(rel: str) -> bool:
+        hits = store.search(embedder.embed([MARKER])[0], k=1)
+        return bool(hits) and hits[0].path == rel
+
+    write_corpus(settings.inbox_dir, corpus)
+    result = _phases(one_pass, lambda: _count_indexed(engine), settings.inbox_dir, corpus, server, searchable)
+    store.close()
+    embedder.close()
+    return result
+
+
+def _count_indexed(engine) -> int:  # noqa: ANN001
+    import sqlalchemy as sa
+
+    with engine.connect() as conn:
+        return conn.execute(sa.text("SELECT count(*) FROM documents WHERE status = 'indexed'")).scalar_one()
+
+
+def _phases(one_pass, indexed, inbox: Path, corpus: dict[str, bytes], server, searchable) -> dict:  # noqa: ANN001
+    """Cold pass, unchanged pass, one modified document: the same three for bare and langchain."""
+    n = len(corpus)
+    calls = server.requests
+    started = time.perf_counter()
+    one_pass()
+    cold = time.perf_counter() - started
+    assert indexed() == n, f"cold pass indexed {indexed()} of {n}"
+    cold_calls = server.requests - calls
+    calls = server.requests
+    started = time.perf_counter()
+    one_pass()
+    unchanged = time.perf_counter() - started
+    unchanged_calls = server.requests - calls
+    rel = sorted(corpus)[n // 2]
+    (inbox / KB / rel).write_bytes(modified(corpus[rel]))
+    started = time.perf_counter()
+    one_pass()
+    assert searchable(rel), "the modified document is not found by its new words"
+    return {
+        "cold_seconds": cold, "cold_embedding_calls": cold_calls, "unchanged_seconds": unchanged,
+        "unchanged_embedding_calls": unchanged_calls, "modified_seconds": time.perf_counter() - started,
+    }
+
+
+def variant_pipeline(workdir: Path, db_url: str, corpus: dict[str, bytes], server) -> dict:  # noqa: ANN001
+    from rag_pipeline.core.db import open_engine
+    from rag_pipeline.core.identity import document_id
+    from rag_pipeline.devtools.topology import Topology, production_home, wait_for
+    from rag_pipeline.settings import Settings
+
+    env = {**os.environ, **_env_for(workdir, db_url, server.base_url), **production_home(workdir / "home", db_url)}
+    settings = Settings.from_env(env)
+    engine = open_engine(settings.database_url)
+    (settings.inbox_dir / KB).mkdir(parents=True)
+    n = len(corpus)
+    with Topology(workdir, env) as topology:
+        topology.start_code_server()
+        topology.start_daemon()
+        wait_for(lambda: _sensor_ticks(db_url), 180, "the sensor's first tick")
+        write_corpus(settings.inbox_dir, corpus)
+        calls, started = server.requests, time.perf_counter()
+        wait_for(lambda: _count_indexed(engine) == n, 7200, "the cold ingest", poll=0.25)
+        cold = time.perf_counter() - started
+        cold_calls = server.requests - calls
+        wait_for(lambda: _active_runs(db_url) == 0, 300, "the runs to finish")
+        # Unchanged: the sensor's own ticks, as the daemon runs them, with nothing to do.
+        calls, seen = server.requests, len(_sensor_ticks(db_url))
+        wait_for(lambda: len(_sensor_ticks(db_url)) >= seen + 2, 120, "two unchanged ticks", poll=1)
+        unchanged = max(t["seconds"] for t in _sensor_ticks(db_url)[seen:])
+        unchanged_calls = server.requests - calls
+        rel = sorted(corpus)[n // 2]
+        doc, target = document_id(KB, rel), settings.inbox_dir / KB / rel
+        data = modified(corpus[rel])
+        started = time.perf_counter()
+        target.write_bytes(data)
+        wait_for(lambda: _indexed_at(engine, doc, hashlib.sha256(data).hexdigest()), 300, "the modified document", poll=0.05)
+        modified_seconds = time.perf_counter() - started
+        failed_runs = _runs(db_url, "FAILURE")
+    return {
+        "cold_seconds": cold, "cold_embedding_calls": cold_calls, "unchanged_seconds": unchanged,
+        "unchanged_embedding_calls": unchanged_calls, "modified_seconds": modified_seconds,
+        "runs": _runs(db_url), "failed_runs": failed_runs,
+    }
+
+
+def _query(db_url: str, sql: str, *params: object) -> list[tuple]:
+    with psycopg.connect(db_url.replace("+psycopg2", "").replace("+psycopg", ""), autocommit=True) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def _sensor_ticks(db_url: str) -> list[dict]:
+    """The daemon's sensor ticks from Dagster's own storage (read-only): start, end, status."""
+    ticks = []
+    for (body,) in _query(db_url, "SELECT tick_body FROM job_ticks WHERE type = 'SENSOR' ORDER BY id"):
+        data = json.loads(body)
+        if data.get("end_timestamp"):
+            ticks.append({"seconds": data["end_timestamp"] - data["timestamp"], "status": str(data.get("status"))})
+    return ticks
+
+
+def _active_runs(db_url: str) -> int:
+    done = ("SUCCESS", "FAILURE", "CANCELED")
+    return _query(db_url, "SELECT count(*) FROM runs WHERE status <> ALL(%s)", list(done))[0][0]
+
+
+def _runs(db_url: str, status: str | None = None) -> int:
+    if status is None:
+        return _query(db_url, "SELECT count(*) FROM runs")[0][0]
+    return _query(db_url, "SELECT count(*) FROM runs WHERE status = %s", status)[0][0]
+
+
+def _indexed_at(engine, doc_id: str, version: str) -> bool:  # noqa: ANN001
+    import sqlalchemy as sa
+
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.text("SELECT status, indexed_version FROM documents WHERE id = :id"), {"id": doc_id}
+        ).first()
+    return row is not None and row.status == "indexed" and row.indexed_version == version
+
+
+def variant_langchain(workdir: Path, db_url: str, corpus: dict[str, bytes], server) -> dict:  # noqa: ANN001
+    from langchain_classic.indexes import SQLRecordManager, index
+    from langchain_core.documents import Document
+    from langchain_core.embeddings import Embeddings
+    from langchain_qdrant import QdrantVectorStore
+    from langchain_text_splitters import RecursiveCharacterTextSplitter
+    from qdrant_client import QdrantClient, models
+
+    from rag_pipeline.core.embedding import OpenAIEmbedder
+
+    class EndpointEmbeddings(Embeddings):
+        """The same openai client and endpoint the pipeline uses."""
+
+        def __init__(self) -> None:
+            self.embedder = OpenAIEmbedder(MODEL, DIMENSIONS, API_KEY, server.base_url, batch_size=128)
+
+        def embed_documents(self, texts: list[str]) -> list[list[float]]:
+            return self.embedder.embed(texts)
+
+        def embed_query(self, text: str) -> list[float]:
+            return self.embedder.embed([text])[0]
+
+    inbox = workdir / "inbox"
+    write_corpus(inbox, corpus)
+    client = QdrantClient(path=str(workdir / "qdrant"))
+    client.create_collection("bench", vectors_config=models.VectorParams(size=DIMENSIONS, distance=models.Distance.COSINE))
+    store = QdrantVectorStore(client=client, collection_name="bench", embedding=EndpointEmbeddings())
+    records = SQLRecordManager("qdrant/bench", db_url=db_url.replace("postgresql://", "postgresql+psycopg://"))
+    records.create_schema()
+    # ~400 tokens with 60 overlap, as the pipeline's chunker, in the characters this splitter counts.
+    splitter = RecursiveCharacterTextSplitter(chunk_size=1600, chunk_overlap=240)
+
+    def one_pass() -> None:
+        # What a LangChain user runs on each sync: load every file, split, index.
+        docs = [
+            Document(page_content=path.read_text(), metadata={"source": str(path.relative_to(inbox / KB))})
+            for path in sorted((inbox / KB).rglob("*.txt"))
+        ]
+        index(splitter.split_documents(docs), records, store, cleanup="incremental", source_id_key="source", batch_size=128)
+
+    def indexed() -> int:
+        return len({p.payload["metadata"]["source"] for p in _scroll(client)})
+
+    def searchable(rel: str) -> bool:
+        hits = store.similarity_search(MARKER, k=1)
+        return bool(hits) and hits[0].metadata["source"] == rel
+
+    result = _phases(one_pass, indexed, inbox, corpus, server, searchable)
+    client.close()
+    return result
+
+
+def _scroll(client) -> list:  # noqa: ANN001
+    points, offset = [], None
+    while True:
+        page, offset = client.scroll("bench", limit=2048, offset=offset, with_payload=True, with_vectors=False)
+        points += page
+        if offset is None:
+            return points
+
+
+def sensor_tick(workdir: Path, db_url: str, n_files: int) -> dict:
+    """One unchanged sensor evaluation over n_files registered files, as the daemon runs it."""
+    from dagster import DagsterInstance
+
+    from rag_pipeline.core.db import open_engine
+    from rag_pipeline.definitions import build_definitions
+    from rag_pipeline.defs.partitions import documents_partitions
+    from rag_pipeline.defs.sensors import REREQUEST_AFTER, evaluate_inbox
+    from rag_pipeline.devtools.topology import production_home
+    from rag_pipeline.settings import Settings
+
+    env = {**_env_for(workdir, db_url, "http://127.0.0.1:9/v1"), **production_home(workdir / "home", db_url)}
+    os.environ.update(env)
+    settings = Settings.from_env(env)
+    folder = settings.inbox_dir / KB
+    for i in range(n_files):
+        sub = folder / f"d{i // 1000:03d}"
+        if i % 1000 == 0:
+            sub.mkdir(parents=True)
+        (sub / f"f{i:06d}.txt").write_bytes(b"x%d" % i)
+    engine = open_engine(settings.database_url)
+    inbox = build_definitions(settings).resources["inbox"]
+    with DagsterInstance.get() as instance:
+        started = time.perf_counter()
+        first = evaluate_inbox(instance, engine, inbox, REREQUEST_AFTER, None)
+        register = time.perf_counter() - started
+        instance.add_dynamic_partitions(documents_partitions.name, first.add_partitions)
+        ticks = []
+        for _ in range(3):
+            started = time.perf_counter()
+            plan = evaluate_inbox(instance, engine, inbox, REREQUEST_AFTER, first.found.listing_digest)
+            ticks.append(time.perf_counter() - started)
+            assert not plan.run_requests and not plan.add_partitions
+    return {"files": n_files, "first_tick_seconds": register, "unchanged_tick_seconds": min(ticks),
+            "unchanged_tick_seconds_max": max(ticks)}
+
+
+# --- orchestration ---------------------------------------------------------------------------
+
+
+def _child(args: argparse.Namespace) -> None:
+    from rag_pipeline.devtools.embedding_server import EmbeddingServer
+
+    workdir = Path(args.workdir)
+    if args.variant == "sensor":
+        print(json.dumps(sensor_tick(workdir, args.db_url, args.sensor_files)))
+        return
+    corpus = make_corpus(args.docs)
+    with EmbeddingServer(dimensions=DIMENSIONS) as server:
+        run = {"bare": variant_bare, "pipeline": variant_pipeline, "langchain": variant_langchain}[args.variant]
+        print(json.dumps(run(workdir, args.db_url, corpus, server)))
+
+
+def measure(variant: str, args: argparse.Namespace, root: Path) -> dict:
+    database = f"rag_bench_{variant}"
+    db_url = fresh_database(args.pg, database)
+    workdir = root / variant
+    workdir.mkdir()
+    cmd = [sys.executable, __file__, "--child", variant, "--workdir", str(workdir), "--db-url", db_url,
+           "--docs", str(args.docs), "--sensor-files", str(args.sensor_files)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    sampler = Sampler(proc.pid, args.pg, database)
+    sampler.start()
+    out, _ = proc.communicate()
+    sampler.stop()
+    if proc.returncode != 0:
+        raise SystemExit(f"{variant} failed (exit {proc.returncode}); its work folder is {workdir}")
+    result = json.loads(out.strip().splitlines()[-1])
+    result.update(peak_rss_mb=sampler.peak_rss / 2**20, peak_pg_connections=sampler.peak_connections)
+    return result
+
+
+def langchain_installed() -> bool:
+    return all(importlib.util.find_spec(name) for name in ("langchain_classic", "langchain_qdrant", "langchain_text_splitters"))
+
+
+def table(results: dict[str, dict], n: int) -> str:
+    rows = [
+        ("cold ingest (s)", "cold_seconds", "{:.1f}"),
+        ("docs/s", None, "{:.1f}"),
+        ("embedding calls, cold", "cold_embedding_calls", "{:.0f}"),
+        ("unchanged pass (s)", "unchanged_seconds", "{:.2f}"),
+        ("embedding calls, unchanged", "unchanged_embedding_calls", "{:.0f}"),
+        ("one modified doc searchable (s)", "modified_seconds", "{:.2f}"),
+        ("peak RSS, process tree (MB)", "peak_rss_mb", "{:.0f}"),
+        ("peak PostgreSQL connections", "peak_pg_connections", "{:.0f}"),
+        ("Dagster runs", "runs", "{:.0f}"),
+    ]
+    names = list(results)
+    lines = [f"{'':34}" + "".join(f"{name:>14}" for name in names)]
+    for label, key, fmt in rows:
+        cells = []
+        for name in names:
+            r = results[name]
+            value = n / r["cold_seconds"] if key is None else r.get(key)
+            cells.append(f"{fmt.format(value):>14}" if value is not None else f"{'-':>14}")
+        lines.append(f"{label:34}" + "".join(cells))
+    if "bare" in results and "pipeline" in results:
+        overhead = (results["pipeline"]["cold_seconds"] - results["bare"]["cold_seconds"]) / n * 1000
+        ratio = results["bare"]["cold_seconds"] / results["pipeline"]["cold_seconds"]
+        lines.append(f"orchestration overhead: {overhead:.2f} ms/document; pipeline throughput = {ratio:.0%} of bare")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--docs", type=int, default=5000)
+    parser.add_argument("--sensor-files", type=int, default=100_000)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--pg", default=os.environ.get("RAG_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
+                        help="an administrative PostgreSQL URL; databases rag_bench_* are created on it")
+    parser.add_argument("--json", help="also write the figures here")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", help=argparse.SUPPRESS)
+    parser.add_argument("--db-url", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        args.variant = args.child
+        _child(args)
+        return
+    variants = [v for v in args.variants.split(",") if v]
+    if "langchain" in variants and not langchain_installed():
+        print("langchain-classic / langchain-qdrant not installed: skipping the LangChain variant", file=sys.stderr)
+        variants.remove("langchain")
+    root = Path(tempfile.mkdtemp(prefix="rag-bench-"))
+    results = {}
+    try:
+        for variant in variants:
+            print(f"running {variant} on {args.docs} documents...", file=sys.stderr, flush=True)
+            results[variant] = measure(variant, args, root)
+        sensor = measure("sensor", args, root) if args.sensor_files else None
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print(f"{args.docs} documents of 1-6 KB, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
+    print(table(results, args.docs))
+    if sensor:
+        print(f"sensor tick over {sensor['files']} unchanged files: {sensor['unchanged_tick_seconds']:.2f} s "
+              f"(first tick, registering them all: {sensor['first_tick_seconds']:.1f} s; "
+              f"peak RSS {sensor['peak_rss_mb']:.0f} MB)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"docs": args.docs, "variants": results, "sensor": sensor}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

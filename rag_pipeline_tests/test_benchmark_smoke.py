@@ -1,0 +1,35 @@
+"""The benchmark runs end to end at a small size: every variant ingests, re-scans, re-indexes one
+modified document and reports its figures. No figure is asserted (timings belong to the
+benchmark, not to tests); what is asserted is that each variant did the work it reports."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from rag_pipeline_tests.conftest import BASE_PG
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_benchmark_smoke(tmp_path):
+    out = tmp_path / "figures.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "ingest.py"), "--docs", "40", "--sensor-files", "600",
+         "--pg", BASE_PG, "--json", str(out)],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert set(figures["variants"]) == {"bare", "pipeline", "langchain"}
+    for name, result in figures["variants"].items():
+        assert result["cold_embedding_calls"] > 0, name
+        assert result["peak_rss_mb"] > 0 and result["peak_pg_connections"] > 0, name
+    # The incremental ones re-embed nothing when nothing changed.
+    assert figures["variants"]["bare"]["unchanged_embedding_calls"] == 0
+    assert figures["variants"]["pipeline"]["unchanged_embedding_calls"] == 0
+    assert figures["variants"]["pipeline"]["runs"] >= 2 and figures["variants"]["pipeline"]["failed_runs"] == 0
+    assert figures["sensor"]["files"] == 600
+    assert "orchestration overhead" in proc.stdout and "sensor tick over 600 unchanged files" in proc.stdout
