@@ -241,6 +241,7 @@ def variant_pipeline(workdir: Path, db_url: str, corpus: dict[str, bytes], serve
         target.write_bytes(data)
         wait_for(lambda: _indexed_at(engine, doc, hashlib.sha256(data).hexdigest()), 300, "the modified document", poll=0.05)
         modified_seconds = time.perf_counter() - started
+        wait_for(lambda: _active_runs(db_url) == 0, 300, "the last run to finish")  # not interrupted by stop()
         failed_runs = _runs(db_url, "FAILURE")
     return {
         "cold_seconds": cold, "cold_embedding_calls": cold_calls, "unchanged_seconds": unchanged,

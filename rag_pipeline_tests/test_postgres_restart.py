@@ -89,18 +89,18 @@ def test_losing_the_database_while_retiring_the_old_version_never_loses_the_serv
     pg_rig.settle()
     pg_rig.write("kb", "doc.txt", "Otters crack shellfish on stones, and hold hands while asleep.")
     pg_rig.prepare([doc])
-    real_delete = pg_rig.store.delete_all_but
+    real_delete = pg_rig.store.delete_ids
 
     def lose_the_database_then_delete(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         cluster.restart()
         real_delete(*args, **kwargs)
 
-    pg_rig.store.delete_all_but = lose_the_database_then_delete
+    pg_rig.store.delete_ids = lose_the_database_then_delete
     try:
         pg_rig.embed([doc])
     except Exception as exc:  # the retirement's own transaction may fail: that is allowed
         assert faults.is_infrastructure(exc), repr(exc)
-    pg_rig.store.delete_all_but = real_delete
+    pg_rig.store.delete_ids = real_delete
     pg_rig.assert_invariants()  # every served chunk has its point
     row = records.get_documents(pg_rig.engine, [doc])[doc]
     assert row.indexed_version == row.version  # the switch had committed before the retirement

@@ -323,7 +323,9 @@ def _write_and_switch(
             doc_id: (ready[doc_id].version, chunker) for doc_id, row in current.items()
             if (row.indexed_version, row.indexed_chunker) == (ready[doc_id].version, chunker)
         }
-        store.delete_all_but(keep)
+        # By id, not by a payload filter: an id delete costs the same at any collection size
+        # (embedded Qdrant evaluates a filter against every point it holds).
+        store.delete_ids(records.replaced_chunk_ids(conn, keep))
         records.drop_replaced(conn, keep)
     return live
 

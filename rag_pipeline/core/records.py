@@ -274,6 +274,20 @@ def set_indexed(
     )
 
 
+def replaced_chunk_ids(conn: sa.Connection, keep: Mapping[str, tuple[str, str]]) -> list[str]:
+    """The chunk (= point) ids of every chunk set of these documents but the one each serves.
+    Every point ever written had its chunk row first, and rows go only with or after their
+    points, so these ids are all the points that retiring the other sets must delete."""
+    if not keep:
+        return []
+    served = [(doc, version, chunker) for doc, (version, chunker) in keep.items()]
+    query = sa.select(chunks.c.chunk_id).where(
+        chunks.c.document_id.in_(list(keep))
+        & sa.tuple_(chunks.c.document_id, chunks.c.version, chunks.c.chunker).not_in(served)
+    )
+    return [r[0] for r in conn.execute(query)]
+
+
 def drop_replaced(conn: sa.Connection, keep: Mapping[str, tuple[str, str]]) -> None:
     """Every chunk set of these documents but the one each serves ({id: (version, chunker)}),
     in two statements for the batch. Call with the rows locked."""

@@ -10,7 +10,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Sequence
 
 from qdrant_client import QdrantClient
 from qdrant_client.http import models as qm
@@ -120,23 +120,6 @@ class VectorStore:
     def delete_document(self, document_id: str) -> None:
         """Every point of a document (it was deleted)."""
         self._delete(document_id)
-
-    def delete_all_but(self, keep: Mapping[str, tuple[str, str]]) -> None:
-        """Every point of these documents except the chunk set each has just switched to
-        ({document id: (version, chunker)}), in one request for the whole batch."""
-        if not keep or not self.exists():
-            return
-        per_document = [
-            qm.Filter(
-                must=[_match("document_id", doc)],
-                must_not=[qm.Filter(must=[_match("version", version), _match("chunker", chunker)])],
-            )
-            for doc, (version, chunker) in keep.items()
-        ]
-        with self._lock:
-            self.client.delete(
-                self.collection, points_selector=qm.FilterSelector(filter=qm.Filter(should=per_document)), wait=True
-            )
 
     def delete_ids(self, ids: Sequence[str]) -> None:
         if ids and self.exists():
