@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 
 from rag_pipeline.core import records
 from rag_pipeline.core.db import documents
-from rag_pipeline.core.identity import sha256_stream
+from rag_pipeline.core.identity import document_id, sha256_stream
 from rag_pipeline.core.inbox import Scan, open_inside, scan
 
 
@@ -61,6 +61,7 @@ def detect(
         result.unchanged = len(files)
         return result
     known = records.known_documents(engine)
+    first_seen: list[tuple[str, str, str, int, int]] = []
     for key, stat in files.items():
         prior = known.get(key)
         if (
@@ -82,6 +83,9 @@ def detect(
             result.problems.append(f"{stat.knowledge_base}/{stat.path}: {exc}")
             result.listing_digest = ""
             continue
+        if prior is None:
+            first_seen.append((stat.knowledge_base, stat.path, version, size, stat.mtime_ns))
+            continue
         change = records.register_upload(engine, stat.knowledge_base, stat.path, version, size, stat.mtime_ns)
         if change.kind == "new":
             result.new.append(change.document_id)
@@ -89,6 +93,20 @@ def detect(
             result.changed.append(change.document_id)
         else:
             result.unchanged += 1
+    inserted = records.register_new_uploads(engine, first_seen)
+    for kb, path, version, size, mtime_ns in first_seen:
+        doc_id = document_id(kb, path)
+        if doc_id in inserted:
+            result.new.append(doc_id)
+            continue
+        # Registered by a concurrent writer between our listing and our insert.
+        change = records.register_upload(engine, kb, path, version, size, mtime_ns)
+        if change.kind == "changed":
+            result.changed.append(change.document_id)
+        elif change.kind == "unchanged":
+            result.unchanged += 1
+        else:
+            result.new.append(change.document_id)
     for (kb, path), refusal in listing.refused.items():
         stat = refusal.stat
         change = records.register_upload(

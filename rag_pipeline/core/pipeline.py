@@ -37,6 +37,12 @@ class Outcome:
     metrics: dict = field(default_factory=dict)
 
 
+# Extracted text is saved once this much is in hand (one transaction), and chunked in groups of
+# this many documents: per-batch database work instead of per-document, with memory bounded.
+FLUSH_CHARACTERS = 8_000_000
+CHUNK_GROUP = 50
+
+
 def index_config(chunker: ChunkerConfig, embedding: str) -> str:
     """What an index was built with. `embedding` comes from configuration (provider:model:dims),
     so every step computes it without constructing, or calling, the embedder."""
@@ -65,7 +71,21 @@ def _extract(
     engine: Engine, inbox: Path, doc_ids: Sequence[str], config: str, limits: Limits, sandbox: ParserSandbox
 ) -> list[Outcome]:
     rows = records.get_documents(engine, doc_ids)
-    outcomes = []
+    outcomes: list[Outcome] = []
+    # Parsed documents are saved together, one transaction per FLUSH_CHARACTERS of text.
+    parsed_batch: list[tuple[str, str, ParsedDocument]] = []
+    metrics: dict[str, dict] = {}
+    batch_chars = 0
+
+    def flush() -> None:
+        nonlocal batch_chars
+        saved = records.save_versions(engine, parsed_batch)
+        for doc_id, version, _ in parsed_batch:
+            ok = doc_id in saved
+            outcomes.append(Outcome(doc_id, "processed", version, metrics=metrics.pop(doc_id)) if ok else _superseded(doc_id, version))
+        parsed_batch.clear()
+        batch_chars = 0
+
     for doc_id in doc_ids:
         row = rows.get(doc_id)
         if row is None or row.status in records.GONE:
@@ -104,65 +124,82 @@ def _extract(
         except Exception as exc:  # a parser library bug on hostile input is still the file's problem
             outcomes.append(_failed(engine, doc_id, row.version, f"could not parse: {type(exc).__name__}: {exc}"[:500]))
             continue
-        if not records.save_version(engine, doc_id, row.version, parsed):
-            outcomes.append(_superseded(doc_id, row.version))
-            continue
-        outcomes.append(
-            Outcome(
-                doc_id, "processed", row.version,
-                metrics={
-                    "bytes": len(data), "characters": parsed.char_count, "sections": len(parsed.sections),
-                    "parser": parsed.parser, "title": parsed.title or "", "path": f"{row.knowledge_base}/{row.path}",
-                    "seconds": round(time.perf_counter() - started, 4), **parsed.info,
-                },
-            )
-        )
+        parsed_batch.append((doc_id, row.version, parsed))
+        batch_chars += parsed.char_count
+        metrics[doc_id] = {
+            "bytes": len(data), "characters": parsed.char_count, "sections": len(parsed.sections),
+            "parser": parsed.parser, "title": parsed.title or "", "path": f"{row.knowledge_base}/{row.path}",
+            "seconds": round(time.perf_counter() - started, 4), **parsed.info,
+        }
+        if batch_chars >= FLUSH_CHARACTERS:
+            flush()
+    flush()
     return outcomes
 
 
 def chunk(engine: Engine, doc_ids: Sequence[str], chunker: ChunkerConfig, max_chunks: int) -> list[Outcome]:
     rows = records.get_documents(engine, doc_ids)
-    outcomes = []
+    outcomes: list[Outcome] = []
+    todo = []
     for doc_id in doc_ids:
         row = rows.get(doc_id)
         if row is None:
             outcomes.append(Outcome(doc_id, "missing", None, "document no longer registered"))
-            continue
-        if row.status != records.PENDING:
+        elif row.status != records.PENDING:
             outcomes.append(Outcome(doc_id, "skipped", row.version, f"status {row.status}"))
-            continue
-        loaded = records.load_sections(engine, doc_id, row.version)
-        if loaded is None:
-            outcomes.append(Outcome(doc_id, "skipped", row.version, "no extracted text for this version yet"))
+        else:
+            todo.append((doc_id, row.version))
+    # A group's texts are read in one query and its chunk sets written in one transaction.
+    for start in range(0, len(todo), CHUNK_GROUP):
+        outcomes += _chunk_group(engine, todo[start : start + CHUNK_GROUP], chunker, max_chunks)
+    return outcomes
+
+
+def _chunk_group(
+    engine: Engine, group: Sequence[tuple[str, str]], chunker: ChunkerConfig, max_chunks: int
+) -> list[Outcome]:
+    loaded = records.load_sections(engine, group)
+    outcomes, frames, metrics = [], [], {}
+    for doc_id, version in group:
+        if doc_id not in loaded:
+            outcomes.append(Outcome(doc_id, "skipped", version, "no extracted text for this version yet"))
             continue
         started = time.perf_counter()
-        sections, parser = loaded
+        sections, parser = loaded[doc_id]
         parsed = ParsedDocument([Section(s["text"], s.get("page"), s.get("heading")) for s in sections], parser)
-        frame = chunk_document(doc_id, row.version, parsed, chunker)
+        frame = chunk_document(doc_id, version, parsed, chunker)
         if frame.empty:
-            outcomes.append(_failed(engine, doc_id, row.version, "no extractable text"))
+            outcomes.append(_failed(engine, doc_id, version, "no extractable text"))
             continue
         if len(frame) > max_chunks:
             reason = f"document makes {len(frame)} chunks, over the limit of {max_chunks} (RAG_MAX_CHUNKS)"
-            outcomes.append(_failed(engine, doc_id, row.version, reason))
+            outcomes.append(_failed(engine, doc_id, version, reason))
             continue
-        if not records.replace_chunks(engine, doc_id, row.version, frame, chunker.fingerprint):
-            outcomes.append(_superseded(doc_id, row.version))
-            continue
-        outcomes.append(
-            Outcome(
-                doc_id, "processed", row.version,
-                metrics={
-                    "chunks": int(len(frame)), "tokens": int(frame["token_count"].sum()),
-                    "max_chunk_tokens": int(frame["token_count"].max()),
-                    "seconds": round(time.perf_counter() - started, 4),
-                    "preview": frame.head(3)[["chunk_index", "token_count", "heading", "page", "text"]]
-                    .assign(text=lambda f: f["text"].str.slice(0, 160).str.replace("\n", " ").str.replace("|", "\\|"))
-                    .to_markdown(index=False),
-                },
-            )
+        frames.append(frame)
+        tokens = frame["token_count"]
+        metrics[doc_id] = {
+            "chunks": int(len(frame)), "tokens": int(tokens.sum()), "max_chunk_tokens": int(tokens.max()),
+            "seconds": round(time.perf_counter() - started, 4), "preview": _preview(frame),
+        }
+    if frames:
+        versions = dict(group)
+        written = records.replace_chunk_sets(
+            engine, {d: versions[d] for d in metrics}, pd.concat(frames, ignore_index=True), chunker.fingerprint
         )
+        for doc_id, m in metrics.items():
+            ok = doc_id in written
+            outcomes.append(Outcome(doc_id, "processed", versions[doc_id], metrics=m) if ok else _superseded(doc_id, versions[doc_id]))
     return outcomes
+
+
+def _preview(frame: pd.DataFrame, rows: int = 3) -> str:
+    """The first chunks as a markdown table, for the materialization in the UI."""
+    lines = ["| chunk | tokens | heading | page | text |", "|---:|---:|---|---:|---|"]
+    for c in frame.head(rows).itertuples():
+        text = c.text[:160].replace("\n", " ").replace("|", "\\|")
+        page = "" if pd.isna(c.page) else int(c.page)
+        lines.append(f"| {c.chunk_index} | {c.token_count} | {c.heading or ''} | {page} | {text} |")
+    return "\n".join(lines)
 
 
 def embed(
@@ -312,8 +349,8 @@ def _write_and_switch(
             for c in points.itertuples()
         ]
         store.upsert(points["chunk_id"].tolist(), [vectors[h] for h in points["text_sha256"]], payloads)
-        for doc_id, part in points.groupby("document_id", sort=False):
-            records.set_indexed(conn, doc_id, ready[doc_id].version, chunker, config, len(part))
+        counts = points.groupby("document_id", sort=False).size()
+        records.set_indexed(conn, {d: (ready[d].version, int(n)) for d, n in counts.items()}, chunker, config)
     # What the switch replaced goes only once the switch is committed (a failed commit leaves
     # the old version served and whole), and only where it still stands: any later writer of
     # points switches in the same transaction, so an unchanged indexed set means nobody wrote.

@@ -105,6 +105,25 @@ def register_upload(
         return Change(doc_id, knowledge_base, path, "new" if row.status in GONE else "changed")
 
 
+def register_new_uploads(engine: Engine, uploads: Sequence[tuple[str, str, str, int, int]]) -> set[str]:
+    """First registrations in bulk: (kb, path, version, size, mtime_ns) each, inserted in one
+    statement per 500. Returns the ids inserted; a path someone else registered meanwhile is not
+    among them, and goes through `register_upload` like any change."""
+    ts = now()
+    inserted: set[str] = set()
+    with engine.begin() as conn:
+        for start in range(0, len(uploads), 500):
+            values = [
+                dict(id=document_id(kb, path), knowledge_base=kb, path=path, version=version, size_bytes=size,
+                     mtime_ns=mtime, status=PENDING, attempts=0, detected_at=ts, updated_at=ts, registered_at=ts,
+                     revision=1)
+                for kb, path, version, size, mtime in uploads[start : start + 500]
+            ]
+            insert = insert_for(conn, documents).values(values).on_conflict_do_nothing().returning(documents.c.id)
+            inserted.update(r[0] for r in conn.execute(insert))
+    return inserted
+
+
 def mark_deleting(engine: Engine, doc_ids: Sequence[str]) -> list[str]:
     """The files are gone: tombstone the documents (their purge follows). Returns those marked."""
     marked = []
@@ -160,53 +179,59 @@ def get_documents(engine: Engine, ids: Sequence[str]) -> dict[str, sa.Row]:
         return {r.id: r for r in rows}
 
 
-def save_version(engine: Engine, doc_id: str, version: str, parsed: ParsedDocument) -> bool:
-    """Store extracted text for `version`. False if the document has moved on to another version.
+def save_versions(engine: Engine, items: Sequence[tuple[str, str, ParsedDocument]]) -> set[str]:
+    """Store extracted text for each (document, version) in one transaction; returns the
+    documents saved (the others have moved on to another version).
 
     An upsert, never delete-and-insert: the row may already carry the chunks (and through them
     the points) being served for this version, and a cascade would pull them out from under it."""
-    values = dict(
-        parser=parsed.parser, text="\n\n".join(s.text for s in parsed.sections),
-        sections=[{"text": s.text, "page": s.page, "heading": s.heading} for s in parsed.sections],
-        info=dict(parsed.info),
-    )
+    if not items:
+        return set()
+    ts = now()
     with engine.begin() as conn:
-        row = lock_document(conn, doc_id)
-        if not _is_live_at(row, version):
-            return False
-        conn.execute(
-            insert_for(conn, document_versions)
-            .values(document_id=doc_id, version=version, created_at=now(), **values)
-            .on_conflict_do_update(index_elements=["document_id", "version"], set_=values)
-        )
+        rows = lock_documents(conn, [doc_id for doc_id, _, _ in items])
+        live = [(d, v, p) for d, v, p in items if _is_live_at(rows.get(d), v)]
+        if not live:
+            return set()
+        values = [
+            dict(
+                document_id=d, version=v, created_at=ts, parser=p.parser,
+                text="\n\n".join(s.text for s in p.sections), info=dict(p.info),
+                sections=[{"text": s.text, "page": s.page, "heading": s.heading} for s in p.sections],
+            )
+            for d, v, p in live
+        ]
+        insert = insert_for(conn, document_versions).values(values)
+        conn.execute(insert.on_conflict_do_update(
+            index_elements=["document_id", "version"],
+            set_={c: insert.excluded[c] for c in ("parser", "text", "sections", "info")},
+        ))
         # Pending again if it had failed or is being rebuilt for a new configuration: the next
-        # steps work on pending documents only.
-        values = dict(title=parsed.title, status=PENDING, error=None, updated_at=now())
-        if row.status != PENDING:
-            # Taken up by a run the sensor did not hand it to (a backfill): it is in hand now,
-            # so the sensor must not hand it out again meanwhile.
-            values["requested_at"] = now()
-        conn.execute(documents.update().where(documents.c.id == doc_id).values(**values))
-        return True
-
-
-def _lock_if_current(conn: sa.Connection, doc_id: str, version: str) -> bool:
-    """Lock the document row for this transaction if it is still live at `version`."""
-    return _is_live_at(lock_document(conn, doc_id), version)
+        # steps work on pending documents only. One taken up by a run the sensor did not hand it
+        # to (a backfill) is stamped requested: in hand now, so the sensor must not hand it out.
+        conn.execute(
+            documents.update().where(documents.c.id == sa.bindparam("b_doc")).values(
+                title=sa.bindparam("b_title"), status=PENDING, error=None, updated_at=ts,
+                requested_at=sa.case((documents.c.status == PENDING, documents.c.requested_at), else_=ts),
+            ),
+            [{"b_doc": d, "b_title": p.title} for d, _, p in live],
+        )
+        return {d for d, _, _ in live}
 
 
 def _is_live_at(row: sa.Row | None, version: str) -> bool:
     return row is not None and row.version == version and row.status not in GONE
 
 
-def load_sections(engine: Engine, doc_id: str, version: str) -> tuple[list[dict], str] | None:
+def load_sections(engine: Engine, pairs: Sequence[tuple[str, str]]) -> dict[str, tuple[list[dict], str]]:
+    """{document id: (sections, parser)} of these (document, version) pairs, in one query."""
+    if not pairs:
+        return {}
+    query = sa.select(document_versions.c.document_id, document_versions.c.sections, document_versions.c.parser).where(
+        sa.tuple_(document_versions.c.document_id, document_versions.c.version).in_(list(pairs))
+    )
     with engine.connect() as conn:
-        row = conn.execute(
-            sa.select(document_versions.c.sections, document_versions.c.parser).where(
-                (document_versions.c.document_id == doc_id) & (document_versions.c.version == version)
-            )
-        ).one_or_none()
-    return (row.sections, row.parser) if row else None
+        return {r.document_id: (r.sections, r.parser) for r in conn.execute(query)}
 
 
 def record_failure(engine: Engine, doc_id: str, version: str, reason: str) -> bool:
@@ -219,24 +244,24 @@ def record_failure(engine: Engine, doc_id: str, version: str, reason: str) -> bo
         return result.rowcount == 1
 
 
-def replace_chunks(engine: Engine, doc_id: str, version: str, frame: pd.DataFrame, chunker: str) -> bool:
-    """Write this version's chunk set for `chunker` in one transaction (a retry replaces a
-    partial earlier try with the same ids). Other chunk sets stay: search keeps serving them
-    until the new set is indexed."""
-    records = frame.assign(chunker=chunker).to_dict("records")
-    for record in records:
-        record["page"] = None if pd.isna(record["page"]) else int(record["page"])
+def replace_chunk_sets(engine: Engine, versions: Mapping[str, str], frame: pd.DataFrame, chunker: str) -> set[str]:
+    """Write the chunk sets ({document id: version}, rows in `frame`) for `chunker` in one
+    transaction; returns the documents written (the others moved on to another version). A retry
+    replaces a partial earlier try with the same ids. Other chunk sets stay: search keeps serving
+    them until the new set is indexed."""
     with engine.begin() as conn:
-        if not _lock_if_current(conn, doc_id, version):
-            return False
-        conn.execute(
-            chunks.delete().where(
-                (chunks.c.document_id == doc_id) & (chunks.c.version == version) & (chunks.c.chunker == chunker)
-            )
-        )
+        rows = lock_documents(conn, list(versions))
+        live = {d: v for d, v in versions.items() if _is_live_at(rows.get(d), v)}
+        if not live:
+            return set()
+        conn.execute(chunks.delete().where(
+            sa.tuple_(chunks.c.document_id, chunks.c.version).in_(list(live.items())) & (chunks.c.chunker == chunker)
+        ))
+        part = frame[frame["document_id"].isin(live)]
+        records = part.assign(chunker=chunker, page=part["page"].astype(object).where(part["page"].notna(), None)).to_dict("records")
         if records:
             conn.execute(chunks.insert(), records)
-        return True
+        return set(live)
 
 
 CHUNK_FIELDS = ["chunk_id", "document_id", "version", "chunk_index", "text", "token_count", "page", "heading", "chunker"]
@@ -260,17 +285,19 @@ def load_chunks(engine: Engine, pairs: Iterable[tuple[str, str]], chunker: str) 
     return pd.concat(frames, ignore_index=True)
 
 
-def set_indexed(
-    conn: sa.Connection, doc_id: str, version: str, chunker: str, config: str, chunk_count: int
-) -> None:
-    """Switch the document to this chunk set. Call with the row locked by `lock_document` and
-    the revision checked."""
+def set_indexed(conn: sa.Connection, switched: Mapping[str, tuple[str, int]], chunker: str, config: str) -> None:
+    """Switch documents ({id: (version, chunk count)}) to their chunk set for `chunker`, in one
+    statement. Call with the rows locked and their revisions checked."""
+    if not switched:
+        return
+    ts = now()
     conn.execute(
-        documents.update().where(documents.c.id == doc_id).values(
-            status=INDEXED, indexed_version=version, indexed_chunker=chunker, indexed_config=config,
-            chunk_count=chunk_count, error=None, indexed_at=now(), updated_at=now(), overdue_reported_at=None,
+        documents.update().where(documents.c.id == sa.bindparam("b_doc")).values(
+            status=INDEXED, indexed_version=sa.bindparam("b_version"), indexed_chunker=chunker, indexed_config=config,
+            chunk_count=sa.bindparam("b_chunks"), error=None, indexed_at=ts, updated_at=ts, overdue_reported_at=None,
             attempts=0, requested_at=None,
-        )
+        ),
+        [{"b_doc": d, "b_version": v, "b_chunks": n} for d, (v, n) in switched.items()],
     )
 
 
