@@ -3,29 +3,16 @@ PostgreSQL (psycopg2 scheme), and a sensor-requested run completes against it.""
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-from urllib.parse import urlparse
-
 from dagster import DagsterInstance, DagsterRunStatus, SensorResult
 
 from rag_pipeline.definitions import build_definitions
+from rag_pipeline.defs.storage import PooledPostgresEventLogStorage
+from rag_pipeline.devtools.topology import production_home
 from rag_pipeline.settings import Settings
 from rag_pipeline_tests.helpers import tick_and_run, write_files
 
-REPO = Path(__file__).resolve().parent.parent
-
-
 def test_repo_dagster_yaml_runs_on_postgres(rag_env, pg_url, tmp_path, monkeypatch):
-    home = tmp_path / "prod_home"
-    home.mkdir()
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
-    url = urlparse(pg_url)
-    for key, value in {
-        "DAGSTER_HOME": str(home), "DAGSTER_PG_USER": url.username or "postgres", "DAGSTER_PG_PASSWORD": url.password or "",
-        "DAGSTER_PG_HOST": url.hostname, "DAGSTER_PG_PORT": str(url.port or 5432),
-        "DAGSTER_PG_DB": url.path.lstrip("/"),
-    }.items():
+    for key, value in production_home(tmp_path / "prod_home", pg_url).items():
         monkeypatch.setenv(key, value)
 
     settings = Settings.from_env()
@@ -34,7 +21,14 @@ def test_repo_dagster_yaml_runs_on_postgres(rag_env, pg_url, tmp_path, monkeypat
     with DagsterInstance.get() as instance:
         storage = type(instance.run_storage).__name__
         assert storage == "PostgresRunStorage"
-        assert instance.event_log_storage._engine.dialect.driver == "psycopg2"
+        events = instance.event_log_storage
+        assert isinstance(events, PooledPostgresEventLogStorage) and events._engine.dialect.driver == "psycopg2"
+        with events._engine.connect() as conn:
+            # Dagster's bookkeeping commits without waiting for the disk; a pooled connection is reused.
+            assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "off"
+            first = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        with events._engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar() == first
         result, runs = tick_and_run(defs, instance)
         assert isinstance(result, SensorResult) and len(runs) == 1
         run = instance.get_run_by_id(runs[0].run_id)

@@ -116,7 +116,7 @@ class InboxResource(ConfigurableResource):
     parse_memory_mb: int = Field(default=Limits.parse_memory_mb, description="Memory a PDF/DOCX/HTML parse may take.")
     docs_per_run: int = 200
     settle_seconds: float = Field(
-        default=3.0, description="A file modified this recently is still being written: picked up on a later tick."
+        default=1.0, description="A file modified this recently is still being written: picked up on a later tick."
     )
     overdue_seconds: float = Field(default=120.0, description="A document not indexed this long after upload is reported.")
     max_attempts: int = Field(default=3, description="Runs a document version is handed to before it is parked.")

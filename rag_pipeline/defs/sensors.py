@@ -131,7 +131,7 @@ def evaluate_inbox(
 
 @sensor(
     jobs=[index_documents_job, purge_deleted_job],
-    minimum_interval_seconds=10,
+    minimum_interval_seconds=5,
     default_status=DefaultSensorStatus.RUNNING,
     description="Watches the landing directory; registers new, changed and deleted uploads, "
     "requests index runs in batches and purges deleted documents.",
