@@ -129,6 +129,27 @@ def test_many_uploads_are_batched_into_few_runs(rag_env, monkeypatch):
     assert len(rows) == 25 and all(r.status == "indexed" for r in rows)
 
 
+def test_a_run_reads_the_corpus_partition_keys_once_per_step_not_once_per_document(rag_env, monkeypatch):
+    """Per-document metadata made Dagster re-read every partition key of the corpus once per
+    document (quadratic in the corpus): a 60-document run must read them a bounded number of times."""
+    settings = Settings.from_env()
+    write_files(settings.inbox_dir, "bulk", {f"doc-{i:03d}.txt": f"Note {i} on subject {i % 5}.".encode() for i in range(60)})
+    reads = []
+    real = DagsterInstance.get_dynamic_partitions
+
+    def counted(self, partitions_def_name):  # noqa: ANN001, ANN202
+        reads.append(partitions_def_name)
+        return real(self, partitions_def_name)
+
+    monkeypatch.setattr(DagsterInstance, "get_dynamic_partitions", counted)
+    defs = build_definitions(settings)
+    with DagsterInstance.get() as instance:
+        _, runs = tick_and_run(defs, instance)
+    assert len(runs) == 1
+    assert all(r.status == "indexed" for r in records.list_documents(get_engine(settings.database_url)))
+    assert len(reads) < 30, f"{len(reads)} reads of every partition key for 60 documents"
+
+
 def test_transient_endpoint_errors_are_retried(rag_env, embedding_server):
     settings = Settings.from_env()
     write_files(settings.inbox_dir, "kb", {"a.txt": b"Volcanoes erupt when magma rises.", "b.txt": b"Glaciers carve valleys."})

@@ -26,7 +26,7 @@ from rag_pipeline.core import faults, pipeline, records
 from rag_pipeline.core.pipeline import Outcome
 from rag_pipeline.core.audit import audit_documents
 from rag_pipeline.defs.checks import INDEXED_IN_TIME, document_check, evaluate_per_document
-from rag_pipeline.defs.partitions import documents_partitions
+from rag_pipeline.defs.partitions import documents_partitions, partition_keys_read_once
 from rag_pipeline.defs.resources import (
     ChunkerResource,
     DatabaseResource,
@@ -63,6 +63,11 @@ def waiting_on_failure(context: AssetExecutionContext, engine) -> Iterator[None]
 
 
 def _report(context: AssetExecutionContext, outcomes: Sequence[Outcome]) -> dict:
+    with partition_keys_read_once(context.instance):
+        return _report_each(context, outcomes)
+
+
+def _report_each(context: AssetExecutionContext, outcomes: Sequence[Outcome]) -> dict:
     counts: dict[str, int] = {}
     for o in outcomes:
         counts[o.status] = counts.get(o.status, 0) + 1
