@@ -28,6 +28,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -387,17 +388,53 @@ def sensor_tick(workdir: Path, db_url: str, n_files: int) -> dict:
 # --- orchestration ---------------------------------------------------------------------------
 
 
-def _child(args: argparse.Namespace) -> None:
-    from rag_pipeline.devtools.embedding_server import EmbeddingServer
+class EndpointProcess:
+    """The OpenAI-compatible test endpoint in a process of its own: its work (computing the
+    vectors) must not compete with the variant's own threads for one interpreter lock."""
 
+    def __init__(self) -> None:
+        from rag_pipeline.devtools.topology import free_port, wait_for
+
+        port = free_port()
+        self.base_url = f"http://127.0.0.1:{port}/v1"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "rag_pipeline.devtools.embedding_server", "--port", str(port),
+             "--dimensions", str(DIMENSIONS)], stdout=subprocess.DEVNULL,
+        )
+        wait_for(lambda: self._stats() is not None, 30, "the embedding endpoint", poll=0.1)
+
+    def _stats(self) -> dict | None:
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(self.base_url + "/stats", timeout=5) as response:
+                return json.loads(response.read())
+        except OSError:
+            return None
+
+    @property
+    def requests(self) -> int:
+        return self._stats()["requests"]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def _child(args: argparse.Namespace) -> None:
+    # Terminated: unwind, so the topology's `with` block stops the daemon and code server.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     workdir = Path(args.workdir)
     if args.variant == "sensor":
         print(json.dumps(sensor_tick(workdir, args.db_url, args.sensor_files)))
         return
     corpus = make_corpus(args.docs)
-    with EmbeddingServer(dimensions=DIMENSIONS) as server:
+    server = EndpointProcess()
+    try:
         run = {"bare": variant_bare, "pipeline": variant_pipeline, "langchain": variant_langchain}[args.variant]
         print(json.dumps(run(workdir, args.db_url, corpus, server)))
+    finally:
+        server.stop()
 
 
 def measure(variant: str, args: argparse.Namespace, root: Path) -> dict:
@@ -410,8 +447,13 @@ def measure(variant: str, args: argparse.Namespace, root: Path) -> dict:
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     sampler = Sampler(proc.pid, args.pg, database)
     sampler.start()
-    out, _ = proc.communicate()
-    sampler.stop()
+    try:
+        out, _ = proc.communicate()
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(60)
+        sampler.stop()
     if proc.returncode != 0:
         raise SystemExit(f"{variant} failed (exit {proc.returncode}); its work folder is {workdir}")
     result = json.loads(out.strip().splitlines()[-1])

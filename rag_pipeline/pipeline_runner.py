@@ -27,7 +27,7 @@ def run_pending(settings: Settings, progress: bool = False) -> dict:
     # `run` is an explicit "now": it takes what is there without waiting for files to settle
     # (the sensor waits, since it cannot know whether a writer is still busy).
     inbox = defs.resources["inbox"].model_copy(update={"settle_seconds": 0.0})
-    plan = evaluate_inbox(instance, engine, inbox, rerequest_after=None)
+    plan = evaluate_inbox(instance, engine, inbox, rerequest_after=None, endpoint_slots=defs.resources["embedder"].concurrency)
     found = plan.found
     if plan.add_partitions:
         instance.add_dynamic_partitions(documents_partitions.name, plan.add_partitions)

@@ -52,6 +52,7 @@ class Settings:
     embed_batch_size: int = 128
     embed_timeout_seconds: float = 60.0
     embed_max_retries: int = 6
+    embed_concurrency: int = 2
     limits: Limits = field(default_factory=Limits)
     # Secrets are never part of repr(): a settings object can end up in a log line.
     openai_api_key: str | None = field(default=None, repr=False)
@@ -88,6 +89,7 @@ class Settings:
             embed_batch_size=_int(env, "RAG_EMBED_BATCH_SIZE", 128),
             embed_timeout_seconds=float(_int(env, "RAG_EMBED_TIMEOUT_SECONDS", 60)),
             embed_max_retries=_int(env, "RAG_EMBED_MAX_RETRIES", 6),
+            embed_concurrency=_int(env, "RAG_EMBED_CONCURRENCY", 2),
             limits=Limits(
                 max_file_bytes=_int(env, "RAG_MAX_FILE_BYTES", Limits.max_file_bytes),
                 max_pages=_int(env, "RAG_MAX_PAGES", Limits.max_pages),

@@ -12,10 +12,11 @@ index_documents_job = define_asset_job(
 )
 
 # The pools the job's steps claim slots from (see the assets).
-POOLS = ("rag_embedding_endpoint", "rag_vector_store")
+ENDPOINT_POOL = "rag_embedding_endpoint"
+POOLS = (ENDPOINT_POOL, "rag_vector_store")
 
 
-def ensure_pools(instance) -> None:  # noqa: ANN001
+def ensure_pools(instance, endpoint_slots: int | None = None) -> None:  # noqa: ANN001
     """Create the pools at their default limit before runs need them. Dagster creates a pool on
     first use, but runs that start together race to create it (the loser's transaction fails on
     PostgreSQL), so the sensor, which always precedes its runs, does it first."""
@@ -27,5 +28,8 @@ def ensure_pools(instance) -> None:  # noqa: ANN001
         if pool not in known:
             try:
                 storage.initialize_concurrency_limit_to_default(pool)
+                if pool == ENDPOINT_POOL and endpoint_slots:
+                    # Only when first created: a limit set later in the UI or CLI stays.
+                    storage.set_concurrency_slots(pool, endpoint_slots)
             except Exception:  # another process created it first: that is all we wanted
                 logging.getLogger(__name__).info("pool %s was created concurrently", pool)

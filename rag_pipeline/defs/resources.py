@@ -57,6 +57,9 @@ class EmbedderResource(ConfigurableResource):
     batch_size: int = 128
     timeout_seconds: float = Field(default=60.0, description="Per request; a timeout is retried.")
     max_retries: int = Field(default=6, description="The openai client's retries (429/5xx/timeouts, with backoff).")
+    concurrency: int = Field(
+        default=2, description="Runs embedding at once: the slots of the rag_embedding_endpoint pool when it is created."
+    )
     _embedder: Optional[Embedder] = PrivateAttr(default=None)
 
     @property

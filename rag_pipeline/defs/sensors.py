@@ -26,7 +26,7 @@ from rag_pipeline.defs.checks import overdue_evaluation, refusal_evaluation
 from rag_pipeline.defs.jobs import ensure_pools, index_documents_job
 from rag_pipeline.defs.partitions import documents_partitions
 from rag_pipeline.defs.purge import purge_deleted_job
-from rag_pipeline.defs.resources import DatabaseResource, InboxResource
+from rag_pipeline.defs.resources import DatabaseResource, EmbedderResource, InboxResource
 
 # A document requested longer ago than this and still waiting is requested again (its run was
 # lost). Requested documents are otherwise never requested twice: two runs don't race for one.
@@ -90,10 +90,10 @@ def documents_in_active_runs(instance, partition_order: Sequence[str]) -> set[st
 
 def evaluate_inbox(
     instance, engine, inbox: InboxResource, rerequest_after: dt.timedelta | None,
-    previous_digest: str | None = None,
+    previous_digest: str | None = None, endpoint_slots: int | None = None,
 ) -> Plan:  # noqa: ANN001
     """Detect changes, commit them, then plan runs. Shared by the sensor and `rag-pipeline run`."""
-    ensure_pools(instance)
+    ensure_pools(instance, endpoint_slots)
     found = detection.detect(engine, inbox.root, inbox.settle_seconds, previous_digest, inbox.max_file_bytes)
     before = None if rerequest_after is None else records.now() - rerequest_after
     existing = instance.get_dynamic_partitions(documents_partitions.name)
@@ -136,9 +136,13 @@ def evaluate_inbox(
     description="Watches the landing directory; registers new, changed and deleted uploads, "
     "requests index runs in batches and purges deleted documents.",
 )
-def inbox_sensor(context: SensorEvaluationContext, db: DatabaseResource, inbox: InboxResource):
+def inbox_sensor(
+    context: SensorEvaluationContext, db: DatabaseResource, inbox: InboxResource, embedder: EmbedderResource
+):
     previous = json.loads(context.cursor) if context.cursor else {}
-    plan = evaluate_inbox(context.instance, db.engine, inbox, REREQUEST_AFTER, previous.get("listing"))
+    plan = evaluate_inbox(
+        context.instance, db.engine, inbox, REREQUEST_AFTER, previous.get("listing"), embedder.concurrency
+    )
     found = plan.found
     for doc_id, reason in found.refused.items():
         context.log.warning(f"document {doc_id} refused: {reason}")

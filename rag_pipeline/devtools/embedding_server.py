@@ -134,6 +134,10 @@ class EmbeddingServer:
             def do_GET(self) -> None:  # noqa: N802
                 if self.path.rstrip("/").endswith("/models"):
                     self._send(200, {"object": "list", "data": [{"id": "test-embed", "object": "model"}]})
+                elif self.path.rstrip("/").endswith("/stats"):  # for a client in another process
+                    with server.lock:
+                        stats = {"requests": server.requests, "texts": sum(server.texts.values())}
+                    self._send(200, stats)
                 else:
                     self._send(404, {"error": {"message": "not found"}})
 
