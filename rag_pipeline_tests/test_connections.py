@@ -22,10 +22,11 @@ from rag_pipeline_tests.private_pg import private_cluster
 
 REPO = Path(__file__).resolve().parent.parent
 MAX_CONNECTIONS = 30
-RUNS = 6
-# Per run process: our engine (the run's thread and its heartbeat thread, never more) and
-# Dagster's storage (a connection per storage call, one call at a time per thread).
-PER_RUN = 4
+RUNS = 5
+# Per run process: our engine (the run's thread and its heartbeat thread, never more), Dagster's
+# pooled event log (2 kept, a third while one stored event nests another call) and its run
+# storage (a connection per call).
+PER_RUN = 6
 
 
 @pytest.fixture
