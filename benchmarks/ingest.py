@@ -45,7 +45,6 @@ KB = "bench"
 DIMENSIONS = 384
 MODEL = "bench-embed"
 API_KEY = "sk-bench-not-a-secret"
-DOCS_PER_RUN = 200
 VARIANTS = ("bare", "pipeline", "langchain")
 MARKER = "zephyrine quokka lighthouse"  # words no generated document contains
 
@@ -160,8 +159,8 @@ def variant_bare(workdir: Path, db_url: str, corpus: dict[str, bytes], server) -
     def one_pass() -> None:
         detection.detect(engine, settings.inbox_dir)
         pending = sorted(detection.pending_documents(engine, None))
-        for start in range(0, len(pending), DOCS_PER_RUN):
-            batch = pending[start : start + DOCS_PER_RUN]
+        for start in range(0, len(pending), settings.docs_per_run):  # the batches the sensor would make
+            batch = pending[start : start + settings.docs_per_run]
             pipeline.extract(engine, settings.inbox_dir, batch, config, settings.limits)
             pipeline.chunk(engine, batch, chunker, Limits.max_chunks)
             pipeline.embed(engine, store, embedder, batch, chunker, embedding, settings.embed_batch_size)
