@@ -40,6 +40,11 @@ class PooledPostgresEventLogStorage(PostgresEventLogStorage):
         )
         self._tables_present: set[str] = set()
 
+    def dispose(self) -> None:
+        # A disposed instance leaves no session behind (NullPool never had any to leave).
+        super().dispose()
+        self._engine.dispose()
+
     def has_table(self, table_name: str) -> bool:
         if table_name not in self._tables_present and super().has_table(table_name):
             self._tables_present.add(table_name)
