@@ -56,7 +56,10 @@ def detect(
     identical listing costs no database work at all."""
     listing = scan(inbox, min_age_seconds, max_file_bytes=max_file_bytes)
     files = listing.files
-    result = Detection(problems=listing.problems, listing_digest=listing_digest(listing))
+    # A listing with files held back (settling, unreadable) or folders unlisted is never saved as
+    # the cursor: what happens to those files must be looked at on the next tick.
+    digest = "" if listing.held or listing.unlisted else listing_digest(listing)
+    result = Detection(problems=listing.problems, listing_digest=digest)
     if previous_digest is not None and result.listing_digest == previous_digest:
         result.unchanged = len(files)
         return result

@@ -107,8 +107,14 @@ def scan(
                 continue
             try:
                 st = entry.stat(follow_symlinks=False)
-            except OSError:
+            except FileNotFoundError:
                 continue  # gone between listing and stat
+            except OSError as exc:
+                # Present but not stat-able (a folder without search permission, a stale mount):
+                # held, never taken for a deletion.
+                problems.append(f"{kb}/{shown(rel)}: cannot read its size and time ({exc.strerror})")
+                held.add((kb, rel))
+                continue
             stat = FileStat(kb, rel, st.st_size, st.st_mtime_ns)
             if entry.is_symlink():
                 refused[(kb, rel)] = Refusal(stat, "symbolic link refused: uploads must be regular files inside "

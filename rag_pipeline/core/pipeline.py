@@ -40,6 +40,7 @@ class Outcome:
 # Extracted text is saved once this much is in hand (one transaction), and chunked in groups of
 # this many documents: per-batch database work instead of per-document, with memory bounded.
 FLUSH_CHARACTERS = 8_000_000
+FLUSH_DOCUMENTS = 500  # and at most this many per statement (database parameter limits)
 CHUNK_GROUP = 50
 
 
@@ -131,7 +132,7 @@ def _extract(
             "parser": parsed.parser, "title": parsed.title or "", "path": f"{row.knowledge_base}/{row.path}",
             "seconds": round(time.perf_counter() - started, 4), **parsed.info,
         }
-        if batch_chars >= FLUSH_CHARACTERS:
+        if batch_chars >= FLUSH_CHARACTERS or len(parsed_batch) >= FLUSH_DOCUMENTS:
             flush()
     flush()
     return outcomes
@@ -148,10 +149,19 @@ def chunk(engine: Engine, doc_ids: Sequence[str], chunker: ChunkerConfig, max_ch
         elif row.status != records.PENDING:
             outcomes.append(Outcome(doc_id, "skipped", row.version, f"status {row.status}"))
         else:
-            todo.append((doc_id, row.version))
-    # A group's texts are read in one query and its chunk sets written in one transaction.
-    for start in range(0, len(todo), CHUNK_GROUP):
-        outcomes += _chunk_group(engine, todo[start : start + CHUNK_GROUP], chunker, max_chunks)
+            todo.append((doc_id, row.version, row.size_bytes or 0))
+    # A group's texts are read in one query and its chunk sets written in one transaction; a
+    # group is bounded in documents and in bytes, so large files never pile up in memory.
+    group: list[tuple[str, str]] = []
+    group_bytes = 0
+    for doc_id, version, size in todo:
+        if group and (len(group) >= CHUNK_GROUP or group_bytes + size > FLUSH_CHARACTERS):
+            outcomes += _chunk_group(engine, group, chunker, max_chunks)
+            group, group_bytes = [], 0
+        group.append((doc_id, version))
+        group_bytes += size
+    if group:
+        outcomes += _chunk_group(engine, group, chunker, max_chunks)
     return outcomes
 
 

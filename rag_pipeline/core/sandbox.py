@@ -160,15 +160,15 @@ def _cap_memory(megabytes: int) -> None:
 
 def _serve(memory_mb: int) -> None:
     # Parsers' imports happen before the cap, so the cap is on parsing alone.
-    for module in ("bs4", "docx", "pypdf"):
-        importlib.import_module(module)
-
-    _cap_memory(memory_mb)
     stdin = sys.stdin.buffer
-    # The protocol gets its own copy of fd 1; anything a library prints goes to stderr instead.
+    # The protocol gets its own copy of fd 1; anything a library prints (on import too) goes to
+    # stderr instead.
     stdout = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
+    for module in ("bs4", "docx", "pypdf"):
+        importlib.import_module(module)
+    _cap_memory(memory_mb)
     while True:
         try:
             header = json.loads(_read_frame(stdin))
