@@ -98,16 +98,28 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
 
 def search_many(settings: Settings, queries: list[tuple[str, str | None]], k: int) -> list[list[dict]]:
     """Top-k hits for each (query, knowledge base), with one embedder call and one Qdrant client."""
-    from rag_pipeline.settings import make_settings_embedder, open_vector_store
+    from rag_pipeline.core import generations
+    from rag_pipeline.core.db import open_engine
+    from rag_pipeline.core.vectorstore import VectorStore, open_client
+    from rag_pipeline.settings import make_settings_embedder
 
-    embedder = make_settings_embedder(settings)
-    store = open_vector_store(settings)
+    client = open_client(settings.qdrant_url, settings.qdrant_path, settings.qdrant_api_key)
     try:
-        vectors = embedder.embed([q for q, _ in queries])
+        # The collection the alias names, queried with the model it was built with: during a
+        # re-embedding that is still the previous configuration.
+        serving = generations.aliased_collection(client, settings.collection)
+        if serving is None:
+            return [[] for _ in queries]
+        generation = generations.by_collection(open_engine(settings.database_url), serving)
+        embedder = make_settings_embedder(settings, generation.spec if generation else None)
+        try:
+            vectors = embedder.embed([q for q, _ in queries])
+        finally:
+            embedder.close()
+        store = VectorStore(client, serving)
         results = [store.search(v, k=k, knowledge_base=kb) for v, (_, kb) in zip(vectors, queries)]
     finally:
-        store.close()
-        embedder.close()
+        client.close()
     return [
         [
             {"score": round(h.score, 4), "document_id": h.document_id, "knowledge_base": h.knowledge_base,
@@ -119,15 +131,21 @@ def search_many(settings: Settings, queries: list[tuple[str, str | None]], k: in
 
 
 def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
+    from rag_pipeline.core import generations
     from rag_pipeline.core.audit import audit_all, repair
     from rag_pipeline.core.db import open_engine
     from rag_pipeline.settings import open_vector_store
 
     engine = open_engine(settings.database_url)
-    store = open_vector_store(settings)
+    store = open_vector_store(settings, engine)
+    embedding = settings.embedding_spec.fingerprint
     try:
-        report = audit_all(engine, store)
+        report = audit_all(engine, store, embedding)
         repaired = repair(engine, store, report) if args.repair and not report.ok else None
+        # A repair also switches search if a re-embedding is complete, and drops collections
+        # a switch retired but could not drop.
+        switch = generations.promote_if_complete if args.repair else generations.status
+        promotion = switch(engine, store.client, settings.collection, embedding)
     finally:
         store.close()
     payload = {
@@ -135,11 +153,14 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
         "documents_missing_points": report.missing_points,
         "orphan_points": sum(len(ids) for ids in report.orphan_points.values()),
         "problems": report.problems(), "repaired": repaired,
+        "collection": store.collection, "search_reads": promotion.serving,
+        "documents_left_to_reembed": promotion.waiting_for, "collections_dropped": promotion.dropped,
     }
     text = (
         f"{'OK' if report.ok else 'MISMATCH'}: {report.documents_checked} served document(s), "
         f"{report.points_checked} point(s); {len(report.missing_points)} document(s) missing points, "
-        f"{payload['orphan_points']} orphan point(s)"
+        f"{payload['orphan_points']} orphan point(s)\nsearch reads {promotion.serving or 'nothing yet'}"
+        + (f"; {promotion.waiting_for} document(s) left to re-embed into {store.collection}" if promotion.waiting_for else "")
     )
     if repaired:
         text += (

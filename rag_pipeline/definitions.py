@@ -49,10 +49,23 @@ def build_resources(settings: Settings) -> dict:
     }
 
 
+def versioned_assets(settings: Settings) -> list:
+    """The assets, with the configuration that shapes each one's output as its code version:
+    after a chunker or embedding change the UI marks every partition built with the old one
+    stale, and a backfill of them re-indexes (search switches when it is complete)."""
+    chunker = ChunkerResource(max_tokens=settings.chunk_tokens, overlap=settings.chunk_overlap).config.fingerprint
+    embedding = settings.embedding_spec.fingerprint
+    versions = {"document_chunks": chunker, "chunk_vectors": embedding, "document_embeddings": f"{chunker}|{embedding}"}
+    return [
+        a.map_asset_specs(lambda spec: spec.replace_attributes(code_version=versions.get(spec.key.to_user_string())))
+        for a in (source_document, document_chunks, chunk_vectors, document_embeddings)
+    ]
+
+
 def build_definitions(settings: Settings | None = None) -> Definitions:
     settings = settings or Settings.from_env()
     return Definitions(
-        assets=[source_document, document_chunks, chunk_vectors, document_embeddings],
+        assets=versioned_assets(settings),
         jobs=[index_documents_job, purge_deleted_job],
         sensors=[inbox_sensor],
         resources=build_resources(settings),

@@ -58,6 +58,12 @@ class Settings:
     openai_api_key: str | None = field(default=None, repr=False)
     qdrant_api_key: str | None = field(default=None, repr=False)
 
+    @property
+    def embedding_spec(self):  # noqa: ANN201
+        from rag_pipeline.core.generations import EmbeddingSpec
+
+        return EmbeddingSpec(self.embedder, self.embedding_model, self.embedding_dimensions, self.openai_base_url)
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
         env = os.environ if env is None else env
@@ -103,19 +109,26 @@ class Settings:
         )
 
 
-def open_vector_store(settings: Settings):  # noqa: ANN201
-    """The configured Qdrant collection, outside Dagster (CLI, tests, scripts)."""
+def open_vector_store(settings: Settings, engine=None):  # noqa: ANN001, ANN201
+    """The collection the configured embedding writes to, outside Dagster (CLI, tests,
+    scripts). With `engine`, it is registered as that configuration's generation."""
+    from rag_pipeline.core import generations
     from rag_pipeline.core.vectorstore import VectorStore, open_client
 
     client = open_client(settings.qdrant_url, settings.qdrant_path, settings.qdrant_api_key)
-    return VectorStore(client, settings.collection)
+    spec = settings.embedding_spec
+    if engine is not None:
+        return VectorStore(client, generations.register(engine, settings.collection, spec).collection)
+    return VectorStore(client, generations.collection_name(settings.collection, spec.fingerprint))
 
 
-def make_settings_embedder(settings: Settings):  # noqa: ANN201
+def make_settings_embedder(settings: Settings, spec=None):  # noqa: ANN001, ANN201
+    """The configured embedder, or one for `spec` (a collection's recorded configuration; the
+    API key still comes from the environment)."""
     from rag_pipeline.core.embedding import make_embedder
 
+    spec = spec or settings.embedding_spec
     return make_embedder(
-        settings.embedder, settings.embedding_model, settings.embedding_dimensions,
-        settings.openai_api_key, settings.openai_base_url, settings.embed_batch_size,
-        settings.embed_timeout_seconds, settings.embed_max_retries,
+        spec.provider, spec.model, spec.dimensions, settings.openai_api_key, spec.base_url,
+        settings.embed_batch_size, settings.embed_timeout_seconds, settings.embed_max_retries,
     )

@@ -89,7 +89,7 @@ class Rig:
         return {o.document_id: o.status for o in self.embed(ids)}
 
     def purge(self) -> list[Outcome]:
-        return pipeline.purge(self.engine, self.store, records.documents_in(self.engine, records.DELETING))
+        return pipeline.purge(self.engine, [self.store], records.documents_in(self.engine, records.DELETING))
 
     def settle(self) -> None:
         """What the sensor and its runs converge to: detect, purge, index until nothing waits."""

@@ -49,10 +49,10 @@ def _states(engine: Engine, doc_ids: Sequence[str] | None) -> dict[str, tuple[st
 
 
 def _classify(
-    engine: Engine, doc_ids: Sequence[str] | None, points: Mapping[str, Mapping[str, str]]
+    engine: Engine, doc_ids: Sequence[str] | None, points: Mapping[str, Mapping[str, str]], embedding: str | None = None,
 ) -> AuditReport:
     states = _states(engine, doc_ids)
-    served = records.indexed_chunk_ids(engine, doc_ids)
+    served = records.indexed_chunk_ids(engine, doc_ids, embedding)
     report = AuditReport(documents_checked=len(served), points_checked=sum(len(p) for p in points.values()))
     for doc, doc_points in points.items():
         status, version = states.get(doc, (None, None))
@@ -75,12 +75,14 @@ def audit_documents(engine: Engine, store: VectorStore, doc_ids: Sequence[str]) 
     return _classify(engine, doc_ids, store.points_of(doc_ids))
 
 
-def audit_all(engine: Engine, store: VectorStore) -> AuditReport:
-    """The whole corpus: every point in the collection, every served chunk."""
+def audit_all(engine: Engine, store: VectorStore, embedding: str | None = None) -> AuditReport:
+    """The whole corpus: every point in the collection, every served chunk (of the documents
+    indexed with `embedding`, the collection's configuration, when given: during a
+    re-embedding the others are served from the previous collection)."""
     points: dict[str, dict[str, str]] = {}
     for point_id, payload in store.iter_points():
         points.setdefault(payload.get("document_id", ""), {})[point_id] = payload.get("version", "")
-    return _classify(engine, None, points)
+    return _classify(engine, None, points, embedding)
 
 
 def repair(engine: Engine, store: VectorStore, report: AuditReport) -> dict[str, int]:

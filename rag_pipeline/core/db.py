@@ -94,6 +94,24 @@ embedding_cache = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
 
+# What each Qdrant collection behind the alias was built with (search embeds queries with the
+# serving one's model), and its state: building -> serving -> retired (collection dropped).
+index_generations = sa.Table(
+    "index_generations",
+    metadata,
+    sa.Column("alias", sa.String(255), primary_key=True),
+    sa.Column("embedding", sa.String(255), primary_key=True),
+    sa.Column("collection", sa.String(255), nullable=False, unique=True),
+    sa.Column("provider", sa.String(32), nullable=False),
+    sa.Column("model", sa.String(255), nullable=False),
+    sa.Column("dimensions", sa.Integer),
+    sa.Column("base_url", sa.Text),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("switched_at", sa.DateTime(timezone=True)),
+    sa.Column("retired_at", sa.DateTime(timezone=True)),
+)
+
 # A run worker's proof of life, written every few seconds by its own process. The run launcher
 # reads it to tell Dagster's run monitoring that a worker died (kill -9, OOM, lost machine).
 run_heartbeats = sa.Table(

@@ -18,7 +18,7 @@ from typing import Sequence
 import pandas as pd
 from sqlalchemy.engine import Engine
 
-from rag_pipeline.core import embedding_cache, records
+from rag_pipeline.core import embedding_cache, generations, records
 from rag_pipeline.core.chunking import ChunkerConfig, chunk_document
 from rag_pipeline.core.embedding import Embedder, EmbeddingError
 from rag_pipeline.core.identity import text_hash
@@ -76,6 +76,7 @@ def _extract(
     # Parsed documents are saved together, one transaction per FLUSH_CHARACTERS of text.
     parsed_batch: list[tuple[str, str, ParsedDocument]] = []
     metrics: dict[str, dict] = {}
+    reuse: dict[str, str] = {}  # indexed at its version under another configuration
     batch_chars = 0
 
     def flush() -> None:
@@ -94,6 +95,9 @@ def _extract(
             continue
         if _is_current(row, config):
             outcomes.append(Outcome(doc_id, "skipped", row.version, "already indexed at this version"))
+            continue
+        if row.status == records.INDEXED and row.indexed_version == row.version:
+            reuse[doc_id] = row.version  # only the configuration changed: its text is stored
             continue
         started = time.perf_counter()
         try:
@@ -135,6 +139,11 @@ def _extract(
         if batch_chars >= FLUSH_CHARACTERS or len(parsed_batch) >= FLUSH_DOCUMENTS:
             flush()
     flush()
+    reopened = records.reopen(engine, reuse)
+    outcomes += [
+        Outcome(d, "processed", v, metrics={"reused_text": True}) if d in reopened else _superseded(d, v)
+        for d, v in reuse.items()
+    ]
     return outcomes
 
 
@@ -344,6 +353,7 @@ def _write_and_switch(
     nothing this run deletes can belong to a newer revision. Returns the documents switched."""
     with engine.begin() as conn:
         current = records.lock_documents(conn, list(set(frame["document_id"])))
+        generations.hold_for_write(conn, store.collection)
         live = {
             d for d, row in current.items()
             if row.revision == ready[d].revision and row.status not in records.GONE
@@ -407,9 +417,10 @@ def _vectors(engine: Engine, embedder: Embedder, embedding: str, frame: pd.DataF
     return result
 
 
-def purge(engine: Engine, store: VectorStore, doc_ids: Sequence[str]) -> list[Outcome]:
-    """Remove deleted documents' points and rows. Under each row lock: a re-upload of the same
-    path waits, and then starts from a clean slate instead of racing the purge."""
+def purge(engine: Engine, stores: Sequence[VectorStore], doc_ids: Sequence[str]) -> list[Outcome]:
+    """Remove deleted documents' points (from every collection search reads now or after a
+    pending switch) and rows. Under each row lock: a re-upload of the same path waits, and then
+    starts from a clean slate instead of racing the purge."""
     outcomes = []
     for doc_id in doc_ids:
         with engine.begin() as conn:
@@ -417,7 +428,8 @@ def purge(engine: Engine, store: VectorStore, doc_ids: Sequence[str]) -> list[Ou
             if row is None or row.status != records.DELETING:
                 outcomes.append(Outcome(doc_id, "skipped", reason="no longer marked deleted"))
                 continue
-            store.delete_document(doc_id)
+            for store in stores:
+                store.delete_document(doc_id)
             records.set_purged(conn, doc_id)
             outcomes.append(Outcome(doc_id, "processed", row.version))
     return outcomes

@@ -206,17 +206,35 @@ def save_versions(engine: Engine, items: Sequence[tuple[str, str, ParsedDocument
             index_elements=["document_id", "version"],
             set_={c: insert.excluded[c] for c in ("parser", "text", "sections", "info")},
         ))
-        # Pending again if it had failed or is being rebuilt for a new configuration: the next
-        # steps work on pending documents only. One taken up by a run the sensor did not hand it
-        # to (a backfill) is stamped requested: in hand now, so the sensor must not hand it out.
         conn.execute(
-            documents.update().where(documents.c.id == sa.bindparam("b_doc")).values(
-                title=sa.bindparam("b_title"), status=PENDING, error=None, updated_at=ts,
-                requested_at=sa.case((documents.c.status == PENDING, documents.c.requested_at), else_=ts),
-            ),
+            documents.update().where(documents.c.id == sa.bindparam("b_doc")).values(title=sa.bindparam("b_title"), **_pending_again(ts)),
             [{"b_doc": d, "b_title": p.title} for d, _, p in live],
         )
         return {d for d, _, _ in live}
+
+
+def _pending_again(ts: dt.datetime) -> dict:
+    # Pending again if it had failed or is being rebuilt for a new configuration: the next
+    # steps work on pending documents only. One taken up by a run the sensor did not hand it
+    # to (a backfill) is stamped requested: in hand now, so the sensor must not hand it out.
+    return dict(
+        status=PENDING, error=None, updated_at=ts,
+        requested_at=sa.case((documents.c.status == PENDING, documents.c.requested_at), else_=ts),
+    )
+
+
+def reopen(engine: Engine, versions: Mapping[str, str]) -> set[str]:
+    """Documents indexed at their current version ({id: version}) are rebuilt for a new
+    configuration from the text already stored for that version: pending again, unparsed.
+    Returns the documents reopened (the others moved on to another version)."""
+    if not versions:
+        return set()
+    with engine.begin() as conn:
+        rows = lock_documents(conn, list(versions))
+        live = [d for d, v in versions.items() if _is_live_at(rows.get(d), v)]
+        if live:
+            conn.execute(documents.update().where(documents.c.id.in_(live)).values(**_pending_again(now())))
+        return set(live)
 
 
 def _is_live_at(row: sa.Row | None, version: str) -> bool:
@@ -463,9 +481,10 @@ def list_documents(engine: Engine, knowledge_base: str | None = None) -> list[sa
         return list(conn.execute(query))
 
 
-def indexed_chunk_ids(engine: Engine, doc_ids: Sequence[str] | None = None) -> dict[str, set[str]]:
-    """document id -> ids of the chunks being served for it (what Qdrant must hold). A document
-    whose newer version is pending or failed is still served at its indexed version."""
+def indexed_chunk_ids(engine: Engine, doc_ids: Sequence[str] | None = None, embedding: str | None = None) -> dict[str, set[str]]:
+    """document id -> ids of the chunks being served for it (what Qdrant must hold), of the
+    documents indexed with `embedding` if given. A document whose newer version is pending or
+    failed is still served at its indexed version."""
     query = (
         sa.select(chunks.c.document_id, chunks.c.chunk_id)
         .select_from(chunks.join(documents, documents.c.id == chunks.c.document_id))
@@ -477,6 +496,8 @@ def indexed_chunk_ids(engine: Engine, doc_ids: Sequence[str] | None = None) -> d
     )
     if doc_ids is not None:
         query = query.where(chunks.c.document_id.in_(list(doc_ids)))
+    if embedding is not None:
+        query = query.where(documents.c.indexed_config.endswith(f"|{embedding}", autoescape=True))
     out: dict[str, set[str]] = {}
     with engine.connect() as conn:
         for doc, cid in conn.execute(query):

@@ -22,7 +22,7 @@ from dagster import (
     asset,
 )
 
-from rag_pipeline.core import faults, pipeline, records
+from rag_pipeline.core import faults, generations, pipeline, records
 from rag_pipeline.core.pipeline import Outcome
 from rag_pipeline.core.audit import audit_documents
 from rag_pipeline.defs.checks import INDEXED_IN_TIME, document_check, evaluate_per_document
@@ -184,11 +184,16 @@ def document_embeddings(
     embedder: EmbedderResource, chunker: ChunkerResource,
 ):
     with waiting_on_failure(context, db.engine):
-        store = vector_store.get()
+        store = vector_store.for_embedding(db.engine, embedder.spec)
         computed = pipeline.cached_vectors(
             db.engine, context.partition_keys, chunker.config, embedder.fingerprint, embedder.dimensions,
         )
         outcomes = pipeline.write_points(db.engine, store, computed)
+    # After a change of embedding model, search moves to the new collection once the last
+    # document is re-embedded (one alias update), and the old collection is dropped.
+    promotion = generations.promote_if_complete(db.engine, vector_store.client, vector_store.collection, embedder.fingerprint)
+    if promotion.switched:
+        context.log.info(f"search now reads {promotion.serving}; dropped {promotion.dropped or 'nothing'}")
     touched = [o.document_id for o in outcomes if o.status == "processed"]
     problems = audit_documents(db.engine, store, touched).problems()
     yield from evaluate_per_document(
@@ -199,4 +204,7 @@ def document_embeddings(
         {o.document_id: (True, f"indexed {o.metrics['seconds_since_upload']:.0f} s after upload")
          for o in outcomes if o.status == "processed"},
     )
-    yield MaterializeResult(metadata={**_report(context, outcomes), "collection": store.collection})
+    yield MaterializeResult(metadata={
+        **_report(context, outcomes), "collection": store.collection, "search_reads": promotion.serving,
+        "switched_search": promotion.switched, "documents_left_to_reembed": promotion.waiting_for,
+    })

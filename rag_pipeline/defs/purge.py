@@ -9,7 +9,7 @@ from rag_pipeline.defs.resources import DatabaseResource, VectorStoreResource
 @op(description="Remove the Qdrant points and chunk rows of every document whose file was deleted.")
 def purge_deleted_documents(context: OpExecutionContext, db: DatabaseResource, vector_store: VectorStoreResource) -> None:
     doc_ids = records.documents_in(db.engine, records.DELETING)
-    outcomes = pipeline.purge(db.engine, vector_store.get(), doc_ids)
+    outcomes = pipeline.purge(db.engine, vector_store.live(db.engine), doc_ids)
     purged = [o.document_id for o in outcomes if o.status == "processed"]
     context.log.info(f"purged {len(purged)} deleted document(s)")
     context.add_output_metadata({"purged": len(purged), "documents": purged[:100]})

@@ -6,6 +6,7 @@ leaves a connection or a client behind. Secrets arrive as EnvVar and are never s
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import Optional
 
@@ -13,9 +14,13 @@ from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field, PrivateAttr
 from sqlalchemy.engine import Engine
 
+from qdrant_client import QdrantClient
+
+from rag_pipeline.core import generations, records
 from rag_pipeline.core.chunking import ChunkerConfig
 from rag_pipeline.core.db import dispose_engine, open_engine
 from rag_pipeline.core.embedding import Embedder, make_embedder
+from rag_pipeline.core.generations import EmbeddingSpec
 from rag_pipeline.core.heartbeat import Heartbeat
 from rag_pipeline.core.parsing import Limits
 from rag_pipeline.core.vectorstore import VectorStore, open_client
@@ -63,9 +68,13 @@ class EmbedderResource(ConfigurableResource):
     _embedder: Optional[Embedder] = PrivateAttr(default=None)
 
     @property
+    def spec(self) -> EmbeddingSpec:
+        return EmbeddingSpec(self.provider, self.model, self.dimensions, self.base_url)
+
+    @property
     def fingerprint(self) -> str:
         """Identity of the vectors this configuration produces; no client or model is built."""
-        return f"{self.provider}:{self.model}:{self.dimensions}"
+        return self.spec.fingerprint
 
     def get(self) -> Embedder:
         if self._embedder is None:
@@ -87,20 +96,37 @@ class VectorStoreResource(ConfigurableResource):
     url: Optional[str] = None
     path: Optional[str] = None
     api_key: Optional[str] = None
-    collection: str = "rag_chunks"
+    collection: str = Field(
+        default="rag_chunks",
+        description="The alias search reads; each embedding configuration has its own collection behind it.",
+    )
     timeout_seconds: float = 30.0
-    _store: Optional[VectorStore] = PrivateAttr(default=None)
+    _client: Optional[QdrantClient] = PrivateAttr(default=None)
+    _opened_at: Optional[dt.datetime] = PrivateAttr(default=None)
 
-    def get(self) -> VectorStore:
-        if self._store is None:
-            client = open_client(self.url, Path(self.path) if self.path else None, self.api_key, self.timeout_seconds)
-            self._store = VectorStore(client, self.collection)
-        return self._store
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        # When this run took its configuration: an index generation retired after it was
+        # replaced by a newer configuration, and this run must not write into it.
+        self._opened_at = records.now()
+
+    @property
+    def client(self) -> QdrantClient:
+        if self._client is None:
+            self._client = open_client(self.url, Path(self.path) if self.path else None, self.api_key, self.timeout_seconds)
+        return self._client
+
+    def for_embedding(self, engine: Engine, spec: EmbeddingSpec) -> VectorStore:
+        """The collection vectors of `spec` are written to (registered on first use)."""
+        return VectorStore(self.client, generations.register(engine, self.collection, spec, self._opened_at).collection)
+
+    def live(self, engine: Engine) -> list[VectorStore]:
+        """Every collection search reads now or after a pending switch (deletions go to all)."""
+        return [VectorStore(self.client, name) for name in generations.live_collections(engine, self.collection)]
 
     def teardown_after_execution(self, context: InitResourceContext) -> None:
-        if self._store is not None:
-            self._store.close()
-            self._store = None
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
 
 class InboxResource(ConfigurableResource):

@@ -1,0 +1,231 @@
+"""Index generations: one Qdrant collection per embedding configuration, behind one alias.
+
+Vectors from two models must never answer one query, so a new embedding configuration builds
+its own collection while search keeps reading the alias, which still names the old one. When no
+document is served under another configuration any more, the alias is moved in one Qdrant call
+(atomic for readers) and the collections it replaced are dropped.
+
+A chunker change alone stays in the same collection: each document switches to its new chunk
+set in its own locked write, and both sets embed with the same model.
+
+Lock order: a run's write locks its document rows, then its generation row FOR SHARE; a
+promotion locks the generation rows FOR UPDATE and reads documents without locking them. So a
+promotion waits for writes into a collection it is about to retire, and a write that comes
+after it finds its generation retired and writes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+import sqlalchemy as sa
+from qdrant_client import QdrantClient
+from qdrant_client.http import models as qm
+from sqlalchemy.engine import Engine
+
+from rag_pipeline.core import records
+from rag_pipeline.core.db import documents, index_generations
+
+BUILDING, SERVING, RETIRED = "building", "serving", "retired"
+
+
+class GenerationRetired(Exception):
+    """A run is writing with an embedding configuration that has been replaced since."""
+
+
+@dataclass(frozen=True)
+class EmbeddingSpec:
+    """An embedding configuration without its secret: enough to embed a query the way a
+    collection was built."""
+
+    provider: str
+    model: str
+    dimensions: int | None
+    base_url: str | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        return f"{self.provider}:{self.model}:{self.dimensions}"
+
+
+def collection_name(alias: str, embedding: str) -> str:
+    return f"{alias}__{hashlib.sha256(embedding.encode()).hexdigest()[:12]}"
+
+
+def _public_url(url: str | None) -> str | None:
+    # A URL can carry credentials (user:password@host); they are not ours to store.
+    if not url:
+        return None
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else ""))) if parts.hostname else url
+
+
+@dataclass(frozen=True)
+class Generation:
+    alias: str
+    embedding: str
+    collection: str
+    spec: EmbeddingSpec
+    state: str
+
+
+def _generation(row: sa.Row) -> Generation:
+    return Generation(
+        row.alias, row.embedding, row.collection,
+        EmbeddingSpec(row.provider, row.model, row.dimensions, row.base_url), row.state,
+    )
+
+
+def register(engine: Engine, alias: str, spec: EmbeddingSpec, started_at: dt.datetime | None = None) -> Generation:
+    """The generation for `spec`, created (building) on first use.
+
+    A retired generation is built again (someone went back to that configuration), unless it
+    was retired after `started_at`: then the caller is a run that started with the old
+    configuration, and it must write nothing."""
+    key = (index_generations.c.alias == alias) & (index_generations.c.embedding == spec.fingerprint)
+    with engine.begin() as conn:
+        conn.execute(
+            records.insert_for(conn, index_generations).values(
+                alias=alias, embedding=spec.fingerprint, collection=collection_name(alias, spec.fingerprint),
+                provider=spec.provider, model=spec.model, dimensions=spec.dimensions,
+                base_url=_public_url(spec.base_url), state=BUILDING, created_at=records.now(),
+            ).on_conflict_do_nothing()
+        )
+        query = sa.select(index_generations).where(key)
+        row = conn.execute(query if conn.dialect.name == "sqlite" else query.with_for_update()).one()
+        if row.state == RETIRED:
+            if started_at is not None and records.seconds_since(row.retired_at) <= records.seconds_since(started_at):
+                raise GenerationRetired(
+                    f"the index built with {spec.fingerprint} was replaced while this run was starting; "
+                    "it writes nothing (the documents are re-indexed with the current configuration)"
+                )
+            conn.execute(index_generations.update().where(key).values(
+                state=BUILDING, created_at=records.now(), switched_at=None, retired_at=None,
+            ))
+            row = conn.execute(sa.select(index_generations).where(key)).one()
+    return _generation(row)
+
+
+def hold_for_write(conn: sa.Connection, collection: str) -> None:
+    """Inside a write's transaction: the collection must not be retired (a promotion waits for
+    us). Collections without a generation (scripts, tests) are not tracked."""
+    query = sa.select(index_generations.c.state, index_generations.c.embedding).where(index_generations.c.collection == collection)
+    if conn.dialect.name != "sqlite":
+        query = query.with_for_update(read=True)
+    row = conn.execute(query).one_or_none()
+    if row is not None and row.state == RETIRED:
+        raise GenerationRetired(
+            f"the index built with {row.embedding} has been replaced by a newer embedding configuration; "
+            "this run was started with the old one and writes nothing"
+        )
+
+
+def by_collection(engine: Engine, collection: str) -> Generation | None:
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(index_generations).where(index_generations.c.collection == collection)).one_or_none()
+    return _generation(row) if row is not None else None
+
+
+def live_collections(engine: Engine, alias: str) -> list[str]:
+    """Every collection search reads now or may read after a switch (serving and building)."""
+    with engine.connect() as conn:
+        return list(conn.execute(
+            sa.select(index_generations.c.collection)
+            .where((index_generations.c.alias == alias) & (index_generations.c.state != RETIRED))
+            .order_by(index_generations.c.collection)
+        ).scalars())
+
+
+def aliased_collection(client: QdrantClient, alias: str) -> str | None:
+    """The collection the alias names now (what search reads), resolved explicitly."""
+    for description in client.get_aliases().aliases:
+        if description.alias_name == alias:
+            return description.collection_name
+    return None
+
+
+def served_elsewhere(conn: sa.Connection, embedding: str) -> int:
+    """Documents whose served vectors were made with another embedding configuration and that
+    will be re-indexed (indexed or pending). A document whose newest version failed keeps its
+    old vectors only until the switch: it is listed by `status --failed` and must not hold a
+    corpus-wide switch forever."""
+    return conn.execute(
+        sa.select(sa.func.count()).select_from(documents).where(
+            documents.c.status.in_([records.INDEXED, records.PENDING])
+            & documents.c.indexed_version.is_not(None)
+            & ~documents.c.indexed_config.endswith(f"|{embedding}", autoescape=True)
+        )
+    ).scalar_one()
+
+
+@dataclass
+class Promotion:
+    serving: str  # the collection the alias names after the call
+    switched: bool
+    waiting_for: int  # documents still served by another configuration
+    dropped: list[str]
+
+
+def status(engine: Engine, client: QdrantClient, alias: str, embedding: str) -> Promotion:
+    """What `promote_if_complete` would find, without switching anything."""
+    with engine.connect() as conn:
+        return Promotion(aliased_collection(client, alias) or "", False, served_elsewhere(conn, embedding), [])
+
+
+def promote_if_complete(engine: Engine, client: QdrantClient, alias: str, embedding: str) -> Promotion:
+    """Point the alias at `embedding`'s collection once nothing is served by another
+    configuration, retire the generations it replaces and drop their collections."""
+    with engine.begin() as conn:
+        query = sa.select(index_generations).where(index_generations.c.alias == alias).order_by(index_generations.c.embedding)
+        if conn.dialect.name != "sqlite":
+            query = query.with_for_update()
+        rows = {r.embedding: _generation(r) for r in conn.execute(query)}
+        target = rows.get(embedding)
+        if target is None or target.state == RETIRED:
+            raise GenerationRetired(f"no live index generation for {embedding} behind {alias!r}")
+        current = aliased_collection(client, alias)
+        if target.state == SERVING and current == target.collection:
+            return Promotion(target.collection, False, 0, [])
+        waiting = served_elsewhere(conn, embedding)
+        if waiting and current is not None:
+            return Promotion(current, False, waiting, [])
+        # One call, so readers see the old collection or the new one, never neither.
+        operations: list = []
+        if current is not None:
+            operations.append(qm.DeleteAliasOperation(delete_alias=qm.DeleteAlias(alias_name=alias)))
+        operations.append(qm.CreateAliasOperation(create_alias=qm.CreateAlias(collection_name=target.collection, alias_name=alias)))
+        client.update_collection_aliases(change_aliases_operations=operations)
+        ts = records.now()
+        replaced = [g for g in rows.values() if g.embedding != embedding and g.state != RETIRED]
+        conn.execute(
+            index_generations.update()
+            .where((index_generations.c.alias == alias) & (index_generations.c.embedding == embedding))
+            .values(state=SERVING, switched_at=ts)
+        )
+        if replaced:
+            conn.execute(
+                index_generations.update()
+                .where((index_generations.c.alias == alias) & index_generations.c.embedding.in_([g.embedding for g in replaced]))
+                .values(state=RETIRED, retired_at=ts)
+            )
+    # After the commit: a failed drop leaves a collection nobody reads; `verify --repair` drops it.
+    dropped = drop_retired(engine, client, alias)
+    return Promotion(target.collection, True, 0, dropped)
+
+
+def drop_retired(engine: Engine, client: QdrantClient, alias: str) -> list[str]:
+    """Drop the collections of retired generations that still exist."""
+    with engine.connect() as conn:
+        names = list(conn.execute(
+            sa.select(index_generations.c.collection)
+            .where((index_generations.c.alias == alias) & (index_generations.c.state == RETIRED))
+        ).scalars())
+    dropped = []
+    for name in names:
+        if client.collection_exists(name):
+            client.delete_collection(name)
+            dropped.append(name)
+    return dropped
