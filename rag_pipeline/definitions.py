@@ -7,6 +7,7 @@ import os
 
 from dagster import Definitions, EnvVar
 
+from rag_pipeline.defs.audit import audit_index_job, audit_schedule
 from rag_pipeline.defs.assets import chunk_vectors, document_chunks, document_embeddings, source_document
 from rag_pipeline.defs.jobs import index_documents_job
 from rag_pipeline.defs.purge import purge_deleted_job
@@ -66,8 +67,9 @@ def build_definitions(settings: Settings | None = None) -> Definitions:
     settings = settings or Settings.from_env()
     return Definitions(
         assets=versioned_assets(settings),
-        jobs=[index_documents_job, purge_deleted_job],
+        jobs=[index_documents_job, purge_deleted_job, audit_index_job],
         sensors=[inbox_sensor],
+        schedules=[audit_schedule(settings.audit_cron)],
         resources=build_resources(settings),
     )
 

@@ -63,13 +63,12 @@ def test_ingest_run_status_search_verify(rag_env, tmp_path: Path, embedding_serv
     assert again["runs"] == 0 and embedding_server.requests == requests
 
 
-def test_verify_detects_and_repairs_missing_and_orphan_points(rag_env, embedding_server):
+def _index_and_break(settings) -> None:  # noqa: ANN001
+    """Index one document, then lose one of its points and add a point of no document."""
     from qdrant_client.http import models as qm
 
     from rag_pipeline.core.vectorstore import open_client
-    from rag_pipeline.settings import Settings
 
-    settings = Settings.from_env()
     docs = settings.inbox_dir / "kb"
     docs.mkdir(parents=True)
     (docs / "a.txt").write_text("Alpha document about whales and dolphins.")
@@ -81,6 +80,12 @@ def test_verify_detects_and_repairs_missing_and_orphan_points(rag_env, embedding
         client.upsert(settings.collection, points=[qm.PointStruct(id="00000000-0000-0000-0000-000000000001", vector=[0.1] * 256, payload={})])
     finally:
         client.close()
+
+
+def test_verify_detects_and_repairs_missing_and_orphan_points(rag_env, embedding_server):
+    from rag_pipeline.settings import Settings
+
+    _index_and_break(Settings.from_env())
     code, report = cli("verify", check=False)
     assert code == 1 and not report["ok"]
     assert report["orphan_points"] == 1
@@ -113,3 +118,36 @@ def test_run_applies_deletions_like_the_sensor(rag_env):
     assert "drop.txt" not in {h["path"] for h in cli("search", "dormice hibernate hazel")[1]}
     _, report = cli("verify")
     assert report["ok"] and report["points_checked"] == report["documents_checked"] == 1
+
+
+def test_scheduled_audit_marks_the_documents_and_repairs_on_request(rag_env, embedding_server):
+    from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
+
+    from rag_pipeline.core.identity import document_id
+    from rag_pipeline.definitions import build_definitions
+    from rag_pipeline.settings import Settings
+
+    settings = Settings.from_env()
+    _index_and_break(settings)
+    defs = build_definitions(settings)
+    schedule = defs.resolve_schedule_def("nightly_index_audit")
+    assert schedule.cron_schedule == "17 3 * * *" and schedule.job_name == "audit_index"
+    job = defs.resolve_job_def("audit_index")
+    with DagsterInstance.get() as instance:
+        found = job.execute_in_process(instance=instance, raise_on_error=False)
+        assert found.dagster_run.status == DagsterRunStatus.FAILURE
+        [evaluation] = [
+            e.dagster_event.event_specific_data
+            for e in instance.all_logs(found.run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION)
+        ]
+        assert evaluation.check_name == "points_match_chunks" and not evaluation.passed
+        assert evaluation.partition == document_id("kb", "a.txt") and "no point" in evaluation.description
+
+        sent = sum(embedding_server.texts.values())
+        fixed = job.execute_in_process(instance=instance, run_config={"ops": {"audit_index": {"config": {"repair": True}}}})
+        [output] = [e for e in fixed.all_events if e.is_successful_output]
+        meta = output.event_specific_data.metadata
+        assert meta["orphan_points_deleted"].value == 1 and meta["documents_requested"].value == 1
+        cli("run")  # the re-requested document, from the embedding cache
+        assert sum(embedding_server.texts.values()) == sent
+        assert job.execute_in_process(instance=instance).success
