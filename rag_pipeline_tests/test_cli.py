@@ -144,7 +144,7 @@ def test_scheduled_audit_marks_the_documents_and_repairs_on_request(rag_env, emb
         assert evaluation.partition == document_id("kb", "a.txt") and "no point" in evaluation.description
 
         sent = sum(embedding_server.texts.values())
-        fixed = job.execute_in_process(instance=instance, run_config={"ops": {"audit_index": {"config": {"repair": True}}}})
+        fixed = job.execute_in_process(instance=instance, run_config={"ops": {"audit_points": {"config": {"repair": True}}}})
         [output] = [e for e in fixed.all_events if e.is_successful_output]
         meta = output.event_specific_data.metadata
         assert meta["orphan_points_deleted"].value == 1 and meta["documents_requested"].value == 1

@@ -31,7 +31,7 @@ class AuditConfig(Config):
 
 
 @op(description="Compare every served chunk row with the points of the collection being built or served.")
-def audit_index(
+def audit_points(
     context: OpExecutionContext, config: AuditConfig, db: DatabaseResource,
     vector_store: VectorStoreResource, embedder: EmbedderResource,
 ) -> None:
@@ -57,13 +57,13 @@ def audit_index(
     if not report.ok and not repaired:
         raise Failure(
             f"{len(problems)} document(s) do not match their points (\"\" = points naming no document); see the points_match_chunks "
-            "check on their partitions, then launch audit_index with repair: true or run `rag-pipeline verify --repair`",
+            "check on their partitions, then launch audit_index with repair: true (config of audit_points) or run `rag-pipeline verify --repair`",
         )
 
 
 @job(name="audit_index", executor_def=in_process_executor, description="Corpus-wide audit of chunk rows against Qdrant points.")
 def audit_index_job():
-    audit_index()
+    audit_points()
 
 
 def audit_schedule(cron: str) -> ScheduleDefinition:
