@@ -29,11 +29,12 @@ TOPICS = {
 VECTORS = AssetKey("chunk_vectors")
 
 
-def _backfill(defs, instance: DagsterInstance, keys: list[str]) -> None:  # noqa: ANN001
-    """What a single-run UI backfill of a partition range launches."""
+def _backfill(defs, instance: DagsterInstance, keys: list[str], assets: list[str] | None = None) -> None:  # noqa: ANN001
+    """What a single-run UI backfill of a partition range launches; `assets`: of those assets
+    only (what "Materialize stale" selects)."""
     job = defs.resolve_job_def("index_documents")
     result = job.execute_in_process(
-        instance=instance, raise_on_error=False,
+        instance=instance, raise_on_error=False, asset_selection=[AssetKey(a) for a in assets] if assets else None,
         tags={ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]},
     )
     assert result.dagster_run.status == DagsterRunStatus.SUCCESS
@@ -99,7 +100,8 @@ def test_new_embedding_model_reindexes_behind_the_alias_then_switches(rag_env, e
         meta = materialization.asset_materialization.metadata
         assert meta["documents_left_to_reembed"].value == 5 and meta["switched_search"].value is False
 
-        _backfill(new_defs, instance, keys[5:])
+        # The rest as "Materialize stale" selects them: the vectors, not the unchanged source.
+        _backfill(new_defs, instance, keys[5:], ["chunk_vectors", "document_embeddings"])
         assert set(_stale(instance, new, keys).values()) == {StaleStatus.FRESH}
         assert _generations(engine) == {old.embedding_spec.fingerprint: "retired", new.embedding_spec.fingerprint: "serving"}
         client = open_client(None, new.qdrant_path)
@@ -132,7 +134,10 @@ def test_new_embedding_model_reindexes_behind_the_alias_then_switches(rag_env, e
         monkeypatch.setenv("RAG_CHUNK_TOKENS", "100")
         rechunked = Settings.from_env()
         sent_before = dict(embedding_server.texts)
-        _backfill(build_definitions(rechunked), instance, keys)
+        stale = get_stale_status_resolver(instance, versioned_assets(rechunked))
+        assert {stale.get_status(AssetKey("document_chunks"), k) for k in keys} == {StaleStatus.STALE}
+        assert {stale.get_status(AssetKey("source_document"), k) for k in keys} == {StaleStatus.FRESH}
+        _backfill(build_definitions(rechunked), instance, keys, ["document_chunks", "chunk_vectors", "document_embeddings"])
         with engine.connect() as conn:
             after = set(conn.execute(sa.text(
                 "SELECT c.text FROM chunks c JOIN documents d ON d.id = c.document_id AND c.chunker = d.indexed_chunker"

@@ -13,9 +13,10 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import pandas as pd
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from rag_pipeline.core import embedding_cache, generations, records
@@ -147,8 +148,26 @@ def _extract(
     return outcomes
 
 
+def _reopen_reconfigured(
+    engine: Engine, doc_ids: Sequence[str], rows: dict[str, sa.Row], built_otherwise: Callable[[sa.Row], bool]
+) -> dict[str, sa.Row]:
+    """A step selected on its own after a configuration change (the UI's "Materialize stale"
+    picks chunks and vectors, not the source) takes up documents indexed at their current
+    version with another configuration, as the source step would have: pending again, from
+    their stored text. Returns the rows as they are now."""
+    reconfigured = {
+        d: r.version for d, r in rows.items()
+        if r.status == records.INDEXED and r.indexed_version == r.version and built_otherwise(r)
+    }
+    if not reconfigured or not records.reopen(engine, reconfigured):
+        return rows
+    return records.get_documents(engine, doc_ids)
+
+
 def chunk(engine: Engine, doc_ids: Sequence[str], chunker: ChunkerConfig, max_chunks: int) -> list[Outcome]:
-    rows = records.get_documents(engine, doc_ids)
+    rows = _reopen_reconfigured(
+        engine, doc_ids, records.get_documents(engine, doc_ids), lambda r: r.indexed_chunker != chunker.fingerprint
+    )
     outcomes: list[Outcome] = []
     todo = []
     for doc_id in doc_ids:
@@ -245,9 +264,11 @@ class Computed:
 
 
 def _pending_chunk_sets(
-    engine: Engine, doc_ids: Sequence[str], chunker: ChunkerConfig
+    engine: Engine, doc_ids: Sequence[str], chunker: ChunkerConfig, reopen_unless: str | None = None
 ) -> tuple[dict, pd.DataFrame, list[Outcome]]:
     rows = records.get_documents(engine, doc_ids)
+    if reopen_unless is not None:
+        rows = _reopen_reconfigured(engine, doc_ids, rows, lambda r: r.indexed_config != reopen_unless)
     ready = {d: r for d, r in rows.items() if r.status == records.PENDING}
     outcomes = [
         Outcome(d, "skipped" if d in rows else "missing", rows[d].version if d in rows else None,
@@ -268,7 +289,7 @@ def compute_vectors(
     """Every distinct text of the pending chunk sets gets a vector, from the cache or the
     endpoint (and is cached at once). Returns what the write needs, and per-document outcomes
     of this step (cache hits, texts embedded; the refused documents parked)."""
-    ready, frame, outcomes = _pending_chunk_sets(engine, doc_ids, chunker)
+    ready, frame, outcomes = _pending_chunk_sets(engine, doc_ids, chunker, reopen_unless=index_config(chunker, embedding))
     started = time.perf_counter()
     calls_before = embedder.calls
     vectors = _vectors(engine, embedder, embedding, frame, batch_size)

@@ -162,7 +162,7 @@ def inbox_sensor(
     if not plan.run_requests and not partition_requests:
         return SensorResult(
             skip_reason=f"no changes ({found.unchanged} files unchanged"
-            + (f", {len(found.problems)} refused" if found.problems else "") + ")",
+            + (f", {len(found.problems)} problem(s) in the sensor log" if found.problems else "") + ")",
             cursor=cursor, asset_events=plan.check_events,
         )
     context.log.info(

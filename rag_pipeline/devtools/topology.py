@@ -77,6 +77,14 @@ class Topology:
         ])
         wait_for(lambda: _answers(self.port), 90, "the code server")
 
+    def restart_code_server(self) -> None:
+        """What a redeploy does: the code server stops and comes back with `self.env`."""
+        assert self.code_server is not None
+        os.killpg(self.code_server.pid, signal.SIGTERM)
+        self.code_server.wait(30)
+        self.procs.remove(self.code_server)
+        self.start_code_server()
+
     def start_daemon(self) -> None:
         self._spawn("daemon", [str(self.bin / "dagster-daemon"), "run", "-w", str(self.workspace)])
 

@@ -1,0 +1,217 @@
+"""The production topology on loopback, operated the way users operate it: a gRPC code server
+(`dagster api grpc`), dagster-daemon with the sensor on and dagster-webserver, all on the
+repository's dagster.yaml (PostgreSQL storage). Dropped files are indexed end to end across
+processes; the UI's partitions page, driven by headless Chromium, shows them materialized;
+after a change of embedding model the UI's GraphQL API reports the partitions stale, and a
+partition backfill launched through it (the path the UI's "Materialize" button takes)
+re-embeds them while search keeps answering, then switches search to the new collection."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from rag_pipeline.cli import search_many
+from rag_pipeline.core import generations, records
+from rag_pipeline.core.db import open_engine
+from rag_pipeline.core.vectorstore import open_client
+from rag_pipeline.devtools.topology import Topology, production_home, wait_for
+from rag_pipeline.settings import Settings
+from rag_pipeline_tests.helpers import FORMAT_FILES, write_files
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+QUERY = "igneous rock from cooling lava"
+REEMBED = [["chunk_vectors"], ["document_embeddings"]]  # what "Materialize stale" selects after a model change
+
+
+class GraphQL:
+    def __init__(self, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}/graphql"
+
+    def __call__(self, query: str, **variables: object) -> dict:
+        request = urllib.request.Request(
+            self.url, data=json.dumps({"query": query, "variables": variables}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            body = json.load(response)
+        assert not body.get("errors"), body["errors"]
+        return body["data"]
+
+    def stale_status(self, path: list[str], partitions: list[str]) -> set[str]:
+        data = self("""
+            query Stale($key: AssetKeyInput!, $partitions: [String!]) {
+              assetNodeOrError(assetKey: $key) {
+                __typename
+                ... on AssetNode { staleStatusByPartition(partitions: $partitions) }
+              }
+            }""", key={"path": path}, partitions=partitions)
+        node = data["assetNodeOrError"]
+        assert node["__typename"] == "AssetNode", node
+        return set(node["staleStatusByPartition"])
+
+    def launch_backfill(self, assets: list[list[str]]) -> str:
+        data = self("""
+            mutation Backfill($params: LaunchBackfillParams!) {
+              launchPartitionBackfill(backfillParams: $params) {
+                __typename
+                ... on LaunchBackfillSuccess { backfillId }
+                ... on PythonError { message stack }
+                ... on InvalidStepError { invalidStepKey }
+                ... on InvalidOutputError { invalidOutputName }
+                ... on UnauthorizedError { message }
+              }
+            }""", params={"assetSelection": [{"path": p} for p in assets], "allPartitions": True,
+                          "title": "re-embed after a model change"})
+        result = data["launchPartitionBackfill"]
+        assert result["__typename"] == "LaunchBackfillSuccess", result
+        return result["backfillId"]
+
+    def backfill(self, backfill_id: str) -> dict:
+        return self("""
+            query Backfill($id: String!) {
+              partitionBackfillOrError(backfillId: $id) {
+                __typename
+                ... on PartitionBackfill {
+                  status numPartitions
+                  runs(limit: 10) { runId status tags { key value } }
+                  error { message }
+                }
+              }
+            }""", id=backfill_id)["partitionBackfillOrError"]
+
+
+def _wait_indexed(engine, count: int, timeout: float) -> list:  # noqa: ANN001
+    def indexed() -> list:
+        rows = records.list_documents(engine)
+        return rows if len(rows) == count and all(r.status == records.INDEXED for r in rows) else []
+
+    return wait_for(indexed, timeout, f"{count} documents indexed", poll=1)
+
+
+def _top_path(settings: Settings, query: str) -> str | None:
+    [hits] = search_many(settings, [(query, "kb")], k=1)
+    return hits[0]["path"] if hits else None
+
+
+def _serving(settings: Settings) -> str | None:
+    client = open_client(settings.qdrant_url, settings.qdrant_path, settings.qdrant_api_key)
+    try:
+        return generations.aliased_collection(client, settings.collection)
+    finally:
+        client.close()
+
+
+def _screenshot_partitions(port: int, partition: str, artifact: Path) -> str:
+    """Open the embeddings asset's partitions page in headless Chromium, wait for the status
+    counts, save a screenshot with one partition's materialization open, return the page text."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        driver.get(f"http://127.0.0.1:{port}/assets/document_embeddings?view=partitions")
+        body = lambda: driver.find_element(By.TAG_NAME, "body").text  # noqa: E731
+        wait_for(lambda: "Materialized (4)" in body(), 90, "the partitions page to show 4 materialized partitions")
+        # First visit: the UI offers its community newsletter in a modal over the page.
+        for button in driver.find_elements(By.XPATH, "//button[normalize-space()='Skip']"):
+            button.click()
+            wait_for(lambda: "Dagster community" not in body(), 10, "the community modal to close")
+        # Open a partition (labels are middle-truncated ids) so the screenshot shows the metadata
+        # of its latest materialization.
+        driver.find_element(By.XPATH, f"//*[starts-with(normalize-space(text()), '{partition[:8]}')]").click()
+        wait_for(lambda: "search_reads" in body(), 30, "the partition's materialization metadata")
+        text = body()
+        artifact.parent.mkdir(exist_ok=True)
+        driver.save_screenshot(str(artifact))
+        return text
+    finally:
+        driver.quit()
+
+
+@pytest.mark.skipif(not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
+                    reason="Debian's chromium and chromium-driver are not installed")
+def test_topology_indexes_drops_shows_them_in_the_ui_and_reembeds_through_a_graphql_backfill(
+    rag_env, pg_url, tmp_path, embedding_server, monkeypatch
+):
+    for key, value in production_home(tmp_path / "prod_home", pg_url).items():
+        monkeypatch.setenv(key, value)
+    settings = Settings.from_env()
+    engine = open_engine(settings.database_url)
+    topology = Topology(tmp_path)
+    try:
+        topology.start_code_server()
+        topology.start_daemon()
+        port = topology.start_webserver()
+        gql = GraphQL(port)
+        write_files(settings.inbox_dir, "kb", FORMAT_FILES)
+
+        rows = _wait_indexed(engine, len(FORMAT_FILES), 240)
+        keys = sorted(r.id for r in rows)
+        assert _top_path(settings, QUERY) == "papers/geology.pdf"
+        assert gql.stale_status(["chunk_vectors"], keys) == {"FRESH"}
+
+        page = _screenshot_partitions(port, keys[0], ARTIFACTS / "ui_partitions.png")
+        assert "Materialized (4)" in page and "Failed (0)" in page and "Missing (0)" in page
+        # What the UI shows of a partition: the collection search reads, and the checks' results.
+        assert "points" in page and "collection" in page
+
+        # A new embedding model (another width), deployed the way a container is: the code
+        # server restarts with new configuration. Nothing in the corpus changed, so the sensor
+        # starts nothing; the UI shows the vectors stale and the user backfills them.
+        old_collection = _serving(settings)
+        topology.env.update(RAG_EMBEDDING_MODEL="test-embed-v2", RAG_EMBEDDING_DIMENSIONS="128")
+        topology.restart_code_server()
+        wait_for(lambda: gql.stale_status(["chunk_vectors"], keys) == {"STALE"}, 60,
+                 "the webserver to see the new code version")
+        assert gql.stale_status(["document_chunks"], keys) == {"FRESH"}
+
+        before = Counter(embedding_server.texts)
+        backfill_id = gql.launch_backfill(REEMBED)
+
+        def finished() -> dict | None:
+            state = gql.backfill(backfill_id)
+            assert state["status"] not in ("FAILED", "COMPLETED_FAILED", "CANCELED"), state
+            return state if state["status"] in ("COMPLETED", "COMPLETED_SUCCESS") else None
+
+        # Search keeps answering from the old collection while the backfill runs.
+        deadline = time.monotonic() + 300
+        while not (state := finished()):
+            assert time.monotonic() < deadline, "the backfill did not finish"
+            assert _top_path(settings, QUERY) == "papers/geology.pdf"
+            time.sleep(1)
+        assert state["numPartitions"] == len(keys)
+        # single_run backfill policy: one run for every partition, not one per document.
+        assert [r["status"] for r in state["runs"]] == ["SUCCESS"]
+
+        new_collection = _serving(settings)
+        assert new_collection != old_collection
+        assert generations.by_collection(engine, new_collection).spec.model == "test-embed-v2"
+        assert generations.live_collections(engine, settings.collection) == [new_collection]
+        with engine.connect() as conn:
+            texts = set(conn.execute(sa.text("SELECT text FROM chunks")).scalars())
+        # Each chunk text went to the new model once (the search queries left out).
+        sent = Counter(embedding_server.texts) - before
+        del sent[QUERY]
+        assert sent == {t: 1 for t in texts}
+        assert _top_path(settings, QUERY) == "papers/geology.pdf"
+        assert gql.stale_status(["chunk_vectors"], keys) == {"FRESH"}
+        assert gql.stale_status(["document_embeddings"], keys) == {"FRESH"}
+    except BaseException:
+        for name in ("code_server", "daemon", "webserver"):
+            print(f"--- {name}.log (tail) ---\n{topology.log(name)[-4000:]}")
+        raise
+    finally:
+        topology.stop()
