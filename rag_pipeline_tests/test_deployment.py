@@ -58,6 +58,60 @@ class GraphQL:
         assert node["__typename"] == "AssetNode", node
         return set(node["staleStatusByPartition"])
 
+    def assets(self) -> dict[str, dict]:
+        """What the catalog shows of each asset."""
+        data = self("""
+            query Catalog {
+              assetNodes {
+                assetKey { path } description groupName kinds tags { key value }
+                owners { __typename ... on TeamAssetOwner { team } ... on UserAssetOwner { email } }
+                assetChecksOrError { ... on AssetChecks { checks { name description blocking } } }
+              }
+            }""")
+        return {"/".join(n["assetKey"]["path"]): n for n in data["assetNodes"]}
+
+    def latest_metadata(self, path: list[str], partition: str) -> dict[str, object]:
+        """The metadata the partition page shows for the latest materialization."""
+        data = self("""
+            query Latest($key: AssetKeyInput!, $partition: String!) {
+              assetOrError(assetKey: $key) {
+                ... on Asset {
+                  assetMaterializations(partitions: [$partition], limit: 1) {
+                    metadataEntries {
+                      label __typename
+                      ... on IntMetadataEntry { intValue }
+                      ... on FloatMetadataEntry { floatValue }
+                      ... on TextMetadataEntry { text }
+                      ... on MarkdownMetadataEntry { mdStr }
+                    }
+                  }
+                }
+              }
+            }""", key={"path": path}, partition=partition)
+        [materialization] = data["assetOrError"]["assetMaterializations"]
+        return {
+            e["label"]: next((e[k] for k in ("intValue", "floatValue", "text", "mdStr") if k in e), e["__typename"])
+            for e in materialization["metadataEntries"]
+        }
+
+    def schedules_and_sensors(self) -> dict[str, str]:
+        data = self("""
+            query Automation {
+              repositoriesOrError {
+                ... on RepositoryConnection {
+                  nodes {
+                    schedules { name cronSchedule scheduleState { status } }
+                    sensors { name sensorState { status } }
+                  }
+                }
+              }
+            }""")
+        [repo] = data["repositoriesOrError"]["nodes"]
+        return {
+            **{s["name"]: f'{s["cronSchedule"]} {s["scheduleState"]["status"]}' for s in repo["schedules"]},
+            **{s["name"]: s["sensorState"]["status"] for s in repo["sensors"]},
+        }
+
     def launch_backfill(self, assets: list[list[str]]) -> str:
         data = self("""
             mutation Backfill($params: LaunchBackfillParams!) {
@@ -108,6 +162,37 @@ def _serving(settings: Settings) -> str | None:
         return generations.aliased_collection(client, settings.collection)
     finally:
         client.close()
+
+
+def _assert_ui_describes_the_pipeline(gql: GraphQL, keys: list[str], paths: dict[str, str]) -> None:
+    catalog = gql.assets()
+    assert set(catalog) == {"source_document", "document_chunks", "chunk_vectors", "document_embeddings"}
+    expected_kinds = {"source_document": {"postgres"}, "document_chunks": {"pandas", "postgres"},
+                      "chunk_vectors": {"openai", "postgres"}, "document_embeddings": {"qdrant"}}
+    for name, node in catalog.items():
+        assert node["description"] and node["groupName"] == "ingestion"
+        assert expected_kinds[name] <= set(node["kinds"]), (name, node["kinds"])
+        assert {"team": "rag-platform", "__typename": "TeamAssetOwner"} in node["owners"]
+        assert {"key": "domain", "value": "rag"} in node["tags"]
+    checks = {c["name"]: c for n in catalog.values() for c in n["assetChecksOrError"]["checks"]}
+    assert set(checks) == {"parsed", "chunks_within_token_limit", "points_match_chunks", "indexed_in_time"}
+    assert all(c["description"] for c in checks.values()) and checks["chunks_within_token_limit"]["blocking"]
+
+    pdf = next(k for k in keys if paths[k] == "papers/geology.pdf")
+    source = gql.latest_metadata(["source_document"], pdf)
+    assert source["bytes"] > 0 and source["parser"] == "pdf" and source["seconds"] >= 0
+    chunks = gql.latest_metadata(["document_chunks"], pdf)
+    assert chunks["chunks"] >= 1 and chunks["tokens"] > 0
+    assert "Basalt is an igneous rock" in chunks["preview"] and chunks["preview"].startswith("| chunk |")
+    vectors = gql.latest_metadata(["chunk_vectors"], pdf)
+    assert vectors["embedding_calls"] >= 1 and vectors["cache_hits"] == 0 and vectors["model"] == "test-embed"
+    points = gql.latest_metadata(["document_embeddings"], pdf)
+    assert points["points"] == chunks["chunks"] and points["seconds_since_upload"] >= 0
+    assert points["search_reads"] == points["collection"]
+
+    automation = gql.schedules_and_sensors()
+    assert automation["inbox_sensor"] == "RUNNING"
+    assert automation["nightly_index_audit"] == "17 3 * * * RUNNING"
 
 
 def _screenshot_partitions(port: int, partition: str, artifact: Path) -> str:
@@ -166,6 +251,8 @@ def test_topology_indexes_drops_shows_them_in_the_ui_and_reembeds_through_a_grap
         keys = sorted(r.id for r in rows)
         assert _top_path(settings, QUERY) == "papers/geology.pdf"
         assert gql.stale_status(["chunk_vectors"], keys) == {"FRESH"}
+
+        _assert_ui_describes_the_pipeline(gql, keys, {r.id: r.path for r in rows})
 
         page = _screenshot_partitions(port, keys[0], ARTIFACTS / "ui_partitions.png")
         assert "Materialized (4)" in page and "Failed (0)" in page and "Missing (0)" in page
