@@ -107,7 +107,7 @@ def search_many(settings: Settings, queries: list[tuple[str, str | None]], k: in
     try:
         # The collection the alias names, queried with the model it was built with: during a
         # re-embedding that is still the previous configuration.
-        serving = generations.aliased_collection(client, settings.collection)
+        serving = generations.serving_collection(client, settings.collection)
         if serving is None:
             return [[] for _ in queries]
         generation = generations.by_collection(open_engine(settings.database_url), serving)

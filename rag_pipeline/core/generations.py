@@ -104,6 +104,8 @@ def register(engine: Engine, alias: str, spec: EmbeddingSpec, started_at: dt.dat
                 )
             conn.execute(index_generations.update().where(key).values(
                 state=BUILDING, created_at=records.now(), switched_at=None, retired_at=None,
+                # The legacy collection's name is the alias's now.
+                collection=collection_name(alias, spec.fingerprint),
             ))
             row = conn.execute(sa.select(index_generations).where(key)).one()
     return _generation(row)
@@ -139,6 +141,57 @@ def live_collections(engine: Engine, alias: str) -> list[str]:
         ).scalars())
 
 
+def _real_collections(client: QdrantClient) -> set[str]:
+    # Qdrant resolves an alias wherever a collection name is accepted (collection_exists
+    # included): only this listing tells a collection from an alias.
+    return {c.name for c in client.get_collections().collections}
+
+
+def serving_collection(client: QdrantClient, alias: str) -> str | None:
+    """What search reads: the collection the alias names or, for an index built before
+    generations, the collection named like the alias."""
+    return aliased_collection(client, alias) or (alias if alias in _real_collections(client) else None)
+
+
+def _spec_of(fingerprint: str, known: EmbeddingSpec | None) -> EmbeddingSpec:
+    if known is not None and fingerprint == known.fingerprint:
+        return known
+    provider, _, rest = fingerprint.partition(":")
+    model, _, dims = rest.rpartition(":")  # model names may hold ':' (ollama's "name:tag")
+    return EmbeddingSpec(provider, model, int(dims) if dims.isdigit() else None)
+
+
+def adopt_legacy(engine: Engine, client: QdrantClient, alias: str, current: EmbeddingSpec | None = None) -> None:
+    """An index built before generations keeps its points in a collection named like the
+    alias. It is recorded as the serving generation of the configuration its documents were
+    indexed with, so search and writes go on using it until a new configuration replaces it
+    (the first switch drops it, then creates the alias)."""
+    if aliased_collection(client, alias) is not None or alias not in _real_collections(client):
+        return
+    with engine.begin() as conn:
+        if conn.execute(sa.select(index_generations.c.alias).where(index_generations.c.collection == alias)).first():
+            return
+        configs = conn.execute(
+            sa.select(documents.c.indexed_config, sa.func.count())
+            .where(documents.c.indexed_config.is_not(None))
+            .group_by(documents.c.indexed_config)
+        ).all()
+        counts: dict[str, int] = {}
+        for config, n in configs:
+            embedding = config.split("|", 1)[-1]
+            counts[embedding] = counts.get(embedding, 0) + n
+        if not counts and current is None:
+            return  # nothing was ever indexed: nothing to serve or delete from it yet
+        spec = _spec_of(max(counts, key=counts.get) if counts else current.fingerprint, current)
+        ts = records.now()
+        conn.execute(
+            records.insert_for(conn, index_generations).values(
+                alias=alias, embedding=spec.fingerprint, collection=alias, provider=spec.provider, model=spec.model,
+                dimensions=spec.dimensions, base_url=_public_url(spec.base_url), state=SERVING, created_at=ts, switched_at=ts,
+            ).on_conflict_do_nothing()
+        )
+
+
 def aliased_collection(client: QdrantClient, alias: str) -> str | None:
     """The collection the alias names now (what search reads), resolved explicitly."""
     for description in client.get_aliases().aliases:
@@ -172,7 +225,7 @@ class Promotion:
 def status(engine: Engine, client: QdrantClient, alias: str, embedding: str) -> Promotion:
     """What `promote_if_complete` would find, without switching anything."""
     with engine.connect() as conn:
-        return Promotion(aliased_collection(client, alias) or "", False, served_elsewhere(conn, embedding), [])
+        return Promotion(serving_collection(client, alias) or "", False, served_elsewhere(conn, embedding), [])
 
 
 def promote_if_complete(engine: Engine, client: QdrantClient, alias: str, embedding: str) -> Promotion:
@@ -186,16 +239,20 @@ def promote_if_complete(engine: Engine, client: QdrantClient, alias: str, embedd
         target = rows.get(embedding)
         if target is None or target.state == RETIRED:
             raise GenerationRetired(f"no live index generation for {embedding} behind {alias!r}")
-        current = aliased_collection(client, alias)
+        aliased = aliased_collection(client, alias)
+        current = aliased or (alias if alias in _real_collections(client) else None)
         if target.state == SERVING and current == target.collection:
             return Promotion(target.collection, False, 0, [])
         waiting = served_elsewhere(conn, embedding)
         if waiting and current is not None:
             return Promotion(current, False, waiting, [])
-        # One call, so readers see the old collection or the new one, never neither.
+        # One call, so readers see the old collection or the new one, never neither. Except once
+        # after an upgrade: the pre-generation collection holds the alias's name and must go first.
         operations: list = []
-        if current is not None:
+        if aliased is not None:
             operations.append(qm.DeleteAliasOperation(delete_alias=qm.DeleteAlias(alias_name=alias)))
+        elif current == alias:
+            client.delete_collection(alias)
         operations.append(qm.CreateAliasOperation(create_alias=qm.CreateAlias(collection_name=target.collection, alias_name=alias)))
         client.update_collection_aliases(change_aliases_operations=operations)
         ts = records.now()
@@ -223,9 +280,10 @@ def drop_retired(engine: Engine, client: QdrantClient, alias: str) -> list[str]:
             sa.select(index_generations.c.collection)
             .where((index_generations.c.alias == alias) & (index_generations.c.state == RETIRED))
         ).scalars())
+    existing = _real_collections(client)
     dropped = []
     for name in names:
-        if client.collection_exists(name):
+        if name in existing and name != alias:
             client.delete_collection(name)
             dropped.append(name)
     return dropped

@@ -117,10 +117,12 @@ class VectorStoreResource(ConfigurableResource):
 
     def for_embedding(self, engine: Engine, spec: EmbeddingSpec) -> VectorStore:
         """The collection vectors of `spec` are written to (registered on first use)."""
+        generations.adopt_legacy(engine, self.client, self.collection, spec)
         return VectorStore(self.client, generations.register(engine, self.collection, spec, self._opened_at).collection)
 
     def live(self, engine: Engine) -> list[VectorStore]:
         """Every collection search reads now or after a pending switch (deletions go to all)."""
+        generations.adopt_legacy(engine, self.client, self.collection)
         return [VectorStore(self.client, name) for name in generations.live_collections(engine, self.collection)]
 
     def teardown_after_execution(self, context: InitResourceContext) -> None:
