@@ -10,3 +10,8 @@ import os
 # one per asset, naming the range. What it gives up (Dagster marking the partitions failed when
 # the whole run fails) our own status, checks and retries already cover.
 os.environ.setdefault("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", "true")
+
+# A step over a range of N partitions stores N materializations of its asset; with this Dagster
+# setting they go to storage as one multi-row insert (per 1,000) instead of N round trips.
+# Measured with benchmarks/ingest.py at 1,000 documents: cold ingest 36.8 s -> 31.5 s.
+os.environ.setdefault("DAGSTER_EVENT_BATCH_SIZE", "1000")
