@@ -73,8 +73,7 @@ def test_celery_executor_runs_the_steps_on_a_worker(rag_env, pg_url, tmp_path, e
         # Every step was a task the worker ran.
         assert topology.log("celery_worker").count("succeeded in") >= 4, topology.log("celery_worker")[-3000:]
     except BaseException:
-        for name in ("code_server", "daemon", "celery_worker"):
-            print(f"--- {name}.log (tail) ---\n{topology.log(name)[-4000:]}")
+        topology.print_log_tails()
         raise
     finally:
         topology.stop()

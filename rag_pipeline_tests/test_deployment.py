@@ -301,8 +301,7 @@ def test_topology_indexes_drops_shows_them_in_the_ui_and_reembeds_through_a_grap
         assert gql.stale_status(["chunk_vectors"], keys) == {"FRESH"}
         assert gql.stale_status(["document_embeddings"], keys) == {"FRESH"}
     except BaseException:
-        for name in ("code_server", "daemon", "webserver"):
-            print(f"--- {name}.log (tail) ---\n{topology.log(name)[-4000:]}")
+        topology.print_log_tails()
         raise
     finally:
         topology.stop()

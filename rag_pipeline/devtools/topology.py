@@ -101,6 +101,11 @@ class Topology:
         path = self.tmp / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
+    def print_log_tails(self, chars: int = 4000) -> None:
+        """For a failing test's output: the end of every process's log."""
+        for path in sorted(self.tmp.glob("*.log")):
+            print(f"--- {path.name} (tail) ---\n{path.read_text(errors='replace')[-chars:]}")
+
     def stop(self) -> None:
         for proc in self.procs:
             try:
