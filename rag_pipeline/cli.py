@@ -111,7 +111,10 @@ def search_many(settings: Settings, queries: list[tuple[str, str | None]], k: in
         if serving is None:
             return [[] for _ in queries]
         generation = generations.by_collection(open_engine(settings.database_url), serving)
-        embedder = make_settings_embedder(settings, generation.spec if generation else None)
+        # The configured spec when it is the one serving: the recorded one has the endpoint's
+        # URL without credentials.
+        other = generation is not None and generation.spec.fingerprint != settings.embedding_spec.fingerprint
+        embedder = make_settings_embedder(settings, generation.spec if other else None)
         try:
             vectors = embedder.embed([q for q, _ in queries])
         finally:

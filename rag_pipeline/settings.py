@@ -50,7 +50,7 @@ class Settings:
     overdue_seconds: float = 120.0
     audit_cron: str = "17 3 * * *"
     executor: str = "in_process"
-    executor_config: str | None = None
+    executor_config: str | None = field(default=None, repr=False)  # may name a broker with credentials
     max_attempts: int = 3
     embed_batch_size: int = 128
     embed_timeout_seconds: float = 60.0

@@ -14,11 +14,12 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 from dagster._utils.test.data_versions import get_stale_status_resolver
 
 from rag_pipeline.cli import main as cli_main, search_many
-from rag_pipeline.core import generations, records
+from rag_pipeline.core import generations, pipeline, records
 from rag_pipeline.core.db import get_engine, index_generations
 from rag_pipeline.core.vectorstore import open_client
 from rag_pipeline.definitions import build_definitions, versioned_assets
-from rag_pipeline.settings import Settings
+from rag_pipeline.defs.resources import ChunkerResource
+from rag_pipeline.settings import Settings, make_settings_embedder
 from rag_pipeline_tests.helpers import FORMAT_FILES, tick_and_run, write_files
 
 TOPICS = {
@@ -122,6 +123,17 @@ def test_new_embedding_model_reindexes_behind_the_alias_then_switches(rag_env, e
         # A run that took the old configuration before the switch writes nothing after it; going
         # back to the old configuration later is a new build of it.
         switched_at = records.now() - dt.timedelta(seconds=60)
+        # Its vector step does not take the re-embedded documents back to the old model either.
+        stale_embedder = make_settings_embedder(old)
+        try:
+            _, outcomes = pipeline.compute_vectors(
+                engine, stale_embedder, keys, ChunkerResource(max_tokens=old.chunk_tokens, overlap=old.chunk_overlap).config,
+                old.embedding_spec.fingerprint, started_at=switched_at,
+            )
+        finally:
+            stale_embedder.close()
+        assert {o.status for o in outcomes} == {"skipped"}
+        assert all(r.status == "indexed" for r in records.list_documents(engine))
         with pytest.raises(generations.GenerationRetired):
             generations.register(engine, old.collection, old.embedding_spec, started_at=switched_at)
         with pytest.raises(generations.GenerationRetired), engine.begin() as conn:

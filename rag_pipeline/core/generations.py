@@ -233,7 +233,11 @@ def promote_if_complete(engine: Engine, client: QdrantClient, alias: str, embedd
     configuration, retire the generations it replaces and drop their collections."""
     with engine.begin() as conn:
         query = sa.select(index_generations).where(index_generations.c.alias == alias).order_by(index_generations.c.embedding)
-        if conn.dialect.name != "sqlite":
+        if conn.dialect.name == "sqlite":
+            # SQLite takes its write lock at the first write, not at a SELECT: take it first, so
+            # no write into a collection can commit between our reads and the switch.
+            conn.execute(index_generations.update().where(index_generations.c.alias == alias).values(state=index_generations.c.state))
+        else:
             query = query.with_for_update()
         rows = {r.embedding: _generation(r) for r in conn.execute(query)}
         target = rows.get(embedding)
@@ -241,36 +245,42 @@ def promote_if_complete(engine: Engine, client: QdrantClient, alias: str, embedd
             raise GenerationRetired(f"no live index generation for {embedding} behind {alias!r}")
         aliased = aliased_collection(client, alias)
         current = aliased or (alias if alias in _real_collections(client) else None)
-        if target.state == SERVING and current == target.collection:
-            return Promotion(target.collection, False, 0, [])
-        waiting = served_elsewhere(conn, embedding)
-        if waiting and current is not None:
-            return Promotion(current, False, waiting, [])
-        # One call, so readers see the old collection or the new one, never neither. Except once
-        # after an upgrade: the pre-generation collection holds the alias's name and must go first.
-        operations: list = []
-        if aliased is not None:
-            operations.append(qm.DeleteAliasOperation(delete_alias=qm.DeleteAlias(alias_name=alias)))
-        elif current == alias:
-            client.delete_collection(alias)
-        operations.append(qm.CreateAliasOperation(create_alias=qm.CreateAlias(collection_name=target.collection, alias_name=alias)))
-        client.update_collection_aliases(change_aliases_operations=operations)
-        ts = records.now()
-        replaced = [g for g in rows.values() if g.embedding != embedding and g.state != RETIRED]
+        switch = not (target.state == SERVING and current == target.collection)
+        if switch:
+            waiting = served_elsewhere(conn, embedding)
+            if waiting and current is not None:
+                return Promotion(current, False, waiting, [])
+            _switch(conn, client, alias, target, aliased, current, rows)
+    # After the commit (and on later calls, should it have failed): a collection nobody reads.
+    return Promotion(target.collection, switch, 0, drop_retired(engine, client, alias))
+
+
+def _switch(
+    conn: sa.Connection, client: QdrantClient, alias: str, target: Generation, aliased: str | None,
+    current: str | None, rows: dict[str, Generation],
+) -> None:
+    # One call, so readers see the old collection or the new one, never neither. Except once
+    # after an upgrade: the pre-generation collection holds the alias's name and must go first.
+    operations: list = []
+    if aliased is not None:
+        operations.append(qm.DeleteAliasOperation(delete_alias=qm.DeleteAlias(alias_name=alias)))
+    elif current == alias:
+        client.delete_collection(alias)
+    operations.append(qm.CreateAliasOperation(create_alias=qm.CreateAlias(collection_name=target.collection, alias_name=alias)))
+    client.update_collection_aliases(change_aliases_operations=operations)
+    ts = records.now()
+    replaced = [g.embedding for g in rows.values() if g.embedding != target.embedding and g.state != RETIRED]
+    conn.execute(
+        index_generations.update()
+        .where((index_generations.c.alias == alias) & (index_generations.c.embedding == target.embedding))
+        .values(state=SERVING, switched_at=ts)
+    )
+    if replaced:
         conn.execute(
             index_generations.update()
-            .where((index_generations.c.alias == alias) & (index_generations.c.embedding == embedding))
-            .values(state=SERVING, switched_at=ts)
+            .where((index_generations.c.alias == alias) & index_generations.c.embedding.in_(replaced))
+            .values(state=RETIRED, retired_at=ts)
         )
-        if replaced:
-            conn.execute(
-                index_generations.update()
-                .where((index_generations.c.alias == alias) & index_generations.c.embedding.in_([g.embedding for g in replaced]))
-                .values(state=RETIRED, retired_at=ts)
-            )
-    # After the commit: a failed drop leaves a collection nobody reads; `verify --repair` drops it.
-    dropped = drop_retired(engine, client, alias)
-    return Promotion(target.collection, True, 0, dropped)
 
 
 def drop_retired(engine: Engine, client: QdrantClient, alias: str) -> list[str]:

@@ -8,6 +8,7 @@ run fails and the documents stay pending for the retry.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import os
 import time
@@ -149,24 +150,31 @@ def _extract(
 
 
 def _reopen_reconfigured(
-    engine: Engine, doc_ids: Sequence[str], rows: dict[str, sa.Row], built_otherwise: Callable[[sa.Row], bool]
+    engine: Engine, doc_ids: Sequence[str], rows: dict[str, sa.Row], built_otherwise: Callable[[sa.Row], bool],
+    started_at: dt.datetime | None,
 ) -> dict[str, sa.Row]:
     """A step selected on its own after a configuration change (the UI's "Materialize stale"
     picks chunks and vectors, not the source) takes up documents indexed at their current
     version with another configuration, as the source step would have: pending again, from
-    their stored text. Returns the rows as they are now."""
+    their stored text. Only those indexed before its run started (`started_at`): one indexed
+    since was indexed by a run at least as new, whose configuration this run must not undo.
+    Returns the rows as they are now."""
+    before = records.seconds_since(started_at) if started_at is not None else None
     reconfigured = {
         d: r.version for d, r in rows.items()
         if r.status == records.INDEXED and r.indexed_version == r.version and built_otherwise(r)
+        and (before is None or records.seconds_since(r.indexed_at) > before)
     }
     if not reconfigured or not records.reopen(engine, reconfigured):
         return rows
     return records.get_documents(engine, doc_ids)
 
 
-def chunk(engine: Engine, doc_ids: Sequence[str], chunker: ChunkerConfig, max_chunks: int) -> list[Outcome]:
+def chunk(
+    engine: Engine, doc_ids: Sequence[str], chunker: ChunkerConfig, max_chunks: int, started_at: dt.datetime | None = None
+) -> list[Outcome]:
     rows = _reopen_reconfigured(
-        engine, doc_ids, records.get_documents(engine, doc_ids), lambda r: r.indexed_chunker != chunker.fingerprint
+        engine, doc_ids, records.get_documents(engine, doc_ids), lambda r: r.indexed_chunker != chunker.fingerprint, started_at
     )
     outcomes: list[Outcome] = []
     todo = []
@@ -264,11 +272,12 @@ class Computed:
 
 
 def _pending_chunk_sets(
-    engine: Engine, doc_ids: Sequence[str], chunker: ChunkerConfig, reopen_unless: str | None = None
+    engine: Engine, doc_ids: Sequence[str], chunker: ChunkerConfig, reopen_unless: str | None = None,
+    started_at: dt.datetime | None = None,
 ) -> tuple[dict, pd.DataFrame, list[Outcome]]:
     rows = records.get_documents(engine, doc_ids)
     if reopen_unless is not None:
-        rows = _reopen_reconfigured(engine, doc_ids, rows, lambda r: r.indexed_config != reopen_unless)
+        rows = _reopen_reconfigured(engine, doc_ids, rows, lambda r: r.indexed_config != reopen_unless, started_at)
     ready = {d: r for d, r in rows.items() if r.status == records.PENDING}
     outcomes = [
         Outcome(d, "skipped" if d in rows else "missing", rows[d].version if d in rows else None,
@@ -284,12 +293,14 @@ def _pending_chunk_sets(
 
 def compute_vectors(
     engine: Engine, embedder: Embedder, doc_ids: Sequence[str], chunker: ChunkerConfig, embedding: str,
-    batch_size: int = 128,
+    batch_size: int = 128, started_at: dt.datetime | None = None,
 ) -> tuple[Computed, list[Outcome]]:
     """Every distinct text of the pending chunk sets gets a vector, from the cache or the
     endpoint (and is cached at once). Returns what the write needs, and per-document outcomes
     of this step (cache hits, texts embedded; the refused documents parked)."""
-    ready, frame, outcomes = _pending_chunk_sets(engine, doc_ids, chunker, reopen_unless=index_config(chunker, embedding))
+    ready, frame, outcomes = _pending_chunk_sets(
+        engine, doc_ids, chunker, reopen_unless=index_config(chunker, embedding), started_at=started_at
+    )
     started = time.perf_counter()
     calls_before = embedder.calls
     vectors = _vectors(engine, embedder, embedding, frame, batch_size)

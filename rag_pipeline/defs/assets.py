@@ -33,6 +33,7 @@ from rag_pipeline.defs.resources import (
     EmbedderResource,
     InboxResource,
     VectorStoreResource,
+    run_started_at,
 )
 
 # single_run backfills are what make a UI backfill one run per batch instead of one per document.
@@ -118,7 +119,9 @@ def document_chunks(
     context: AssetExecutionContext, db: DatabaseResource, inbox: InboxResource, chunker: ChunkerResource
 ) -> MaterializeResult:
     with waiting_on_failure(context, db.engine):
-        outcomes = pipeline.chunk(db.engine, context.partition_keys, chunker.config, inbox.max_chunks)
+        outcomes = pipeline.chunk(
+            db.engine, context.partition_keys, chunker.config, inbox.max_chunks, run_started_at(context.instance, context.run.run_id)
+        )
     limit = chunker.config.max_tokens
     over = {o.document_id: o.metrics["max_chunk_tokens"] for o in outcomes if o.metrics.get("max_chunk_tokens", 0) > limit}
     return MaterializeResult(
@@ -148,7 +151,8 @@ def chunk_vectors(
     with waiting_on_failure(context, db.engine):
         model = embedder.get()
         _, outcomes = pipeline.compute_vectors(
-            db.engine, model, context.partition_keys, chunker.config, embedder.fingerprint, embedder.batch_size
+            db.engine, model, context.partition_keys, chunker.config, embedder.fingerprint, embedder.batch_size,
+            run_started_at(context.instance, context.run.run_id),
         )
     run = next((o.metrics for o in outcomes if "embedding_calls_in_run" in o.metrics), {})
     return MaterializeResult(

@@ -10,7 +10,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Optional
 
-from dagster import ConfigurableResource, InitResourceContext
+from dagster import ConfigurableResource, DagsterInstance, InitResourceContext
 from pydantic import Field, PrivateAttr
 from sqlalchemy.engine import Engine
 
@@ -90,6 +90,18 @@ class EmbedderResource(ConfigurableResource):
             self._embedder = None
 
 
+def run_started_at(instance: DagsterInstance | None, run_id: str | None) -> dt.datetime:
+    """When the run began, not this process: with a multi-process executor (RAG_EXECUTOR) each
+    step sets up its resources in its own process, possibly long after the run took its
+    configuration."""
+    record = instance.get_run_record_by_id(run_id) if instance is not None and run_id else None
+    if record is None:
+        return records.now()
+    if record.start_time:
+        return dt.datetime.fromtimestamp(record.start_time, dt.timezone.utc)
+    return record.create_timestamp
+
+
 class VectorStoreResource(ConfigurableResource):
     """Qdrant: a server when `url` is set, else an embedded folder at `path`."""
 
@@ -107,7 +119,7 @@ class VectorStoreResource(ConfigurableResource):
     def setup_for_execution(self, context: InitResourceContext) -> None:
         # When this run took its configuration: an index generation retired after it was
         # replaced by a newer configuration, and this run must not write into it.
-        self._opened_at = records.now()
+        self._opened_at = run_started_at(context.instance, context.run.run_id if context.run else None)
 
     @property
     def client(self) -> QdrantClient:
