@@ -22,6 +22,7 @@ one unchanged tick over an inbox of --sensor-files registered files.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import hashlib
 import importlib.util
 import json
@@ -237,16 +238,18 @@ def variant_pipeline(workdir: Path, db_url: str, corpus: dict[str, bytes], serve
         rel = sorted(corpus)[n // 2]
         doc, target = document_id(KB, rel), settings.inbox_dir / KB / rel
         data = modified(corpus[rel])
-        started = time.perf_counter()
+        started, written_at = time.perf_counter(), time.time()
         target.write_bytes(data)
         wait_for(lambda: _indexed_at(engine, doc, hashlib.sha256(data).hexdigest()), 300, "the modified document", poll=0.05)
         modified_seconds = time.perf_counter() - started
+        wait_for(lambda: _active_runs(db_url) == 0, 300, "the last run to finish")
+        timeline = _last_run_timeline(db_url, written_at)
         wait_for(lambda: _active_runs(db_url) == 0, 300, "the last run to finish")  # not interrupted by stop()
         failed_runs = _runs(db_url, "FAILURE")
     return {
         "cold_seconds": cold, "cold_embedding_calls": cold_calls, "unchanged_seconds": unchanged,
         "unchanged_embedding_calls": unchanged_calls, "modified_seconds": modified_seconds,
-        "runs": _runs(db_url), "failed_runs": failed_runs,
+        "modified_timeline": timeline, "runs": _runs(db_url), "failed_runs": failed_runs,
     }
 
 
@@ -263,6 +266,25 @@ def _sensor_ticks(db_url: str) -> list[dict]:
         if data.get("end_timestamp"):
             ticks.append({"seconds": data["end_timestamp"] - data["timestamp"], "status": str(data.get("status"))})
     return ticks
+
+
+def _last_run_timeline(db_url: str, since: float) -> list[tuple[str, float]]:
+    """Where the modified document's seconds went: the newest run's milestones from Dagster's
+    event log, in seconds after the write."""
+    [(run_id,)] = _query(db_url, "SELECT run_id FROM runs ORDER BY create_timestamp DESC LIMIT 1")
+    rows = _query(
+        db_url,
+        "SELECT dagster_event_type, step_key, timestamp FROM event_logs WHERE run_id = %s AND dagster_event_type IN "
+        "('PIPELINE_ENQUEUED', 'PIPELINE_STARTING', 'PIPELINE_START', 'STEP_START', 'STEP_SUCCESS', 'PIPELINE_SUCCESS') "
+        "ORDER BY id", run_id,
+    )
+    names = {"PIPELINE_ENQUEUED": "run queued", "PIPELINE_STARTING": "run launching", "PIPELINE_START": "run process up",
+             "PIPELINE_SUCCESS": "run ended"}
+    return [
+        (names.get(kind) or f"{step_key} {'start' if kind == 'STEP_START' else 'done'}",
+         round(ts.replace(tzinfo=dt.timezone.utc).timestamp() - since, 2))
+        for kind, step_key, ts in rows
+    ]
 
 
 def _active_runs(db_url: str) -> int:
@@ -523,6 +545,10 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
     print(f"{args.docs} documents of 1-6 KB, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
     print(table(results, args.docs))
+    for variant, figures in results.items():
+        if figures.get("modified_timeline"):
+            print(f"{variant}, one modified document, seconds after the write: "
+                  + ", ".join(f"{what} {at:.2f}" for what, at in figures["modified_timeline"]))
     if sensor:
         print(f"sensor tick over {sensor['files']} unchanged files: {sensor['unchanged_tick_seconds']:.2f} s "
               f"(first tick, registering them all: {sensor['first_tick_seconds']:.1f} s; "
