@@ -19,7 +19,7 @@ from rag_pipeline.defs.resources import (
     InboxResource,
     VectorStoreResource,
 )
-from rag_pipeline.defs.sensors import inbox_sensor
+from rag_pipeline.defs.sensors import inbox_sensor_def
 from rag_pipeline.settings import Settings
 
 
@@ -69,7 +69,7 @@ def build_definitions(settings: Settings | None = None) -> Definitions:
     return Definitions(
         assets=versioned_assets(settings),
         jobs=[index_documents_job, purge_deleted_job, audit_index_job],
-        sensors=[inbox_sensor],
+        sensors=[inbox_sensor_def(settings.sensor_interval_seconds)],
         schedules=[audit_schedule(settings.audit_cron)],
         resources=build_resources(settings),
         executor=executor_from_config(settings.executor, settings.executor_config),

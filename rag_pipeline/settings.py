@@ -47,6 +47,7 @@ class Settings:
     chunk_overlap: int = 60
     docs_per_run: int = 500
     settle_seconds: float = 1.0
+    sensor_interval_seconds: int = 1
     overdue_seconds: float = 120.0
     audit_cron: str = "17 3 * * *"
     executor: str = "in_process"
@@ -93,6 +94,7 @@ class Settings:
             chunk_overlap=_int(env, "RAG_CHUNK_OVERLAP", 60),
             docs_per_run=_int(env, "RAG_DOCS_PER_RUN", 500),
             settle_seconds=float(_int(env, "RAG_SETTLE_SECONDS", 1)),
+            sensor_interval_seconds=_int(env, "RAG_SENSOR_INTERVAL_SECONDS", 1),
             overdue_seconds=float(_int(env, "RAG_OVERDUE_SECONDS", 120)),
             max_attempts=_int(env, "RAG_MAX_ATTEMPTS", 3),
             audit_cron=env.get("RAG_AUDIT_CRON") or "17 3 * * *",
