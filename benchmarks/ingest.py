@@ -381,6 +381,9 @@ def sensor_tick(workdir: Path, db_url: str, n_files: int) -> dict:
     from rag_pipeline.settings import Settings
 
     env = {**_env_for(workdir, db_url, "http://127.0.0.1:9/v1"), **production_home(workdir / "home", db_url)}
+    # The files were all written a moment ago: none may be held back as still settling, or the
+    # first tick would not register them all (it did, flakily, when the setup ran fast).
+    env["RAG_SETTLE_SECONDS"] = "0"
     os.environ.update(env)
     settings = Settings.from_env(env)
     folder = settings.inbox_dir / KB
