@@ -126,8 +126,7 @@ def open_vector_store(settings: Settings, engine=None):  # noqa: ANN001, ANN201
     client = open_client(settings.qdrant_url, settings.qdrant_path, settings.qdrant_api_key)
     spec = settings.embedding_spec
     if engine is not None:
-        generations.adopt_legacy(engine, client, settings.collection, spec)
-        return VectorStore(client, generations.register(engine, settings.collection, spec).collection)
+        return VectorStore(client, generations.for_writing(engine, client, settings.collection, spec).collection)
     return VectorStore(client, generations.collection_name(settings.collection, spec.fingerprint))
 
 

@@ -258,6 +258,7 @@ def test_topology_indexes_drops_shows_them_in_the_ui_and_reembeds_through_a_grap
         assert "Materialized (4)" in page and "Failed (0)" in page and "Missing (0)" in page
         # What the UI shows of a partition: the collection search reads, and the checks' results.
         assert "points" in page and "collection" in page
+        assert "search_reads" in page and "documents_left_to_reembed" in page
 
         # A new embedding model (another width), deployed the way a container is: the code
         # server restarts with new configuration. Nothing in the corpus changed, so the sensor

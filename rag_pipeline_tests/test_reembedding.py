@@ -133,6 +133,13 @@ def test_new_embedding_model_reindexes_behind_the_alias_then_switches(rag_env, e
         finally:
             stale_embedder.close()
         assert {o.status for o in outcomes} == {"skipped"}
+        # Nor does its source step, which used to reopen them for its configuration regardless.
+        old_chunker = ChunkerResource(max_tokens=old.chunk_tokens, overlap=old.chunk_overlap).config
+        outcomes = pipeline.extract(
+            engine, old.inbox_dir, keys, pipeline.index_config(old_chunker, old.embedding_spec.fingerprint), old.limits,
+            started_at=switched_at,
+        )
+        assert {o.status for o in outcomes} == {"skipped"}
         assert all(r.status == "indexed" for r in records.list_documents(engine))
         with pytest.raises(generations.GenerationRetired):
             generations.register(engine, old.collection, old.embedding_spec, started_at=switched_at)

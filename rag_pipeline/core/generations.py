@@ -111,6 +111,15 @@ def register(engine: Engine, alias: str, spec: EmbeddingSpec, started_at: dt.dat
     return _generation(row)
 
 
+def for_writing(
+    engine: Engine, client: QdrantClient, alias: str, spec: EmbeddingSpec, started_at: dt.datetime | None = None
+) -> Generation:
+    """The generation a writer with `spec` writes into (see `register`), after recording a
+    pre-generation collection, if there is one, as what it replaces."""
+    adopt_legacy(engine, client, alias, spec)
+    return register(engine, alias, spec, started_at)
+
+
 def hold_for_write(conn: sa.Connection, collection: str) -> None:
     """Inside a write's transaction: the collection must not be retired (a promotion waits for
     us). Collections without a generation (scripts, tests) are not tracked."""
@@ -147,10 +156,15 @@ def _real_collections(client: QdrantClient) -> set[str]:
     return {c.name for c in client.get_collections().collections}
 
 
+def _served(client: QdrantClient, alias: str) -> tuple[str | None, str | None]:
+    """(the collection the alias names, what search reads): the same, or for an index built
+    before generations, no alias and the collection named like it."""
+    aliased = aliased_collection(client, alias)
+    return aliased, aliased or (alias if alias in _real_collections(client) else None)
+
+
 def serving_collection(client: QdrantClient, alias: str) -> str | None:
-    """What search reads: the collection the alias names or, for an index built before
-    generations, the collection named like the alias."""
-    return aliased_collection(client, alias) or (alias if alias in _real_collections(client) else None)
+    return _served(client, alias)[1]
 
 
 def _spec_of(fingerprint: str, known: EmbeddingSpec | None) -> EmbeddingSpec:
@@ -166,7 +180,7 @@ def adopt_legacy(engine: Engine, client: QdrantClient, alias: str, current: Embe
     alias. It is recorded as the serving generation of the configuration its documents were
     indexed with, so search and writes go on using it until a new configuration replaces it
     (the first switch drops it, then creates the alias)."""
-    if aliased_collection(client, alias) is not None or alias not in _real_collections(client):
+    if _served(client, alias) != (None, alias):
         return
     with engine.begin() as conn:
         if conn.execute(sa.select(index_generations.c.alias).where(index_generations.c.collection == alias)).first():
@@ -243,8 +257,7 @@ def promote_if_complete(engine: Engine, client: QdrantClient, alias: str, embedd
         target = rows.get(embedding)
         if target is None or target.state == RETIRED:
             raise GenerationRetired(f"no live index generation for {embedding} behind {alias!r}")
-        aliased = aliased_collection(client, alias)
-        current = aliased or (alias if alias in _real_collections(client) else None)
+        aliased, current = _served(client, alias)
         switch = not (target.state == SERVING and current == target.collection)
         if switch:
             waiting = served_elsewhere(conn, embedding)

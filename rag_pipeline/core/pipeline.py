@@ -65,13 +65,26 @@ def _is_current(row, config: str) -> bool:  # noqa: ANN001
     return row.status == records.INDEXED and row.indexed_version == row.version and row.indexed_config == config
 
 
-def extract(engine: Engine, inbox: Path, doc_ids: Sequence[str], config: str, limits: Limits) -> list[Outcome]:
+def _rebuildable(row, built_otherwise: Callable[[sa.Row], bool], started_at: dt.datetime | None) -> bool:  # noqa: ANN001
+    """Indexed at its current version with another configuration, before this run started: it
+    is rebuilt from its stored text. One indexed since was indexed by a run at least as new,
+    whose configuration this run must not undo."""
+    return (
+        row.status == records.INDEXED and row.indexed_version == row.version and built_otherwise(row)
+        and (started_at is None or records.seconds_since(row.indexed_at) > records.seconds_since(started_at))
+    )
+
+
+def extract(
+    engine: Engine, inbox: Path, doc_ids: Sequence[str], config: str, limits: Limits, started_at: dt.datetime | None = None
+) -> list[Outcome]:
     with ParserSandbox(limits) as sandbox:
-        return _extract(engine, inbox, doc_ids, config, limits, sandbox)
+        return _extract(engine, inbox, doc_ids, config, limits, sandbox, started_at)
 
 
 def _extract(
-    engine: Engine, inbox: Path, doc_ids: Sequence[str], config: str, limits: Limits, sandbox: ParserSandbox
+    engine: Engine, inbox: Path, doc_ids: Sequence[str], config: str, limits: Limits, sandbox: ParserSandbox,
+    started_at: dt.datetime | None = None,
 ) -> list[Outcome]:
     rows = records.get_documents(engine, doc_ids)
     outcomes: list[Outcome] = []
@@ -98,8 +111,11 @@ def _extract(
         if _is_current(row, config):
             outcomes.append(Outcome(doc_id, "skipped", row.version, "already indexed at this version"))
             continue
-        if row.status == records.INDEXED and row.indexed_version == row.version:
+        if _rebuildable(row, lambda r: r.indexed_config != config, started_at):
             reuse[doc_id] = row.version  # only the configuration changed: its text is stored
+            continue
+        if row.status == records.INDEXED and row.indexed_version == row.version:
+            outcomes.append(Outcome(doc_id, "skipped", row.version, "indexed since this run started, with another configuration"))
             continue
         started = time.perf_counter()
         try:
@@ -154,17 +170,9 @@ def _reopen_reconfigured(
     started_at: dt.datetime | None,
 ) -> dict[str, sa.Row]:
     """A step selected on its own after a configuration change (the UI's "Materialize stale"
-    picks chunks and vectors, not the source) takes up documents indexed at their current
-    version with another configuration, as the source step would have: pending again, from
-    their stored text. Only those indexed before its run started (`started_at`): one indexed
-    since was indexed by a run at least as new, whose configuration this run must not undo.
-    Returns the rows as they are now."""
-    before = records.seconds_since(started_at) if started_at is not None else None
-    reconfigured = {
-        d: r.version for d, r in rows.items()
-        if r.status == records.INDEXED and r.indexed_version == r.version and built_otherwise(r)
-        and (before is None or records.seconds_since(r.indexed_at) > before)
-    }
+    picks chunks and vectors, not the source) takes up the documents the source step would
+    have (`_rebuildable`): pending again, from their stored text. Returns the rows as they are now."""
+    reconfigured = {d: r.version for d, r in rows.items() if _rebuildable(r, built_otherwise, started_at)}
     if not reconfigured or not records.reopen(engine, reconfigured):
         return rows
     return records.get_documents(engine, doc_ids)

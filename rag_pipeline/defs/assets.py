@@ -96,7 +96,9 @@ def source_document(
 ):
     config = pipeline.index_config(chunker.config, embedder.fingerprint)
     with waiting_on_failure(context, db.engine):
-        outcomes = pipeline.extract(db.engine, inbox.root, context.partition_keys, config, inbox.limits)
+        outcomes = pipeline.extract(
+            db.engine, inbox.root, context.partition_keys, config, inbox.limits, run_started_at(context.instance, context.run.run_id)
+        )
     results = {o.document_id: (o.status == "processed", o.reason or "parsed") for o in outcomes if o.status in ("processed", "failed")}
     yield from evaluate_per_document(context, "parsed", results, AssetCheckSeverity.WARN)
     yield MaterializeResult(metadata=_report(context, outcomes))

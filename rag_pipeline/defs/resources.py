@@ -129,8 +129,7 @@ class VectorStoreResource(ConfigurableResource):
 
     def for_embedding(self, engine: Engine, spec: EmbeddingSpec) -> VectorStore:
         """The collection vectors of `spec` are written to (registered on first use)."""
-        generations.adopt_legacy(engine, self.client, self.collection, spec)
-        return VectorStore(self.client, generations.register(engine, self.collection, spec, self._opened_at).collection)
+        return VectorStore(self.client, generations.for_writing(engine, self.client, self.collection, spec, self._opened_at).collection)
 
     def live(self, engine: Engine) -> list[VectorStore]:
         """Every collection search reads now or after a pending switch (deletions go to all)."""

@@ -183,6 +183,3 @@ def inbox_sensor_def(interval_seconds: int = 1) -> SensorDefinition:
         description="Watches the landing directory; registers new, changed and deleted uploads, "
         "requests index runs in batches and purges deleted documents.",
     )(_inbox_sensor)
-
-
-inbox_sensor = inbox_sensor_def()
