@@ -15,3 +15,8 @@ os.environ.setdefault("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", "true")
 # setting they go to storage as one multi-row insert (per 1,000) instead of N round trips.
 # Measured with benchmarks/ingest.py at 1,000 documents: cold ingest 36.8 s -> 31.5 s.
 os.environ.setdefault("DAGSTER_EVENT_BATCH_SIZE", "1000")
+
+# Every run process imports this package (through the definitions) before it executes a step.
+from rag_pipeline.defs import pool_wait  # noqa: E402
+
+pool_wait.install()

@@ -10,6 +10,10 @@ in dagster.yaml for Dagster's bookkeeping only). This class keeps a few connecti
 reconnect, not a failed run. It also remembers which of Dagster's tables exist: the event log
 asks before every asset event (profiled at a quarter of a run's event storage) and tables are
 created by migrations, never dropped under a running instance.
+
+A step blocked on a pool slot re-tries its claim every `claim_recheck_seconds` (Dagster backs
+off from 1 s towards 15 s, and the slot of our one-writer vector-store pool then sat idle for
+seconds between runs; a claim is one indexed query).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ class PooledPostgresEventLogStorage(PostgresEventLogStorage):
         token_provider: Any = None,
         pool_size: int = 2,
         max_overflow: int = 3,
+        claim_recheck_seconds: float = 0.5,
     ) -> None:
         super().__init__(postgres_url, should_autocreate_tables, inst_data, token_provider)
         self._engine.dispose()
@@ -39,6 +44,13 @@ class PooledPostgresEventLogStorage(PostgresEventLogStorage):
             max_overflow=max_overflow, pool_pre_ping=True, pool_recycle=1800,
         )
         self._tables_present: set[str] = set()
+        self._claim_recheck_seconds = claim_recheck_seconds
+
+    def claim_concurrency_slot(self, concurrency_key: str, run_id: str, step_key: str, priority: int | None = None):
+        status = super().claim_concurrency_slot(concurrency_key, run_id, step_key, priority)
+        if status.is_claimed or status.sleep_interval is not None:
+            return status
+        return status.with_sleep_interval(self._claim_recheck_seconds)
 
     def dispose(self) -> None:
         # A disposed instance leaves no session behind (NullPool never had any to leave).
@@ -58,6 +70,8 @@ class PooledPostgresEventLogStorage(PostgresEventLogStorage):
                                description="Connections kept open per process."),
             "max_overflow": Field(IntSource, is_required=False, default_value=3,
                                   description="Extra connections while several threads store events at once."),
+            "claim_recheck_seconds": Field(float, is_required=False, default_value=0.5,
+                                           description="How often a step blocked on a pool slot claims again."),
         }
 
     @classmethod
@@ -71,4 +85,5 @@ class PooledPostgresEventLogStorage(PostgresEventLogStorage):
             token_provider=get_token_provider_from_config(config_value),
             pool_size=config_value.get("pool_size", 2),
             max_overflow=config_value.get("max_overflow", 3),
+            claim_recheck_seconds=config_value.get("claim_recheck_seconds", 0.5),
         )
