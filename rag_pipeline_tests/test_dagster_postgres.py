@@ -37,6 +37,6 @@ def test_repo_dagster_yaml_runs_on_postgres(rag_env, pg_url, tmp_path, monkeypat
         keys = instance.get_materialized_partitions(__import__("dagster").AssetKey("document_embeddings"))
         assert len(keys) == 1
         assert instance.get_dynamic_partitions("documents") == list(keys)
-        # The vector-store step took a slot of its pool (limit 1 from dagster.yaml) and gave it back.
-        pool = instance.event_log_storage.get_concurrency_info("rag_vector_store")
-        assert pool.slot_count == 1 and pool.active_slot_count == 0, pool
+        # The embedding step took a slot of its pool (RAG_EMBED_CONCURRENCY) and gave it back.
+        pool = instance.event_log_storage.get_concurrency_info("rag_embedding_endpoint")
+        assert pool.slot_count == settings.embed_concurrency and pool.active_slot_count == 0, pool

@@ -171,9 +171,8 @@ def chunk_vectors(
     "switched to its new chunk set in one locked write.",
     kinds={"qdrant"},
     deps=[chunk_vectors],
-    # Writers to the vector store queue across runs (limit in dagster.yaml `concurrency.pools`):
-    # embedded Qdrant allows one writer, and a server is protected from upsert storms.
-    pool="rag_vector_store",
+    # No pool: embedded Qdrant admits one process per folder, and the step holds it only for
+    # its Qdrant work (see below); a server takes concurrent writers.
     check_specs=[
         document_check("points_match_chunks", "document_embeddings",
                        "Qdrant holds exactly the served chunks of the document, and no point of another version."),
@@ -190,18 +189,25 @@ def document_embeddings(
     embedder: EmbedderResource, chunker: ChunkerResource,
 ):
     with waiting_on_failure(context, db.engine):
-        store = vector_store.for_embedding(db.engine, embedder.spec)
         computed = pipeline.cached_vectors(
             db.engine, context.partition_keys, chunker.config, embedder.fingerprint, embedder.dimensions,
         )
-        outcomes = pipeline.write_points(db.engine, store, computed)
-    # After a change of embedding model, search moves to the new collection once the last
-    # document is re-embedded (one alias update), and the old collection is dropped.
-    promotion = generations.promote_if_complete(db.engine, vector_store.client, vector_store.collection, embedder.fingerprint)
+    # The embedded folder is held from here to release(): the next run's writer waits for it,
+    # not for this step's reporting (a thousand check evaluations took as long as the write
+    # itself at 5,000 documents, while every other run queued behind them).
+    try:
+        with waiting_on_failure(context, db.engine):
+            store = vector_store.for_embedding(db.engine, embedder.spec)
+            outcomes = pipeline.write_points(db.engine, store, computed)
+        # After a change of embedding model, search moves to the new collection once the last
+        # document is re-embedded (one alias update), and the old collection is dropped.
+        promotion = generations.promote_if_complete(db.engine, vector_store.client, vector_store.collection, embedder.fingerprint)
+        touched = [o.document_id for o in outcomes if o.status == "processed"]
+        problems = audit_documents(db.engine, store, touched).problems()
+    finally:
+        vector_store.release()
     if promotion.switched:
         context.log.info(f"search now reads {promotion.serving}; dropped {promotion.dropped or 'nothing'}")
-    touched = [o.document_id for o in outcomes if o.status == "processed"]
-    problems = audit_documents(db.engine, store, touched).problems()
     yield from evaluate_per_document(
         context, "points_match_chunks", {d: (d not in problems, problems.get(d, "points match chunk rows")) for d in touched}
     )

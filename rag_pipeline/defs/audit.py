@@ -30,8 +30,8 @@ class AuditConfig(Config):
     repair: bool = Field(default=False, description="Delete orphan points and re-request documents missing points.")
 
 
-# In the vector store's pool: with embedded Qdrant, one process holds the folder at a time.
-@op(description="Compare every served chunk row with the points of the collection being built or served.", pool="rag_vector_store")
+# With embedded Qdrant it waits for the folder like any writer (one process at a time).
+@op(description="Compare every served chunk row with the points of the collection being built or served.")
 def audit_points(
     context: OpExecutionContext, config: AuditConfig, db: DatabaseResource,
     vector_store: VectorStoreResource, embedder: EmbedderResource,

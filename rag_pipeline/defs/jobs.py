@@ -9,9 +9,9 @@ index_documents_job = define_asset_job(
     description="Extract, chunk and embed a range of documents.",
 )
 
-# The pools the job's steps claim slots from (see the assets).
+# The pool the embedding step claims slots from (see the assets).
 ENDPOINT_POOL = "rag_embedding_endpoint"
-POOLS = (ENDPOINT_POOL, "rag_vector_store")
+POOLS = (ENDPOINT_POOL,)
 
 
 def ensure_pools(instance, endpoint_slots: int | None = None) -> None:  # noqa: ANN001

@@ -136,10 +136,15 @@ class VectorStoreResource(ConfigurableResource):
         generations.adopt_legacy(engine, self.client, self.collection)
         return [VectorStore(self.client, name) for name in generations.live_collections(engine, self.collection)]
 
-    def teardown_after_execution(self, context: InitResourceContext) -> None:
+    def release(self) -> None:
+        """Close the client now (it reopens on next use): an embedded folder is then free for
+        the next run's writer while this step still reports."""
         if self._client is not None:
             self._client.close()
             self._client = None
+
+    def teardown_after_execution(self, context: InitResourceContext) -> None:
+        self.release()
 
 
 class InboxResource(ConfigurableResource):
