@@ -96,11 +96,34 @@ def modified(data: bytes) -> bytes:
 # --- measurement from outside: process-tree RSS and PostgreSQL connections -------------------
 
 
+def _role(proc, root_pid: int) -> str:  # noqa: ANN001
+    """What a process in a variant's tree is, for the RSS breakdown."""
+    if proc.pid == root_pid:
+        return "driver"
+    cmd = " ".join(proc.cmdline())
+    if "embedding_server" in cmd:
+        return "endpoint"
+    if "dagster-daemon" in cmd:
+        return "daemon"
+    if "api grpc" in cmd:
+        return "code server"
+    if "spawn_main" in cmd:
+        return "run"
+    return "other"
+
+
 class Sampler(threading.Thread):
-    def __init__(self, pid: int, pg_admin_url: str, database: str, every: float = 0.2) -> None:
+    """Peak RSS of a variant's process tree and peak connections to its database. Also the
+    peak without the benchmark's own processes (the endpoint, which stands in for OpenAI, and
+    for the pipeline the driver that writes files and polls): what the product itself holds."""
+
+    def __init__(self, pid: int, pg_admin_url: str, database: str, driver_is_harness: bool, every: float = 0.2) -> None:
         super().__init__(daemon=True)
         self.pid, self.pg, self.database, self.every = pid, pg_admin_url, database, every
+        self.harness = {"endpoint", "driver"} if driver_is_harness else {"endpoint"}
         self.peak_rss = 0
+        self.peak_product_rss = 0
+        self.peak_by_role: dict[str, int] = {}
         self.peak_connections = 0
         self._done = threading.Event()
 
@@ -112,10 +135,19 @@ class Sampler(threading.Thread):
                 try:
                     root = psutil.Process(self.pid)
                     tree = [root, *root.children(recursive=True)]
-                    rss = sum(p.memory_info().rss for p in tree if p.is_running())
-                    self.peak_rss = max(self.peak_rss, rss)
                 except psutil.Error:
-                    pass
+                    tree = []
+                total = product = 0
+                for proc in tree:
+                    try:
+                        rss, role = proc.memory_info().rss, _role(proc, self.pid)
+                    except psutil.Error:
+                        continue  # ended while sampled
+                    total += rss
+                    product += 0 if role in self.harness else rss
+                    self.peak_by_role[role] = max(self.peak_by_role.get(role, 0), rss)
+                self.peak_rss = max(self.peak_rss, total)
+                self.peak_product_rss = max(self.peak_product_rss, product)
                 n = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (self.database,)).fetchone()[0]
                 self.peak_connections = max(self.peak_connections, n)
                 self._done.wait(self.every)
@@ -469,7 +501,7 @@ def measure(variant: str, args: argparse.Namespace, root: Path) -> dict:
     cmd = [sys.executable, __file__, "--child", variant, "--workdir", str(workdir), "--db-url", db_url,
            "--docs", str(args.docs), "--sensor-files", str(args.sensor_files)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    sampler = Sampler(proc.pid, args.pg, database)
+    sampler = Sampler(proc.pid, args.pg, database, driver_is_harness=variant == "pipeline")
     sampler.start()
     try:
         out, _ = proc.communicate()
@@ -481,7 +513,11 @@ def measure(variant: str, args: argparse.Namespace, root: Path) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"{variant} failed (exit {proc.returncode}); its work folder is {workdir}")
     result = json.loads(out.strip().splitlines()[-1])
-    result.update(peak_rss_mb=sampler.peak_rss / 2**20, peak_pg_connections=sampler.peak_connections)
+    result.update(
+        peak_rss_mb=sampler.peak_rss / 2**20, peak_product_rss_mb=sampler.peak_product_rss / 2**20,
+        peak_rss_by_process_mb={role: round(rss / 2**20) for role, rss in sorted(sampler.peak_by_role.items())},
+        peak_pg_connections=sampler.peak_connections,
+    )
     return result
 
 
@@ -498,6 +534,7 @@ def table(results: dict[str, dict], n: int) -> str:
         ("embedding calls, unchanged", "unchanged_embedding_calls", "{:.0f}"),
         ("one modified doc searchable (s)", "modified_seconds", "{:.2f}"),
         ("peak RSS, process tree (MB)", "peak_rss_mb", "{:.0f}"),
+        ("  without endpoint/harness (MB)", "peak_product_rss_mb", "{:.0f}"),
         ("peak PostgreSQL connections", "peak_pg_connections", "{:.0f}"),
         ("Dagster runs", "runs", "{:.0f}"),
     ]
@@ -548,6 +585,9 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
     print(f"{args.docs} documents of 1-6 KB, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
     print(table(results, args.docs))
+    for variant, figures in results.items():
+        print(f"{variant}, peak RSS of single processes (MB): "
+              + ", ".join(f"{role} {mb}" for role, mb in figures["peak_rss_by_process_mb"].items()))
     for variant, figures in results.items():
         if figures.get("modified_timeline"):
             print(f"{variant}, one modified document, seconds after the write: "
