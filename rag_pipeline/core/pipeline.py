@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from rag_pipeline.core import embedding_cache, generations, records
-from rag_pipeline.core.chunking import ChunkerConfig, chunk_document
+from rag_pipeline.core.chunking import ChunkerConfig, chunk_frame, chunk_rows
 from rag_pipeline.core.embedding import Embedder, EmbeddingError
 from rag_pipeline.core.identity import text_hash
 from rag_pipeline.core.inbox import open_inside
@@ -213,7 +213,7 @@ def _chunk_group(
     engine: Engine, group: Sequence[tuple[str, str]], chunker: ChunkerConfig, max_chunks: int
 ) -> list[Outcome]:
     loaded = records.load_sections(engine, group)
-    outcomes, frames, metrics = [], [], {}
+    outcomes, rows, metrics = [], [], {}
     for doc_id, version in group:
         if doc_id not in loaded:
             outcomes.append(Outcome(doc_id, "skipped", version, "no extracted text for this version yet"))
@@ -221,24 +221,24 @@ def _chunk_group(
         started = time.perf_counter()
         sections, parser = loaded[doc_id]
         parsed = ParsedDocument([Section(s["text"], s.get("page"), s.get("heading")) for s in sections], parser)
-        frame = chunk_document(doc_id, version, parsed, chunker)
-        if frame.empty:
+        doc_rows = chunk_rows(doc_id, version, parsed, chunker)
+        if not doc_rows:
             outcomes.append(_failed(engine, doc_id, version, "no extractable text"))
             continue
-        if len(frame) > max_chunks:
-            reason = f"document makes {len(frame)} chunks, over the limit of {max_chunks} (RAG_MAX_CHUNKS)"
+        if len(doc_rows) > max_chunks:
+            reason = f"document makes {len(doc_rows)} chunks, over the limit of {max_chunks} (RAG_MAX_CHUNKS)"
             outcomes.append(_failed(engine, doc_id, version, reason))
             continue
-        frames.append(frame)
-        tokens = frame["token_count"]
+        rows += doc_rows
+        tokens = [r["token_count"] for r in doc_rows]
         metrics[doc_id] = {
-            "chunks": int(len(frame)), "tokens": int(tokens.sum()), "max_chunk_tokens": int(tokens.max()),
-            "seconds": round(time.perf_counter() - started, 4), "preview": _preview(frame),
+            "chunks": len(doc_rows), "tokens": sum(tokens), "max_chunk_tokens": max(tokens),
+            "seconds": round(time.perf_counter() - started, 4), "preview": _preview(doc_rows),
         }
-    if frames:
+    if rows:
         versions = dict(group)
         written = records.replace_chunk_sets(
-            engine, {d: versions[d] for d in metrics}, pd.concat(frames, ignore_index=True), chunker.fingerprint
+            engine, {d: versions[d] for d in metrics}, chunk_frame(rows), chunker.fingerprint
         )
         for doc_id, m in metrics.items():
             ok = doc_id in written
@@ -246,13 +246,13 @@ def _chunk_group(
     return outcomes
 
 
-def _preview(frame: pd.DataFrame, rows: int = 3) -> str:
+def _preview(chunks: Sequence[dict], rows: int = 3) -> str:
     """The first chunks as a markdown table, for the materialization in the UI."""
     lines = ["| chunk | tokens | heading | page | text |", "|---:|---:|---|---:|---|"]
-    for c in frame.head(rows).itertuples():
-        text = c.text[:160].replace("\n", " ").replace("|", "\\|")
-        page = "" if pd.isna(c.page) else int(c.page)
-        lines.append(f"| {c.chunk_index} | {c.token_count} | {c.heading or ''} | {page} | {text} |")
+    for c in chunks[:rows]:
+        text = c["text"][:160].replace("\n", " ").replace("|", "\\|")
+        page = "" if c["page"] is None else int(c["page"])
+        lines.append(f"| {c['chunk_index']} | {c['token_count']} | {c['heading'] or ''} | {page} | {text} |")
     return "\n".join(lines)
 
 
