@@ -40,3 +40,29 @@ def test_repo_dagster_yaml_runs_on_postgres(rag_env, pg_url, tmp_path, monkeypat
         # The embedding step took a slot of its pool (RAG_EMBED_CONCURRENCY) and gave it back.
         pool = instance.event_log_storage.get_concurrency_info("rag_embedding_endpoint")
         assert pool.slot_count == settings.embed_concurrency and pool.active_slot_count == 0, pool
+
+
+def test_stale_statistics_of_per_document_tables_are_refreshed(tmp_path, pg_url, monkeypatch):
+    """A big drop grows Dagster's per-document tables faster than autovacuum analyzes them; on
+    stale statistics each check evaluation's UPDATE walked every earlier evaluation. A process
+    opening the storage analyzes the tables that fell behind, and only those."""
+    import time
+
+    from rag_pipeline.defs.storage import refresh_stale_statistics
+
+    for key, value in production_home(tmp_path / "prod_home", pg_url).items():
+        monkeypatch.setenv(key, value)
+    with DagsterInstance.get() as instance:
+        engine = instance.event_log_storage._engine
+        refresh_stale_statistics(engine)
+        instance.add_dynamic_partitions("documents", [f"doc-{i:05d}" for i in range(3000)])
+        deadline = time.monotonic() + 10
+        analyzed: list[str] = []
+        while time.monotonic() < deadline and not analyzed:  # table statistics are reported asynchronously
+            analyzed = refresh_stale_statistics(engine)
+            time.sleep(0.2)
+        assert analyzed == ["dynamic_partitions"]
+        assert refresh_stale_statistics(engine) == []
+        with engine.connect() as conn:
+            # A failed ANALYZE or not, the pooled connection keeps the server's lock timeout.
+            assert conn.exec_driver_sql("SHOW lock_timeout").scalar() == "0"
