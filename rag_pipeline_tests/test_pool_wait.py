@@ -59,3 +59,32 @@ def test_waiting_for_a_pool_slot_sleeps_and_takes_the_slot_when_freed(tmp_path, 
     assert cpu_waiting < 1.5, f"{cpu_waiting:.2f} s of CPU while waiting for a slot"
     # Re-tried every claim_recheck_seconds (0.5), not on Dagster's back-off towards 15 s.
     assert outcome["finished"] - freed < 3
+
+
+def test_a_second_writer_waits_for_the_embedded_folder_and_gets_it_when_released(tmp_path):
+    """Embedded Qdrant admits one process per folder; the writing steps take turns on it (each
+    releases it as soon as its Qdrant work is done), sleeping while they wait."""
+    from qdrant_client import QdrantClient
+
+    from rag_pipeline.core.vectorstore import open_client
+
+    holder = QdrantClient(path=str(tmp_path / "qdrant"))
+    got: dict = {}
+
+    def second_writer() -> None:
+        got["client"] = open_client(None, tmp_path / "qdrant")
+        got["at"] = time.monotonic()
+
+    waiter = threading.Thread(target=second_writer)
+    cpu_before = time.process_time()
+    waiter.start()
+    time.sleep(2)
+    cpu_waiting = time.process_time() - cpu_before
+    assert waiter.is_alive() and "client" not in got
+    released = time.monotonic()
+    holder.close()
+    waiter.join(10)
+    assert got["client"].get_collections() is not None
+    assert got["at"] - released < 1
+    assert cpu_waiting < 0.5, f"{cpu_waiting:.2f} s of CPU while waiting for the folder"
+    got["client"].close()
