@@ -29,6 +29,30 @@ def one_pooled_step():
     write_once()
 
 
+def wait_then_release(work, seconds: float, release) -> dict:  # noqa: ANN001
+    """Run `work()` in a thread that must block; after `seconds`, call `release()`. Returns the
+    process's CPU seconds while it blocked, how long after the release `work` returned, and
+    its result."""
+    out: dict = {}
+
+    def run() -> None:
+        out["result"] = work()
+        out["returned"] = time.monotonic()
+
+    thread = threading.Thread(target=run)
+    cpu_before = time.process_time()
+    thread.start()
+    time.sleep(seconds)
+    out["cpu_waiting"] = time.process_time() - cpu_before
+    assert thread.is_alive() and "result" not in out, "did not wait although the resource was taken"
+    released = time.monotonic()
+    release()
+    thread.join(30)
+    assert not thread.is_alive()
+    out["after_release"] = out["returned"] - released
+    return out
+
+
 def test_waiting_for_a_pool_slot_sleeps_and_takes_the_slot_when_freed(tmp_path, pg_url, monkeypatch):
     for key, value in production_home(tmp_path / "home", pg_url).items():
         monkeypatch.setenv(key, value)
@@ -36,29 +60,21 @@ def test_waiting_for_a_pool_slot_sleeps_and_takes_the_slot_when_freed(tmp_path, 
         storage = instance.event_log_storage
         storage.set_concurrency_slots(POOL, 1)
         assert storage.claim_concurrency_slot(POOL, "other-run", "other-step").is_claimed
-        outcome: dict = {}
+        # A blocked claim is re-tried every claim_recheck_seconds, not on Dagster's back-off
+        # from 1 s towards 15 s (which a 4 s wait would not tell apart).
+        blocked = storage.claim_concurrency_slot(POOL, "probe-run", "probe-step")
+        assert not blocked.is_claimed and blocked.sleep_interval == 0.5
+        storage.free_concurrency_slot_for_step("probe-run", "probe-step")
+        waited = wait_then_release(
+            lambda: one_pooled_step.execute_in_process(instance=instance), 4,
+            lambda: storage.free_concurrency_slot_for_step("other-run", "other-step"),
+        )
 
-        def execute() -> None:
-            outcome["result"] = one_pooled_step.execute_in_process(instance=instance)
-            outcome["finished"] = time.monotonic()
-
-        runner = threading.Thread(target=execute)
-        cpu_before = time.process_time()
-        runner.start()
-        time.sleep(4)
-        cpu_waiting = time.process_time() - cpu_before
-        assert runner.is_alive(), "the step ran although the pool's only slot was taken"
-        freed = time.monotonic()
-        storage.free_concurrency_slot_for_step("other-run", "other-step")
-        runner.join(30)
-        assert not runner.is_alive()
-
-    assert outcome["result"].success
+    assert waited["result"].success
     # Spinning costs ~4 s of CPU in these 4 s; sleeping between claims, a small fraction
     # (starting the run included).
-    assert cpu_waiting < 1.5, f"{cpu_waiting:.2f} s of CPU while waiting for a slot"
-    # Re-tried every claim_recheck_seconds (0.5), not on Dagster's back-off towards 15 s.
-    assert outcome["finished"] - freed < 3
+    assert waited["cpu_waiting"] < 1.5, f"{waited['cpu_waiting']:.2f} s of CPU while waiting for a slot"
+    assert waited["after_release"] < 3
 
 
 def test_a_second_writer_waits_for_the_embedded_folder_and_gets_it_when_released(tmp_path):
@@ -69,22 +85,9 @@ def test_a_second_writer_waits_for_the_embedded_folder_and_gets_it_when_released
     from rag_pipeline.core.vectorstore import open_client
 
     holder = QdrantClient(path=str(tmp_path / "qdrant"))
-    got: dict = {}
-
-    def second_writer() -> None:
-        got["client"] = open_client(None, tmp_path / "qdrant")
-        got["at"] = time.monotonic()
-
-    waiter = threading.Thread(target=second_writer)
-    cpu_before = time.process_time()
-    waiter.start()
-    time.sleep(2)
-    cpu_waiting = time.process_time() - cpu_before
-    assert waiter.is_alive() and "client" not in got
-    released = time.monotonic()
-    holder.close()
-    waiter.join(10)
-    assert got["client"].get_collections() is not None
-    assert got["at"] - released < 1
-    assert cpu_waiting < 0.5, f"{cpu_waiting:.2f} s of CPU while waiting for the folder"
-    got["client"].close()
+    waited = wait_then_release(lambda: open_client(None, tmp_path / "qdrant"), 2, holder.close)
+    client = waited["result"]
+    assert client.get_collections() is not None
+    assert waited["after_release"] < 1
+    assert waited["cpu_waiting"] < 0.5, f"{waited['cpu_waiting']:.2f} s of CPU while waiting for the folder"
+    client.close()

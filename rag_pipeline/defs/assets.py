@@ -63,6 +63,11 @@ def waiting_on_failure(context: AssetExecutionContext, engine) -> Iterator[None]
         raise
 
 
+def _run_started(context: AssetExecutionContext):  # noqa: ANN202
+    """The guard against undoing a newer configuration's work is the run's start, not the step's."""
+    return run_started_at(context.instance, context.run.run_id)
+
+
 def _report(context: AssetExecutionContext, outcomes: Sequence[Outcome]) -> dict:
     with partition_keys_read_once(context.instance):
         return _report_each(context, outcomes)
@@ -97,7 +102,7 @@ def source_document(
     config = pipeline.index_config(chunker.config, embedder.fingerprint)
     with waiting_on_failure(context, db.engine):
         outcomes = pipeline.extract(
-            db.engine, inbox.root, context.partition_keys, config, inbox.limits, run_started_at(context.instance, context.run.run_id)
+            db.engine, inbox.root, context.partition_keys, config, inbox.limits, _run_started(context)
         )
     results = {o.document_id: (o.status == "processed", o.reason or "parsed") for o in outcomes if o.status in ("processed", "failed")}
     yield from evaluate_per_document(context, "parsed", results, AssetCheckSeverity.WARN)
@@ -122,7 +127,7 @@ def document_chunks(
 ) -> MaterializeResult:
     with waiting_on_failure(context, db.engine):
         outcomes = pipeline.chunk(
-            db.engine, context.partition_keys, chunker.config, inbox.max_chunks, run_started_at(context.instance, context.run.run_id)
+            db.engine, context.partition_keys, chunker.config, inbox.max_chunks, _run_started(context)
         )
     limit = chunker.config.max_tokens
     over = {o.document_id: o.metrics["max_chunk_tokens"] for o in outcomes if o.metrics.get("max_chunk_tokens", 0) > limit}
@@ -154,7 +159,7 @@ def chunk_vectors(
         model = embedder.get()
         _, outcomes = pipeline.compute_vectors(
             db.engine, model, context.partition_keys, chunker.config, embedder.fingerprint, embedder.batch_size,
-            run_started_at(context.instance, context.run.run_id),
+            _run_started(context),
         )
     run = next((o.metrics for o in outcomes if "embedding_calls_in_run" in o.metrics), {})
     return MaterializeResult(
