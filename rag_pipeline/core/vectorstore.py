@@ -16,9 +16,13 @@ from typing import Any, Iterator, Sequence
 from qdrant_client import QdrantClient
 from qdrant_client.http import models as qm
 
+from rag_pipeline.core import qdrant_local
+
 PAYLOAD_INDEXES = ("knowledge_base", "document_id", "version", "chunker")
 # Above this many document ids, a scroll of embedded Qdrant reads every point (see points_of).
 LOCAL_FILTER_MAX_VALUES = 16
+
+qdrant_local.install()
 
 
 class VectorStoreError(Exception):

@@ -86,7 +86,7 @@ class Topology:
         self.start_code_server()
 
     def start_daemon(self) -> None:
-        self.spawn("daemon", [str(self.bin / "dagster-daemon"), "run", "-w", str(self.workspace)])
+        self.spawn("daemon", [str(self.bin / "rag-dagster-daemon"), "run", "-w", str(self.workspace)])
 
     def start_webserver(self) -> int:
         self.webserver_port = free_port()
