@@ -115,7 +115,9 @@ def _role(proc, root_pid: int) -> str:  # noqa: ANN001
 class Sampler(threading.Thread):
     """Peak RSS of a variant's process tree and peak connections to its database. Also the
     peak without the benchmark's own processes (the endpoint, which stands in for OpenAI, and
-    for the pipeline the driver that writes files and polls): what the product itself holds."""
+    for the pipeline the driver that writes files and polls): what the product itself holds.
+    And CPU seconds by process role, PostgreSQL's included: on a busy 2-core machine wall times
+    vary by 20% from one run to the next, CPU seconds by a few percent."""
 
     def __init__(self, pid: int, pg_admin_url: str, database: str, driver_is_harness: bool, every: float = 0.2) -> None:
         super().__init__(daemon=True)
@@ -125,12 +127,27 @@ class Sampler(threading.Thread):
         self.peak_product_rss = 0
         self.peak_by_role: dict[str, int] = {}
         self.peak_connections = 0
+        self.cpu_by_pid: dict[int, tuple[str, float]] = {}
+        self.postgres_cpu = 0.0
         self._done = threading.Event()
+
+    @staticmethod
+    def _postmaster_cpu(conn) -> tuple:  # noqa: ANN001
+        """PostgreSQL's backends are the postmaster's children: their CPU, once they exit."""
+        import psutil
+
+        pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        try:
+            times = psutil.Process(psutil.Process(pid).ppid()).cpu_times()
+        except psutil.Error:  # another user's server on another machine: not measured
+            return None
+        return times.children_user + times.children_system
 
     def run(self) -> None:
         import psutil
 
         with psycopg.connect(self.pg, autocommit=True) as conn:
+            pg_start = self._postmaster_cpu(conn)
             while not self._done.is_set():
                 try:
                     root = psutil.Process(self.pid)
@@ -140,9 +157,10 @@ class Sampler(threading.Thread):
                 total = product = 0
                 for proc in tree:
                     try:
-                        rss, role = proc.memory_info().rss, _role(proc, self.pid)
+                        rss, role, cpu = proc.memory_info().rss, _role(proc, self.pid), proc.cpu_times()
                     except psutil.Error:
                         continue  # ended while sampled
+                    self.cpu_by_pid[proc.pid] = (role, cpu.user + cpu.system)
                     total += rss
                     product += 0 if role in self.harness else rss
                     self.peak_by_role[role] = max(self.peak_by_role.get(role, 0), rss)
@@ -151,6 +169,18 @@ class Sampler(threading.Thread):
                 n = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (self.database,)).fetchone()[0]
                 self.peak_connections = max(self.peak_connections, n)
                 self._done.wait(self.every)
+            time.sleep(1)  # the variant's connections have closed: their backends are reaped
+            pg_end = self._postmaster_cpu(conn)
+            if pg_start is not None and pg_end is not None:
+                self.postgres_cpu = pg_end - pg_start
+
+    def cpu_by_role(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for role, seconds in self.cpu_by_pid.values():
+            out[role] = out.get(role, 0.0) + seconds
+        if self.postgres_cpu:
+            out["postgres"] = self.postgres_cpu
+        return {role: round(seconds, 1) for role, seconds in sorted(out.items())}
 
     def stop(self) -> None:
         self._done.set()
@@ -516,7 +546,7 @@ def measure(variant: str, args: argparse.Namespace, root: Path) -> dict:
     result.update(
         peak_rss_mb=sampler.peak_rss / 2**20, peak_product_rss_mb=sampler.peak_product_rss / 2**20,
         peak_rss_by_process_mb={role: round(rss / 2**20) for role, rss in sorted(sampler.peak_by_role.items())},
-        peak_pg_connections=sampler.peak_connections,
+        peak_pg_connections=sampler.peak_connections, cpu_seconds_by_process=sampler.cpu_by_role(),
     )
     return result
 
@@ -588,6 +618,10 @@ def main() -> None:
     for variant, figures in results.items():
         print(f"{variant}, peak RSS of single processes (MB): "
               + ", ".join(f"{role} {mb}" for role, mb in figures["peak_rss_by_process_mb"].items()))
+    for variant, figures in results.items():
+        cpu = figures["cpu_seconds_by_process"]
+        print(f"{variant}, CPU seconds over all its phases: {sum(cpu.values()):.1f} ("
+              + ", ".join(f"{role} {seconds:.1f}" for role, seconds in cpu.items()) + ")")
     for variant, figures in results.items():
         if figures.get("modified_timeline"):
             print(f"{variant}, one modified document, seconds after the write: "
