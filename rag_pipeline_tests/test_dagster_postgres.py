@@ -66,3 +66,92 @@ def test_stale_statistics_of_per_document_tables_are_refreshed(tmp_path, pg_url,
         with engine.connect() as conn:
             # A failed ANALYZE or not, the pooled connection keeps the server's lock timeout.
             assert conn.exec_driver_sql("SHOW lock_timeout").scalar() == "0"
+
+
+def test_a_runs_check_evaluations_are_written_together_in_order(rag_env, pg_url, tmp_path, monkeypatch):
+    """Each of a run's per-document evaluations lands on its own execution row, pointing at its
+    own event, after its step's start and before the step's materializations; all of a step's
+    evaluations in one transaction instead of one each."""
+    import sqlalchemy as sa
+
+    for key, value in production_home(tmp_path / "prod_home", pg_url).items():
+        monkeypatch.setenv(key, value)
+    settings = Settings.from_env()
+    docs = {f"note{i:02d}.txt": f"Keeper {i} logged the storm of night {i}.".encode() for i in range(12)}
+    write_files(settings.inbox_dir, "ops", docs)
+    defs = build_definitions(settings)
+    with DagsterInstance.get() as instance:
+        _, runs = tick_and_run(defs, instance)
+        [run_id] = [r.run_id for r in runs]
+        keys = set(instance.get_dynamic_partitions("documents"))
+        engine = instance.event_log_storage._engine
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text(
+                "SELECT x.check_name, x.partition, x.execution_status, e.dagster_event_type, e.step_key, "
+                "e.id, e.event FROM asset_check_executions x JOIN event_logs e ON e.id = x.evaluation_event_storage_id "
+                "WHERE x.run_id = :run"), {"run": run_id}).all()
+            steps = {
+                step: (start, first_materialization, success)
+                for step, start, first_materialization, success in conn.execute(sa.text(
+                    "SELECT step_key, min(id) FILTER (WHERE dagster_event_type = 'STEP_START'), "
+                    "min(id) FILTER (WHERE dagster_event_type = 'ASSET_MATERIALIZATION'), "
+                    "min(id) FILTER (WHERE dagster_event_type = 'STEP_SUCCESS') "
+                    "FROM event_logs WHERE run_id = :run GROUP BY step_key"), {"run": run_id})
+            }
+            transactions = dict(conn.execute(sa.text(
+                "SELECT step_key, count(DISTINCT xmin::text) FROM event_logs "
+                "WHERE run_id = :run AND dagster_event_type = 'ASSET_CHECK_EVALUATION' GROUP BY step_key"), {"run": run_id}).all())
+    by_check: dict[str, set[str]] = {}
+    for check, partition, status, event_type, step, event_id, body in rows:
+        assert status == "SUCCEEDED" and event_type == "ASSET_CHECK_EVALUATION", (check, partition, status)
+        assert f'"{check}"' in body
+        start, first_materialization, success = steps[step]
+        if partition is not None:  # per document, yielded before the step's materializations
+            assert f'"{partition}"' in body  # the row points at its own event
+            assert start < event_id < first_materialization < success, (check, step, event_id, steps)
+        by_check.setdefault(check, set()).add(partition)
+    assert by_check == {
+        "parsed": keys, "points_match_chunks": keys, "indexed_in_time": keys, "chunks_within_token_limit": {None},
+    }
+    # One transaction per check and step (Dagster's own writes: one per evaluation, 12 and 24).
+    assert transactions == {"source_document": 1, "document_chunks": 1, "document_embeddings": 2}
+
+
+def test_planned_check_rows_hold_their_own_partition(tmp_path, pg_url, monkeypatch):
+    """Dagster's planned row for each (check, partition) of a run carried the whole run's
+    partition list: 1,000 copies of a 40 KB event per check for a run of 1,000 documents."""
+    import time
+
+    import sqlalchemy as sa
+    from dagster import AssetCheckKey, AssetKey, DagsterEvent, DagsterEventType
+    from dagster._core.definitions.asset_checks.asset_check_evaluation import AssetCheckEvaluationPlanned
+    from dagster._core.definitions.partitions.subset import DefaultPartitionsSubset
+    from dagster._core.events.log import EventLogEntry
+    from dagster._serdes import deserialize_value
+
+    for key, value in production_home(tmp_path / "prod_home", pg_url).items():
+        monkeypatch.setenv(key, value)
+    keys = [f"doc-{i:04d}-" + "x" * 40 for i in range(300)]
+    planned = AssetCheckEvaluationPlanned(
+        asset_key=AssetKey("document_embeddings"), check_name="points_match_chunks",
+        partitions_subset=DefaultPartitionsSubset(set(keys)),
+    )
+    event = EventLogEntry(
+        error_info=None, level=10, user_message="", run_id="run-1", timestamp=time.time(),
+        dagster_event=DagsterEvent(DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED.value, "index_documents",
+                                   event_specific_data=planned),
+    )
+    with DagsterInstance.get() as instance:
+        storage = instance.event_log_storage
+        storage.store_event_batch([event])
+        with storage._engine.connect() as conn:
+            rows = conn.execute(sa.text(
+                "SELECT partition, execution_status, evaluation_event FROM asset_check_executions")).all()
+        history = storage.get_asset_check_execution_history(AssetCheckKey(AssetKey("document_embeddings"), "points_match_chunks"), limit=1000)
+    assert sorted(r.partition for r in rows) == keys and {r.execution_status for r in rows} == {"PLANNED"}
+    for partition, _, body in rows:
+        stored = deserialize_value(body, EventLogEntry).dagster_event.event_specific_data
+        assert set(stored.partitions_subset.get_partition_keys()) == {partition}
+    # Dagster's rows would hold 300 x 300 keys; these hold one each.
+    assert sum(len(body) for *_, body in rows) < 300 * 2000
+    assert len(history) == 300
