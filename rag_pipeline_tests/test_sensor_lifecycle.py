@@ -223,3 +223,47 @@ def test_a_ui_backfill_redrives_parked_documents(rag_env):
         tags = {"dagster/asset_partition_range_start": doc, "dagster/asset_partition_range_end": doc}
         assert defs.resolve_job_def("index_documents").execute_in_process(instance=instance, tags=tags).success
     assert records.get_documents(engine, [doc])[doc].status == records.INDEXED
+
+
+def test_a_document_a_run_still_holds_is_not_parked_and_runs_are_only_asked_when_needed(rag_env):
+    settings = Settings.from_env()
+    write_files(settings.inbox_dir, "kb", {"a.txt": FILES["a.txt"]})
+    doc = document_id("kb", "a.txt")
+    engine = get_engine(settings.database_url)
+    defs = build_definitions(settings)
+    asked: list[str] = []
+
+    def busy(held: frozenset[str]):  # noqa: ANN202
+        def ask() -> frozenset[str]:
+            asked.append("runs")
+            return held
+        return ask
+
+    with DagsterInstance.get() as instance:
+        _tick(defs, instance)  # registered and requested once
+    assert records.park_exhausted(engine, 5, busy=busy(frozenset())) == [] and asked == []  # none due: not asked
+    assert records.park_exhausted(engine, 1, busy=busy(frozenset({doc}))) == []  # its run is still going
+    assert records.get_documents(engine, [doc])[doc].status == records.PENDING and asked == ["runs"]
+    assert [r.id for r in records.park_exhausted(engine, 1, busy=busy(frozenset()))] == [doc]
+
+
+def test_the_sensor_rests_four_times_its_last_tick_before_walking_the_inbox_again(rag_env):
+    """rag-dagster-daemon offers a tick every second; over 100,000 files a tick takes about one."""
+    import json
+    import time
+
+    settings = Settings.from_env()
+    defs = build_definitions(settings)
+    with DagsterInstance.get() as instance:
+        first, _ = tick_and_run(defs, instance)
+        walked = json.loads(first.cursor)
+        assert walked["ticked_at"] <= time.time() and walked["tick_seconds"] >= 0
+        write_files(settings.inbox_dir, "kb", {"a.txt": FILES["a.txt"]})
+        time.sleep(settings.settle_seconds + 0.1)
+        slow = json.dumps({**walked, "ticked_at": time.time(), "tick_seconds": 2.0})
+        rested, runs = tick_and_run(defs, instance, cursor=slow)
+        assert "resting" in rested.skip_reason.skip_message and not runs and rested.cursor == slow
+        assert records.list_documents(get_engine(settings.database_url)) == []  # not even looked at
+        due = json.dumps({**walked, "ticked_at": time.time() - 10.5, "tick_seconds": 2.0})
+        result, runs = tick_and_run(defs, instance, cursor=due)
+        assert len(runs) == 1 and json.loads(result.cursor)["ticked_at"] > walked["ticked_at"]

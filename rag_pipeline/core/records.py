@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Container, Iterable, Mapping, Sequence
 
 import pandas as pd
 import sqlalchemy as sa
@@ -429,22 +429,26 @@ def note_wait(engine: Engine, doc_ids: Sequence[str], reason: str, refund: bool)
 
 
 def park_exhausted(
-    engine: Engine, max_attempts: int, requested_before: dt.datetime | None = None, busy: Iterable[str] = ()
+    engine: Engine, max_attempts: int, requested_before: dt.datetime | None = None,
+    busy: Callable[[], Container[str]] = frozenset,
 ) -> list[sa.Row]:
     """Pending documents already handed to `max_attempts` runs that never finished them become
     failed (the dead letter), keeping the last error. Only once they are due for another hand-off
-    (last requested before `requested_before`): the last run may still be working on them.
+    (last requested before `requested_before`) and not held by a run in progress (`busy()`,
+    asked only when some are due: the sensor computes it from every partition key).
     Returns them."""
     cond = (documents.c.status == PENDING) & (documents.c.attempts >= max_attempts)
     if requested_before is not None:
         cond &= documents.c.requested_at.is_(None) | (documents.c.requested_at < requested_before)
-    busy = list(busy)
-    if busy:
-        cond &= documents.c.id.not_in(busy)
     with engine.begin() as conn:
+        due = conn.execute(sa.select(documents.c.id).where(cond).with_for_update()).scalars().all()
+        held = busy() if due else frozenset()
+        ids = [d for d in due if d not in held]
+        if not ids:
+            return []
         rows = conn.execute(
             documents.update()
-            .where(cond)
+            .where(documents.c.id.in_(ids) & cond)
             .values(
                 status=FAILED, updated_at=now(),
                 error=sa.literal(f"gave up after {max_attempts} runs")

@@ -5,6 +5,7 @@ import datetime as dt
 import functools
 import hashlib
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -35,6 +36,12 @@ from rag_pipeline.defs.resources import DatabaseResource, EmbedderResource, Inbo
 REREQUEST_AFTER = dt.timedelta(minutes=10)
 DOCUMENTS_TAG = "rag/documents"
 MAX_REMEMBERED_PROBLEMS = 1000
+# A tick walks the whole inbox. rag-dagster-daemon offers the sensor a tick every second; over
+# 100,000 files a tick takes about a second, so after a tick slower than RESTLESS_TICK the
+# sensor lets four times its duration pass before the next: a fifth of one core at most. Over a
+# few thousand files (0.05 s) it still ticks every second.
+TICK_SHARE = 0.2
+RESTLESS_TICK = 0.25
 
 
 def problem_digests(problems: Sequence[str]) -> list[str]:
@@ -106,8 +113,10 @@ def evaluate_inbox(
     # read was a third of the tick.
     existing = functools.cache(lambda: instance.get_dynamic_partitions(documents_partitions.name))
     # Documents a queued or running run holds: never handed out again, parked or retired
-    # under it (a run whose range names a deleted partition would fail as a whole).
-    busy = documents_in_active_runs(instance, existing)
+    # under it (a run whose range names a deleted partition would fail as a whole). Worked
+    # out only when some document is due for one of those: during a drop, while runs are
+    # busy with everything registered, the sensor ticks every second.
+    busy = functools.cache(lambda: documents_in_active_runs(instance, existing))
     # The reconciler's job, done as checks: documents given up on after max_attempts runs
     # become failed (the dead letter); late ones are reported once.
     check_events = [
@@ -120,7 +129,8 @@ def evaluate_inbox(
     # Files refused unread get a partition too, failed `parsed` with the reason: the UI lists
     # every upload, and says why this one was not indexed.
     check_events += [refusal_evaluation(doc_id, reason) for doc_id, reason in found.refused.items()]
-    wanted = [d for d in detection.pending_documents(engine, before) if d not in busy]
+    pending = detection.pending_documents(engine, before)
+    wanted = [d for d in pending if d not in busy()] if pending else []
     to_add, requests = plan_runs(existing(), wanted, inbox.docs_per_run) if wanted else ([], [])
     if found.refused:
         known = {*existing(), *to_add}
@@ -129,7 +139,7 @@ def evaluate_inbox(
     # Deleted documents leave the UI at once; their points and rows go in a purge run.
     gone = set(records.documents_in(engine, *records.GONE))
     if gone:
-        plan.delete_partitions = [key for key in existing() if key in gone and key not in busy]
+        plan.delete_partitions = [key for key in existing() if key in gone and key not in busy()]
     to_purge = detection.pending_documents(engine, before, records.DELETING)
     if to_purge:
         plan.run_requests.append(RunRequest(job_name=purge_deleted_job.name, tags={DOCUMENTS_TAG: str(len(to_purge))}))
@@ -143,6 +153,11 @@ def _inbox_sensor(
     context: SensorEvaluationContext, db: DatabaseResource, inbox: InboxResource, embedder: EmbedderResource
 ):
     previous = json.loads(context.cursor) if context.cursor else {}
+    started = time.time()
+    last = previous.get("tick_seconds", 0.0)
+    rest = last / TICK_SHARE - (started - previous.get("ticked_at", 0.0))
+    if last > RESTLESS_TICK and rest > 0:
+        return SensorResult(skip_reason=f"resting {rest:.1f} s after a {previous['tick_seconds']:.1f} s tick", cursor=context.cursor)
     plan = evaluate_inbox(
         context.instance, db.engine, inbox, REREQUEST_AFTER, previous.get("listing"), embedder.concurrency
     )
@@ -156,7 +171,10 @@ def _inbox_sensor(
         if digest not in seen:
             context.log.warning(problem)
     # Saved only once this tick's registrations are committed, so a crashed tick re-detects.
-    cursor = json.dumps({"listing": found.listing_digest, "problems": reported[:MAX_REMEMBERED_PROBLEMS]})
+    cursor = json.dumps({
+        "listing": found.listing_digest, "problems": reported[:MAX_REMEMBERED_PROBLEMS],
+        "ticked_at": started, "tick_seconds": round(time.time() - started, 3),
+    })
     partition_requests = []
     if plan.add_partitions:
         partition_requests.append(AddDynamicPartitionsRequest(documents_partitions.name, plan.add_partitions))
