@@ -160,6 +160,8 @@ class Sampler(threading.Thread):
                         rss, role, cpu = proc.memory_info().rss, _role(proc, self.pid), proc.cpu_times()
                     except psutil.Error:
                         continue  # ended while sampled
+                    # A process ending is a zombie without a command line: keep its first role.
+                    role = self.cpu_by_pid.get(proc.pid, (role,))[0]
                     self.cpu_by_pid[proc.pid] = (role, cpu.user + cpu.system)
                     total += rss
                     product += 0 if role in self.harness else rss
