@@ -8,14 +8,16 @@ that run). Anything else is an orphan; a served chunk without its point is missi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from rag_pipeline.core import records
 from rag_pipeline.core.db import documents
-from rag_pipeline.core.vectorstore import VectorStore
+
+if TYPE_CHECKING:  # imported where used (see records.py)
+    from rag_pipeline.core.vectorstore import VectorStore
 
 
 @dataclass

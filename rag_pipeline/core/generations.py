@@ -19,15 +19,17 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 import sqlalchemy as sa
-from qdrant_client import QdrantClient
-from qdrant_client.http import models as qm
 from sqlalchemy.engine import Engine
 
 from rag_pipeline.core import records
 from rag_pipeline.core.db import documents, index_generations
+
+if TYPE_CHECKING:  # imported where used (see records.py)
+    from qdrant_client import QdrantClient
 
 BUILDING, SERVING, RETIRED = "building", "serving", "retired"
 
@@ -272,6 +274,8 @@ def _switch(
     conn: sa.Connection, client: QdrantClient, alias: str, target: Generation, aliased: str | None,
     current: str | None, rows: dict[str, Generation],
 ) -> None:
+    from qdrant_client.http import models as qm
+
     # One call, so readers see the old collection or the new one, never neither. Except once
     # after an upgrade: the pre-generation collection holds the alias's name and must go first.
     operations: list = []

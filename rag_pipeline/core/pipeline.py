@@ -271,7 +271,7 @@ class Computed:
     """Vectors for a run's pending chunk sets, in hand but not yet written to the index."""
     ready: dict  # document id -> its row as read before embedding (revision = the CAS token)
     frame: pd.DataFrame  # chunk rows (+ text_sha256) of the documents to write
-    vectors: dict[str, list[float]]  # text sha256 -> vector
+    vectors: dict[str, Sequence[float]]  # text sha256 -> vector (float32 arrays from the cache)
     chunker: str
     config: str
     dimensions: int | None  # None: as wide as the vectors (an endpoint whose width was not configured)
@@ -380,7 +380,7 @@ def write_points(engine: Engine, store: VectorStore, computed: Computed) -> list
 
 
 def _write_and_switch(
-    engine: Engine, store: VectorStore, ready: dict, frame: pd.DataFrame, vectors: dict[str, list[float]],
+    engine: Engine, store: VectorStore, ready: dict, frame: pd.DataFrame, vectors: dict[str, Sequence[float]],
     chunker: str, config: str,
 ) -> set[str]:
     """Write the points of the documents still at the revision we read and switch them, under
@@ -429,8 +429,8 @@ def _write_and_switch(
 
 @dataclass
 class _Vectors:
-    cached: dict[str, list[float]]
-    fresh: dict[str, list[float]] = field(default_factory=dict)
+    cached: dict[str, Sequence[float]]
+    fresh: dict[str, Sequence[float]] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)  # text hash -> the endpoint's refusal
 
 

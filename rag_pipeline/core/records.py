@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Callable, Container, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Container, Iterable, Mapping, Sequence
 
-import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from rag_pipeline.core.db import chunks, document_versions, documents
 from rag_pipeline.core.identity import document_id
 from rag_pipeline.core.parsing import ParsedDocument
+
+if TYPE_CHECKING:
+    # Imported where used: the code server, which only runs the sensor, then holds no pandas,
+    # qdrant-client or openai (about 100 MB; see ARCHITECTURE.md, "Code server").
+    import pandas as pd
 
 PENDING, INDEXED, FAILED = "pending", "indexed", "failed"
 # DELETING: the file is gone, its points and rows are still to be purged. DELETED: purged; the
@@ -287,6 +291,8 @@ CHUNK_FIELDS = ["chunk_id", "document_id", "version", "chunk_index", "text", "to
 
 def load_chunks(engine: Engine, pairs: Iterable[tuple[str, str]], chunker: str) -> pd.DataFrame:
     """The `chunker` chunk sets of these (document, version) pairs, in document order."""
+    import pandas as pd
+
     pairs = list(pairs)
     if not pairs:
         return pd.DataFrame(columns=CHUNK_FIELDS)

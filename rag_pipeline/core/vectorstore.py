@@ -122,7 +122,7 @@ class VectorStore:
         for start in range(0, len(ids), batch):
             points = qm.Batch(
                 ids=list(ids[start : start + batch]),
-                vectors=[list(v) for v in vectors[start : start + batch]],
+                vectors=[v.tolist() if hasattr(v, "tolist") else list(v) for v in vectors[start : start + batch]],
                 payloads=list(payloads[start : start + batch]),
             )
             with self._lock:

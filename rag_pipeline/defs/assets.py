@@ -8,7 +8,7 @@ failing the others.
 
 import warnings
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 from dagster import (
     BetaWarning,
@@ -22,8 +22,7 @@ from dagster import (
     asset,
 )
 
-from rag_pipeline.core import faults, generations, pipeline, records
-from rag_pipeline.core.pipeline import Outcome
+from rag_pipeline.core import generations, records
 from rag_pipeline.core.audit import audit_documents
 from rag_pipeline.defs.checks import INDEXED_IN_TIME, document_check, evaluate_per_document
 from rag_pipeline.defs.partitions import documents_partitions, partition_keys_read_once
@@ -35,6 +34,9 @@ from rag_pipeline.defs.resources import (
     VectorStoreResource,
     run_started_at,
 )
+
+if TYPE_CHECKING:
+    from rag_pipeline.core.pipeline import Outcome
 
 # single_run backfills are what make a UI backfill one run per batch instead of one per document.
 warnings.filterwarnings("ignore", category=BetaWarning, message=".*backfill_policy.*")
@@ -56,6 +58,8 @@ def waiting_on_failure(context: AssetExecutionContext, engine) -> Iterator[None]
     try:
         yield
     except Exception as exc:
+        from rag_pipeline.core import faults
+
         try:
             records.note_wait(engine, context.partition_keys, faults.describe(exc), faults.is_infrastructure(exc))
         except Exception:  # the database may be what failed
@@ -68,12 +72,12 @@ def _run_started(context: AssetExecutionContext):  # noqa: ANN202
     return run_started_at(context.instance, context.run.run_id)
 
 
-def _report(context: AssetExecutionContext, outcomes: Sequence[Outcome]) -> dict:
+def _report(context: AssetExecutionContext, outcomes: Sequence["Outcome"]) -> dict:
     with partition_keys_read_once(context.instance):
         return _report_each(context, outcomes)
 
 
-def _report_each(context: AssetExecutionContext, outcomes: Sequence[Outcome]) -> dict:
+def _report_each(context: AssetExecutionContext, outcomes: Sequence["Outcome"]) -> dict:
     counts: dict[str, int] = {}
     for o in outcomes:
         counts[o.status] = counts.get(o.status, 0) + 1
@@ -99,6 +103,8 @@ def source_document(
     context: AssetExecutionContext, db: DatabaseResource, inbox: InboxResource,
     chunker: ChunkerResource, embedder: EmbedderResource,
 ):
+    from rag_pipeline.core import pipeline  # pandas, openai, qdrant-client: runs only, not the code server
+
     config = pipeline.index_config(chunker.config, embedder.fingerprint)
     with waiting_on_failure(context, db.engine):
         outcomes = pipeline.extract(
@@ -125,6 +131,8 @@ def source_document(
 def document_chunks(
     context: AssetExecutionContext, db: DatabaseResource, inbox: InboxResource, chunker: ChunkerResource
 ) -> MaterializeResult:
+    from rag_pipeline.core import pipeline  # pandas, openai, qdrant-client: runs only, not the code server
+
     with waiting_on_failure(context, db.engine):
         outcomes = pipeline.chunk(
             db.engine, context.partition_keys, chunker.config, inbox.max_chunks, _run_started(context)
@@ -155,6 +163,8 @@ def document_chunks(
 def chunk_vectors(
     context: AssetExecutionContext, db: DatabaseResource, embedder: EmbedderResource, chunker: ChunkerResource,
 ) -> MaterializeResult:
+    from rag_pipeline.core import pipeline  # pandas, openai, qdrant-client: runs only, not the code server
+
     with waiting_on_failure(context, db.engine):
         model = embedder.get()
         _, outcomes = pipeline.compute_vectors(
@@ -193,6 +203,8 @@ def document_embeddings(
     context: AssetExecutionContext, db: DatabaseResource, vector_store: VectorStoreResource,
     embedder: EmbedderResource, chunker: ChunkerResource,
 ):
+    from rag_pipeline.core import pipeline  # pandas, openai, qdrant-client: runs only, not the code server
+
     with waiting_on_failure(context, db.engine):
         computed = pipeline.cached_vectors(
             db.engine, context.partition_keys, chunker.config, embedder.fingerprint, embedder.dimensions,

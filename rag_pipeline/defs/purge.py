@@ -2,12 +2,14 @@
 
 from dagster import OpExecutionContext, in_process_executor, job, op
 
-from rag_pipeline.core import pipeline, records
+from rag_pipeline.core import records
 from rag_pipeline.defs.resources import DatabaseResource, VectorStoreResource
 
 
 @op(description="Remove the Qdrant points and chunk rows of every document whose file was deleted.")
 def purge_deleted_documents(context: OpExecutionContext, db: DatabaseResource, vector_store: VectorStoreResource) -> None:
+    from rag_pipeline.core import pipeline  # pandas, qdrant-client: not in the code server
+
     doc_ids = records.documents_in(db.engine, records.DELETING)
     outcomes = pipeline.purge(db.engine, vector_store.live(db.engine), doc_ids)
     purged = [o.document_id for o in outcomes if o.status == "processed"]

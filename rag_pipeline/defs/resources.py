@@ -2,28 +2,34 @@
 
 Each opens what it needs lazily and closes it at teardown, so a run or a sensor tick never
 leaves a connection or a client behind. Secrets arrive as EnvVar and are never shown.
+
+The embedding and vector-store libraries are imported when a client is first built: the code
+server, which evaluates the sensor and never embeds or writes, then holds no openai,
+qdrant-client or pandas (about 100 MB; see ARCHITECTURE.md, "Code server").
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from dagster import ConfigurableResource, DagsterInstance, InitResourceContext
 from pydantic import Field, PrivateAttr
 from sqlalchemy.engine import Engine
 
-from qdrant_client import QdrantClient
-
 from rag_pipeline.core import generations, records
 from rag_pipeline.core.chunking import ChunkerConfig
 from rag_pipeline.core.db import dispose_engine, open_engine
-from rag_pipeline.core.embedding import Embedder, make_embedder
 from rag_pipeline.core.generations import EmbeddingSpec
 from rag_pipeline.core.heartbeat import Heartbeat
 from rag_pipeline.core.parsing import Limits
-from rag_pipeline.core.vectorstore import VectorStore, open_client
+
+if TYPE_CHECKING:
+    from qdrant_client import QdrantClient
+
+    from rag_pipeline.core.embedding import Embedder
+    from rag_pipeline.core.vectorstore import VectorStore
 
 
 class DatabaseResource(ConfigurableResource):
@@ -65,7 +71,7 @@ class EmbedderResource(ConfigurableResource):
     concurrency: int = Field(
         default=2, description="Runs embedding at once: the slots of the rag_embedding_endpoint pool when it is created."
     )
-    _embedder: Optional[Embedder] = PrivateAttr(default=None)
+    _embedder: Any = PrivateAttr(default=None)  # an Embedder, once built
 
     @property
     def spec(self) -> EmbeddingSpec:
@@ -77,6 +83,8 @@ class EmbedderResource(ConfigurableResource):
         return self.spec.fingerprint
 
     def get(self) -> Embedder:
+        from rag_pipeline.core.embedding import make_embedder
+
         if self._embedder is None:
             self._embedder = make_embedder(
                 self.provider, self.model, self.dimensions, self.api_key, self.base_url, self.batch_size,
@@ -113,7 +121,7 @@ class VectorStoreResource(ConfigurableResource):
         description="The alias search reads; each embedding configuration has its own collection behind it.",
     )
     timeout_seconds: float = 30.0
-    _client: Optional[QdrantClient] = PrivateAttr(default=None)
+    _client: Any = PrivateAttr(default=None)  # a QdrantClient, once opened
     _opened_at: Optional[dt.datetime] = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
@@ -123,16 +131,22 @@ class VectorStoreResource(ConfigurableResource):
 
     @property
     def client(self) -> QdrantClient:
+        from rag_pipeline.core.vectorstore import open_client
+
         if self._client is None:
             self._client = open_client(self.url, Path(self.path) if self.path else None, self.api_key, self.timeout_seconds)
         return self._client
 
     def for_embedding(self, engine: Engine, spec: EmbeddingSpec) -> VectorStore:
         """The collection vectors of `spec` are written to (registered on first use)."""
+        from rag_pipeline.core.vectorstore import VectorStore
+
         return VectorStore(self.client, generations.for_writing(engine, self.client, self.collection, spec, self._opened_at).collection)
 
     def live(self, engine: Engine) -> list[VectorStore]:
         """Every collection search reads now or after a pending switch (deletions go to all)."""
+        from rag_pipeline.core.vectorstore import VectorStore
+
         generations.adopt_legacy(engine, self.client, self.collection)
         return [VectorStore(self.client, name) for name in generations.live_collections(engine, self.collection)]
 

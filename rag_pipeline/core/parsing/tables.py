@@ -12,10 +12,13 @@ import io
 import json
 import math
 import warnings
+from typing import TYPE_CHECKING
 
-import pandas as pd
 
 from rag_pipeline.core.parsing.base import Limits, ParsedDocument, ParseError, Section, decode_text
+
+if TYPE_CHECKING:  # imported where used (see records.py)
+    import pandas as pd
 
 SNIFF_CHARS = 64 * 1024
 JSON_FLATTEN_LEVELS = 3
@@ -46,6 +49,8 @@ def _table(frame: pd.DataFrame, parser: str, info: dict[str, str]) -> ParsedDocu
 
 
 def parse_delimited(data: bytes, limits: Limits, sep: str | None = None) -> ParsedDocument:
+    import pandas as pd
+
     text, encoding = decode_text(data)
     if sep is None:
         try:
@@ -86,6 +91,8 @@ def _records(value: object) -> list[dict]:
 
 
 def _json_table(values: list, parser: str, encoding: str) -> ParsedDocument:
+    import pandas as pd
+
     records = [r for v in values for r in _records(v)]
     try:
         frame = pd.json_normalize(records, max_level=JSON_FLATTEN_LEVELS) if records else pd.DataFrame()
