@@ -42,7 +42,7 @@ def build_resources(settings: Settings) -> dict:
             dimensions=settings.embedding_dimensions, api_key=_secret("OPENAI_API_KEY"),
             base_url=settings.openai_base_url, batch_size=settings.embed_batch_size,
             timeout_seconds=settings.embed_timeout_seconds, max_retries=settings.embed_max_retries,
-            concurrency=settings.embed_concurrency,
+            concurrency=settings.embed_concurrency, requests_in_flight=settings.embed_requests,
         ),
         "vector_store": VectorStoreResource(
             url=settings.qdrant_url, path=None if settings.qdrant_url else str(settings.qdrant_path),

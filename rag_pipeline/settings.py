@@ -57,6 +57,7 @@ class Settings:
     embed_timeout_seconds: float = 60.0
     embed_max_retries: int = 6
     embed_concurrency: int = 2
+    embed_requests: int = 2
     limits: Limits = field(default_factory=Limits)
     # Secrets are never part of repr(): a settings object can end up in a log line.
     openai_api_key: str | None = field(default=None, repr=False)
@@ -104,6 +105,7 @@ class Settings:
             embed_timeout_seconds=float(_int(env, "RAG_EMBED_TIMEOUT_SECONDS", 60)),
             embed_max_retries=_int(env, "RAG_EMBED_MAX_RETRIES", 6),
             embed_concurrency=_int(env, "RAG_EMBED_CONCURRENCY", 2),
+            embed_requests=_int(env, "RAG_EMBED_REQUESTS", 2),
             limits=Limits(
                 max_file_bytes=_int(env, "RAG_MAX_FILE_BYTES", Limits.max_file_bytes),
                 max_pages=_int(env, "RAG_MAX_PAGES", Limits.max_pages),

@@ -3,6 +3,8 @@ content park that document with the reason."""
 
 from __future__ import annotations
 
+import time
+
 import openai
 import pytest
 
@@ -100,3 +102,33 @@ def test_qdrant_unreachable_fails_cleanly_and_nothing_is_half_written(rig):
     rig.assert_invariants()
     assert rig.index([doc]) == {doc: "processed"}  # Qdrant back: indexed, vectors from the cache
     rig.assert_converged()
+
+
+def test_a_step_keeps_two_batches_at_the_endpoint_and_embeds_each_text_once(rig):
+    """While the endpoint holds one batch, the step's second batch is already there; every text
+    is embedded once and cached, whichever batch finished first; the calls are all counted."""
+    import threading
+
+    docs = [rig.write("kb", f"p{i}.txt", " ".join(f"pool{i}word{j}" for j in range(120))) for i in range(4)]
+    rig.prepare(docs)
+    rig.server.hold_next(1)
+    calls, requests = rig.embedder.calls, rig.server.requests
+    done: list = []
+    step = threading.Thread(target=lambda: done.append(pipeline.compute_vectors(
+        rig.engine, rig.embedder, docs, rig.chunker, EMBEDDING, batch_size=4, requests=2)))
+    step.start()
+    try:
+        assert rig.server.wait_until_held(1, timeout=30)
+        deadline = time.monotonic() + 10
+        while rig.server.requests < requests + 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert rig.server.requests >= requests + 2, "no second batch while the first was held"
+    finally:
+        rig.server.release()
+        step.join(60)
+    computed, outcomes = done[0]
+    texts = set(computed.frame["text"])
+    assert len(texts) > 8 and rig.sent_texts() == dict.fromkeys(texts, 1)
+    assert rig.embedder.calls - calls == rig.server.requests - requests == -(-len(texts) // 4)
+    assert {o.status for o in outcomes} <= {"processed", "skipped"} and not [o for o in outcomes if o.status == "failed"]
+    assert rig.index(docs) == dict.fromkeys(docs, "processed")

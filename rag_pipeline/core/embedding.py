@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import threading
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
@@ -103,6 +104,7 @@ class OpenAIEmbedder:
         self.batch_size = batch_size
         self.max_retries = max_retries
         self.calls = 0
+        self._calls_lock = threading.Lock()  # a step may have several batches in flight
         self._dimensions = dimensions
 
     @property
@@ -136,7 +138,8 @@ class OpenAIEmbedder:
                     f"embedding endpoint has no model {self.model!r} at {self._client.base_url} (404): "
                     "check RAG_EMBEDDING_MODEL and OPENAI_BASE_URL"
                 ) from exc
-            self.calls += 1
+            with self._calls_lock:
+                self.calls += 1
             data = sorted(response.data, key=lambda d: d.index)
             if len(data) != len(batch):
                 raise EndpointError(f"endpoint returned {len(data)} vectors for {len(batch)} inputs")

@@ -12,10 +12,12 @@ import datetime as dt
 import hashlib
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -301,17 +303,18 @@ def _pending_chunk_sets(
 
 def compute_vectors(
     engine: Engine, embedder: Embedder, doc_ids: Sequence[str], chunker: ChunkerConfig, embedding: str,
-    batch_size: int = 128, started_at: dt.datetime | None = None,
+    batch_size: int = 128, started_at: dt.datetime | None = None, requests: int = 1,
 ) -> tuple[Computed, list[Outcome]]:
     """Every distinct text of the pending chunk sets gets a vector, from the cache or the
-    endpoint (and is cached at once). Returns what the write needs, and per-document outcomes
-    of this step (cache hits, texts embedded; the refused documents parked)."""
+    endpoint (and is cached at once), with up to `requests` batches in flight at once.
+    Returns what the write needs, and per-document outcomes of this step (cache hits, texts
+    embedded; the refused documents parked)."""
     ready, frame, outcomes = _pending_chunk_sets(
         engine, doc_ids, chunker, reopen_unless=index_config(chunker, embedding), started_at=started_at
     )
     started = time.perf_counter()
     calls_before = embedder.calls
-    vectors = _vectors(engine, embedder, embedding, frame, batch_size)
+    vectors = _vectors(engine, embedder, embedding, frame, batch_size, requests)
     failed_docs = frame.loc[frame["text_sha256"].isin(vectors.failed), ["document_id", "text_sha256"]].drop_duplicates("document_id")
     for doc_id, digest in failed_docs.itertuples(index=False):
         outcomes.append(_failed(engine, doc_id, ready[doc_id].version, vectors.failed[digest]))
@@ -434,26 +437,46 @@ class _Vectors:
     failed: dict[str, str] = field(default_factory=dict)  # text hash -> the endpoint's refusal
 
 
-def _vectors(engine: Engine, embedder: Embedder, embedding: str, frame: pd.DataFrame, batch_size: int) -> _Vectors:
-    """Each distinct text once: from the cache, else from the endpoint (then cached at once)."""
+def _vectors(
+    engine: Engine, embedder: Embedder, embedding: str, frame: pd.DataFrame, batch_size: int, requests: int = 1
+) -> _Vectors:
+    """Each distinct text once: from the cache, else from the endpoint (then cached at once).
+    With `requests` > 1, that many batches are in flight together: the step otherwise sat idle
+    while the endpoint computed each batch."""
     result = _Vectors(cached=embedding_cache.lookup(engine, embedding, frame["text_sha256"]))
     todo = frame.drop_duplicates("text_sha256")
     todo = todo[~todo["text_sha256"].isin(result.cached)]
-    for start in range(0, len(todo), batch_size):
-        part = todo.iloc[start : start + batch_size]
+    batches = [
+        (todo["text_sha256"].iloc[s : s + batch_size].tolist(), todo["text"].iloc[s : s + batch_size].tolist())
+        for s in range(0, len(todo), batch_size)
+    ]
+
+    def one(batch: tuple[list[str], list[str]]) -> tuple[dict[str, Sequence[float]], dict[str, str]]:
+        digests, texts = batch
+        failed: dict[str, str] = {}
         try:
-            got = dict(zip(part["text_sha256"], embedder.embed(part["text"].tolist())))
+            got = dict(zip(digests, embedder.embed(texts)))
         except EmbeddingError:
             # Some text in the batch was refused: find which, one text at a time, so only the
             # documents holding it are parked.
             got = {}
-            for digest, text in zip(part["text_sha256"], part["text"]):
+            for digest, text in zip(digests, texts):
                 try:
                     got[digest] = embedder.embed([text])[0]
                 except EmbeddingError as exc:
-                    result.failed[digest] = str(exc)
+                    failed[digest] = str(exc)
         embedding_cache.store(engine, embedding, got)
+        # float32 arrays, as the cache hands them out: a Python float list is 8 times larger.
+        return {d: np.asarray(v, dtype=np.float32) for d, v in got.items()}, failed
+
+    if requests > 1 and len(batches) > 1:
+        with ThreadPoolExecutor(min(requests, len(batches)), thread_name_prefix="embed") as pool:
+            done = list(pool.map(one, batches))
+    else:
+        done = [one(batch) for batch in batches]
+    for got, failed in done:
         result.fresh.update(got)
+        result.failed.update(failed)
     return result
 
 

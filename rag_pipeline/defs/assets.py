@@ -169,7 +169,7 @@ def chunk_vectors(
         model = embedder.get()
         _, outcomes = pipeline.compute_vectors(
             db.engine, model, context.partition_keys, chunker.config, embedder.fingerprint, embedder.batch_size,
-            _run_started(context),
+            _run_started(context), embedder.in_flight,
         )
     run = next((o.metrics for o in outcomes if "embedding_calls_in_run" in o.metrics), {})
     return MaterializeResult(

@@ -71,6 +71,9 @@ class EmbedderResource(ConfigurableResource):
     concurrency: int = Field(
         default=2, description="Runs embedding at once: the slots of the rag_embedding_endpoint pool when it is created."
     )
+    requests_in_flight: int = Field(
+        default=2, description="Batches an embedding step has at the endpoint at once (OpenAI-compatible endpoints only).",
+    )
     _embedder: Any = PrivateAttr(default=None)  # an Embedder, once built
 
     @property
@@ -81,6 +84,11 @@ class EmbedderResource(ConfigurableResource):
     def fingerprint(self) -> str:
         """Identity of the vectors this configuration produces; no client or model is built."""
         return self.spec.fingerprint
+
+    @property
+    def in_flight(self) -> int:
+        # A local model is one process's CPU already; concurrent calls would only contend.
+        return max(1, self.requests_in_flight) if self.provider == "openai" else 1
 
     def get(self) -> Embedder:
         from rag_pipeline.core.embedding import make_embedder
