@@ -45,7 +45,7 @@ class Settings:
     openai_base_url: str | None = None
     chunk_tokens: int = 400
     chunk_overlap: int = 60
-    docs_per_run: int = 1000
+    docs_per_run: int = 2500
     settle_seconds: float = 1.0
     sensor_interval_seconds: int = 1
     overdue_seconds: float = 120.0
@@ -93,7 +93,7 @@ class Settings:
             openai_base_url=env.get("OPENAI_BASE_URL") or None,
             chunk_tokens=_int(env, "RAG_CHUNK_TOKENS", 400),
             chunk_overlap=_int(env, "RAG_CHUNK_OVERLAP", 60),
-            docs_per_run=_int(env, "RAG_DOCS_PER_RUN", 1000),
+            docs_per_run=_int(env, "RAG_DOCS_PER_RUN", 2500),
             settle_seconds=float(_int(env, "RAG_SETTLE_SECONDS", 1)),
             sensor_interval_seconds=_int(env, "RAG_SENSOR_INTERVAL_SECONDS", 1),
             overdue_seconds=float(_int(env, "RAG_OVERDUE_SECONDS", 120)),

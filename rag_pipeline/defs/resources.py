@@ -183,7 +183,7 @@ class InboxResource(ConfigurableResource):
         default=Limits.parse_timeout_seconds, description="PDF/DOCX/HTML parsing time per file (0: no child process)."
     )
     parse_memory_mb: int = Field(default=Limits.parse_memory_mb, description="Memory a PDF/DOCX/HTML parse may take.")
-    docs_per_run: int = 1000
+    docs_per_run: int = 2500
     settle_seconds: float = Field(
         default=1.0, description="A file modified this recently is still being written: picked up on a later tick."
     )
