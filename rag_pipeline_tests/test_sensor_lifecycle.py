@@ -210,12 +210,15 @@ def test_an_outage_fails_the_run_but_leaves_documents_waiting_without_spending_a
         assert {r.status for r in records.list_documents(engine)} == {records.INDEXED}
 
 
-def test_a_ui_backfill_redrives_parked_documents(rag_env):
+def _one_upload():  # noqa: ANN202
+    """a.txt in the inbox: its document id, our engine, the definitions."""
     settings = Settings.from_env()
     write_files(settings.inbox_dir, "kb", {"a.txt": FILES["a.txt"]})
-    doc = document_id("kb", "a.txt")
-    engine = get_engine(settings.database_url)
-    defs = build_definitions(settings)
+    return document_id("kb", "a.txt"), get_engine(settings.database_url), build_definitions(settings)
+
+
+def test_a_ui_backfill_redrives_parked_documents(rag_env):
+    doc, engine, defs = _one_upload()
     with DagsterInstance.get() as instance:
         _tick(defs, instance)  # registered and requested; its run is lost
         assert [r.id for r in records.park_exhausted(engine, 1)] == [doc]  # the dead letter
@@ -226,11 +229,7 @@ def test_a_ui_backfill_redrives_parked_documents(rag_env):
 
 
 def test_a_document_a_run_still_holds_is_not_parked_and_runs_are_only_asked_when_needed(rag_env):
-    settings = Settings.from_env()
-    write_files(settings.inbox_dir, "kb", {"a.txt": FILES["a.txt"]})
-    doc = document_id("kb", "a.txt")
-    engine = get_engine(settings.database_url)
-    defs = build_definitions(settings)
+    doc, engine, defs = _one_upload()
     asked: list[str] = []
 
     def busy(held: frozenset[str]):  # noqa: ANN202
