@@ -155,3 +155,40 @@ def test_planned_check_rows_hold_their_own_partition(tmp_path, pg_url, monkeypat
     # Dagster's rows would hold 300 x 300 keys; these hold one each.
     assert sum(len(body) for *_, body in rows) < 300 * 2000
     assert len(history) == 300
+
+
+def test_held_check_evaluations_survive_a_failed_write(tmp_path, pg_url, monkeypatch):
+    """A flush that fails keeps the evaluations held; the next one writes them, once each."""
+    import time
+
+    import pytest
+    import sqlalchemy as sa
+    from dagster import AssetCheckEvaluation, AssetKey, DagsterEvent, DagsterEventType
+    from dagster._core.events.log import EventLogEntry
+
+    for key, value in production_home(tmp_path / "prod_home", pg_url).items():
+        monkeypatch.setenv(key, value)
+
+    def evaluation(partition: str) -> EventLogEntry:
+        data = AssetCheckEvaluation(asset_key=AssetKey("document_embeddings"), check_name="points_match_chunks",
+                                    passed=True, partition=partition)
+        return EventLogEntry(error_info=None, level=10, user_message="", run_id="run-1", timestamp=time.time(),
+                             dagster_event=DagsterEvent(DagsterEventType.ASSET_CHECK_EVALUATION.value, "index_documents",
+                                                        event_specific_data=data))
+
+    with DagsterInstance.get() as instance:
+        storage = instance.event_log_storage
+        storage.store_event(evaluation("a"))
+        storage.store_event(evaluation("b"))
+        real = storage.prepare_insert_event_batch
+        monkeypatch.setattr(storage, "prepare_insert_event_batch", lambda events: (_ for _ in ()).throw(RuntimeError("db blip")))
+        with pytest.raises(RuntimeError, match="db blip"):
+            storage.flush_check_evaluations()
+        assert len(storage._held_checks) == 2
+        monkeypatch.setattr(storage, "prepare_insert_event_batch", real)
+        storage.flush_check_evaluations()
+        with storage._engine.connect() as conn:
+            events = conn.execute(sa.text("SELECT count(*) FROM event_logs WHERE run_id = 'run-1'")).scalar()
+            rows = conn.execute(sa.text(
+                "SELECT partition, execution_status FROM asset_check_executions WHERE run_id = 'run-1' ORDER BY 1")).all()
+    assert events == 2 and [tuple(r) for r in rows] == [("a", "SUCCEEDED"), ("b", "SUCCEEDED")]

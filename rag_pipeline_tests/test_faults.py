@@ -132,3 +132,17 @@ def test_a_step_keeps_two_batches_at_the_endpoint_and_embeds_each_text_once(rig)
     assert rig.embedder.calls - calls == rig.server.requests - requests == -(-len(texts) // 4)
     assert {o.status for o in outcomes} <= {"processed", "skipped"} and not [o for o in outcomes if o.status == "failed"]
     assert rig.index(docs) == dict.fromkeys(docs, "processed")
+
+
+def test_with_two_batches_in_flight_a_rejected_key_still_fails_the_step_at_once(rig):
+    docs = [rig.write("kb", f"k{i}.txt", " ".join(f"heron{i}word{j}" for j in range(120))) for i in range(4)]
+    rig.prepare(docs)
+    with EmbeddingServer(dimensions=256, api_key="the-right-key") as guarded:
+        embedder = OpenAIEmbedder("test-embed", 256, "a-wrong-key", guarded.base_url, max_retries=0, batch_size=2)
+        try:
+            with pytest.raises(EndpointError, match="rejected the credentials"):
+                pipeline.compute_vectors(rig.engine, embedder, docs, rig.chunker, EMBEDDING, batch_size=2, requests=2)
+        finally:
+            embedder.close()
+        # Tens of batches were queued; only those already in flight reached the endpoint.
+        assert guarded.requests <= 3, guarded.requests

@@ -470,8 +470,15 @@ def _vectors(
         return {d: np.asarray(v, dtype=np.float32) for d, v in got.items()}, failed
 
     if requests > 1 and len(batches) > 1:
-        with ThreadPoolExecutor(min(requests, len(batches)), thread_name_prefix="embed") as pool:
-            done = list(pool.map(one, batches))
+        pool = ThreadPoolExecutor(min(requests, len(batches)), thread_name_prefix="embed")
+        try:
+            done = [future.result() for future in [pool.submit(one, batch) for batch in batches]]
+        except BaseException:
+            # A bad key or a dead endpoint fails the step now, not after every queued batch has
+            # tried too (and an interrupted step stops sending).
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
     else:
         done = [one(batch) for batch in batches]
     for got, failed in done:

@@ -447,7 +447,8 @@ def park_exhausted(
     if requested_before is not None:
         cond &= documents.c.requested_at.is_(None) | (documents.c.requested_at < requested_before)
     with engine.begin() as conn:
-        due = conn.execute(sa.select(documents.c.id).where(cond).with_for_update()).scalars().all()
+        # Locked in id order, as runs lock documents: no deadlock with one.
+        due = conn.execute(sa.select(documents.c.id).where(cond).order_by(documents.c.id).with_for_update()).scalars().all()
         held = busy() if due else frozenset()
         ids = [d for d in due if d not in held]
         if not ids:

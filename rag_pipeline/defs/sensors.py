@@ -155,7 +155,8 @@ def _inbox_sensor(
     previous = json.loads(context.cursor) if context.cursor else {}
     started = time.time()
     last = previous.get("tick_seconds", 0.0)
-    rest = last / TICK_SHARE - (started - previous.get("ticked_at", 0.0))
+    # Capped: a clock set back must not make the sensor rest for good.
+    rest = min(last / TICK_SHARE, last / TICK_SHARE - (started - previous.get("ticked_at", 0.0)))
     if last > RESTLESS_TICK and rest > 0:
         return SensorResult(skip_reason=f"resting {rest:.1f} s after a {previous['tick_seconds']:.1f} s tick", cursor=context.cursor)
     plan = evaluate_inbox(

@@ -115,10 +115,12 @@ class PooledPostgresEventLogStorage(PostgresEventLogStorage):
         return status.with_sleep_interval(self._claim_recheck_seconds)
 
     def dispose(self) -> None:
-        self.flush_check_evaluations()
-        # A disposed instance leaves no session behind (NullPool never had any to leave).
-        super().dispose()
-        self._engine.dispose()
+        try:
+            self.flush_check_evaluations()
+        finally:
+            # A disposed instance leaves no session behind (NullPool never had any to leave).
+            super().dispose()
+            self._engine.dispose()
 
     # -- check evaluations made in a run, written together -------------------------------------
 
@@ -139,26 +141,38 @@ class PooledPostgresEventLogStorage(PostgresEventLogStorage):
         super().store_event_batch(events)
 
     def flush_check_evaluations(self) -> None:
-        """Write the held evaluations: one insert into the event log, then Dagster's own update
-        of each evaluation's execution row, in one transaction."""
+        """Write the held evaluations: one insert into the event log (committed at once, so
+        their ids become visible in order), then Dagster's own update of each evaluation's
+        execution row, in one transaction. A failed insert keeps them held for the next try; a
+        failed transaction of updates is retried one update at a time. Held evaluations of a
+        run process killed outright are lost with it, as its step is: the retried run
+        evaluates again."""
         with self._held_lock:
-            events, self._held_checks = self._held_checks, []
+            events = self._held_checks
             if not events:
                 return
-            with self.index_transaction() as conn, self._sharing(conn):
+            with self._connect() as conn:
                 ids = conn.execute(
                     self.prepare_insert_event_batch(events).returning(SqlEventLogStorageTable.c.id)
                 ).scalars().all()
-                for event, event_id in zip(events, ids):
-                    self.store_asset_check_event(event, int(event_id))
+            self._held_checks = []
+            stored = list(zip(events, (int(i) for i in ids)))
+            try:
+                with self.index_transaction() as conn, self._sharing(conn):
+                    for event, event_id in stored:
+                        self.store_asset_check_event(event, event_id)
+            except Exception:
+                logging.getLogger(__name__).warning("check evaluations updated one by one", exc_info=True)
+                for event, event_id in stored:
+                    self.store_asset_check_event(event, event_id)
 
     @contextmanager
     def _sharing(self, conn: Any) -> Iterator[None]:
-        self._shared.conn = conn
+        previous, self._shared.conn = getattr(self._shared, "conn", None), conn
         try:
             yield
         finally:
-            self._shared.conn = None
+            self._shared.conn = previous
 
     def index_connection(self) -> ContextManager[Any]:
         conn = getattr(self._shared, "conn", None)
