@@ -164,3 +164,34 @@ def test_transient_endpoint_errors_are_retried(rag_env, embedding_server):
     assert embedding_server.failures - failures == 3
     rows = records.list_documents(get_engine(settings.database_url))
     assert [r.status for r in rows] == ["indexed", "indexed"]
+
+
+def test_the_embedding_step_keeps_rag_embed_requests_batches_at_the_endpoint(rag_env, embedding_server, monkeypatch):
+    """The asset, as a run executes it, has a second batch at the endpoint while the first is held."""
+    import threading
+    import time
+
+    monkeypatch.setenv("RAG_EMBED_BATCH_SIZE", "2")
+    monkeypatch.setenv("RAG_EMBED_REQUESTS", "2")
+    settings = Settings.from_env()
+    write_files(settings.inbox_dir, "kb", {
+        f"long{i}.txt": " ".join(f"tide{i}pool{j}" for j in range(300)).encode() for i in range(2)
+    })
+    defs = build_definitions(settings)
+    embedding_server.hold_next(1)
+    before, outcome = embedding_server.requests, []
+    with DagsterInstance.get() as instance:
+        run = threading.Thread(target=lambda: outcome.append(tick_and_run(defs, instance)))
+        run.start()
+        try:
+            assert embedding_server.wait_until_held(1, timeout=120)
+            deadline = time.monotonic() + 10
+            while embedding_server.requests < before + 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            second = embedding_server.requests >= before + 2
+        finally:
+            embedding_server.release()
+            run.join(120)
+    assert second, "one batch at a time: RAG_EMBED_REQUESTS did not reach the step"
+    _, runs = outcome[0]
+    assert len(runs) == 1 and all(r.status == "indexed" for r in records.list_documents(get_engine(settings.database_url)))

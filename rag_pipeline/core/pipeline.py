@@ -465,9 +465,10 @@ def _vectors(
                     got[digest] = embedder.embed([text])[0]
                 except EmbeddingError as exc:
                     failed[digest] = str(exc)
+        # float32 arrays, as the cache stores and hands them out: a Python float list is 8 times larger.
+        got = {d: np.asarray(v, dtype=np.float32) for d, v in got.items()}
         embedding_cache.store(engine, embedding, got)
-        # float32 arrays, as the cache hands them out: a Python float list is 8 times larger.
-        return {d: np.asarray(v, dtype=np.float32) for d, v in got.items()}, failed
+        return got, failed
 
     if requests > 1 and len(batches) > 1:
         pool = ThreadPoolExecutor(min(requests, len(batches)), thread_name_prefix="embed")

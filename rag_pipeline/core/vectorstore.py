@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+import numpy as np
 from qdrant_client import QdrantClient
 from qdrant_client.http import models as qm
 
@@ -122,7 +123,8 @@ class VectorStore:
         for start in range(0, len(ids), batch):
             points = qm.Batch(
                 ids=list(ids[start : start + batch]),
-                vectors=[v.tolist() if hasattr(v, "tolist") else list(v) for v in vectors[start : start + batch]],
+                # Lists or float32 arrays in; the client validates lists of floats.
+                vectors=np.asarray(vectors[start : start + batch], dtype=np.float32).tolist(),
                 payloads=list(payloads[start : start + batch]),
             )
             with self._lock:

@@ -3,6 +3,9 @@
 Each run covers a contiguous range of document partitions; per-document results are attached
 to that document's materialization, and a document that fails is recorded and reported without
 failing the others.
+
+The steps import `core.pipeline` (pandas, openai, qdrant-client) when they run: the code server
+loads this module to serve the definitions and never runs a step (ARCHITECTURE.md, "Code server").
 """
 
 
@@ -103,7 +106,7 @@ def source_document(
     context: AssetExecutionContext, db: DatabaseResource, inbox: InboxResource,
     chunker: ChunkerResource, embedder: EmbedderResource,
 ):
-    from rag_pipeline.core import pipeline  # pandas, openai, qdrant-client: runs only, not the code server
+    from rag_pipeline.core import pipeline  # see the module docstring
 
     config = pipeline.index_config(chunker.config, embedder.fingerprint)
     with waiting_on_failure(context, db.engine):
@@ -131,7 +134,7 @@ def source_document(
 def document_chunks(
     context: AssetExecutionContext, db: DatabaseResource, inbox: InboxResource, chunker: ChunkerResource
 ) -> MaterializeResult:
-    from rag_pipeline.core import pipeline  # pandas, openai, qdrant-client: runs only, not the code server
+    from rag_pipeline.core import pipeline  # see the module docstring
 
     with waiting_on_failure(context, db.engine):
         outcomes = pipeline.chunk(
@@ -163,7 +166,7 @@ def document_chunks(
 def chunk_vectors(
     context: AssetExecutionContext, db: DatabaseResource, embedder: EmbedderResource, chunker: ChunkerResource,
 ) -> MaterializeResult:
-    from rag_pipeline.core import pipeline  # pandas, openai, qdrant-client: runs only, not the code server
+    from rag_pipeline.core import pipeline  # see the module docstring
 
     with waiting_on_failure(context, db.engine):
         model = embedder.get()
@@ -203,7 +206,7 @@ def document_embeddings(
     context: AssetExecutionContext, db: DatabaseResource, vector_store: VectorStoreResource,
     embedder: EmbedderResource, chunker: ChunkerResource,
 ):
-    from rag_pipeline.core import pipeline  # pandas, openai, qdrant-client: runs only, not the code server
+    from rag_pipeline.core import pipeline  # see the module docstring
 
     with waiting_on_failure(context, db.engine):
         computed = pipeline.cached_vectors(

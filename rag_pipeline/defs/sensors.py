@@ -129,8 +129,7 @@ def evaluate_inbox(
     # Files refused unread get a partition too, failed `parsed` with the reason: the UI lists
     # every upload, and says why this one was not indexed.
     check_events += [refusal_evaluation(doc_id, reason) for doc_id, reason in found.refused.items()]
-    pending = detection.pending_documents(engine, before)
-    wanted = [d for d in pending if d not in busy()] if pending else []
+    wanted = [d for d in detection.pending_documents(engine, before) if d not in busy()]
     to_add, requests = plan_runs(existing(), wanted, inbox.docs_per_run) if wanted else ([], [])
     if found.refused:
         known = {*existing(), *to_add}
@@ -158,7 +157,7 @@ def _inbox_sensor(
     # Capped: a clock set back must not make the sensor rest for good.
     rest = min(last / TICK_SHARE, last / TICK_SHARE - (started - previous.get("ticked_at", 0.0)))
     if last > RESTLESS_TICK and rest > 0:
-        return SensorResult(skip_reason=f"resting {rest:.1f} s after a {previous['tick_seconds']:.1f} s tick", cursor=context.cursor)
+        return SensorResult(skip_reason=f"resting {rest:.1f} s after a {last:.1f} s tick", cursor=context.cursor)
     plan = evaluate_inbox(
         context.instance, db.engine, inbox, REREQUEST_AFTER, previous.get("listing"), embedder.concurrency
     )

@@ -38,9 +38,10 @@ from typing import Any, ContextManager, Iterator, Mapping, Sequence
 
 from dagster import DagsterEventType, Field, IntSource
 from dagster._core.events.log import EventLogEntry
-from dagster._core.storage.event_log.schema import SqlEventLogStorageTable
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+from dagster._core.storage.event_log.schema import AssetCheckExecutionsTable, SqlEventLogStorageTable
 from dagster._record import copy
-from dagster._serdes import ConfigurableClassData
+from dagster._serdes import ConfigurableClassData, serialize_value
 from dagster_postgres.event_log import PostgresEventLogStorage
 from dagster_postgres.utils import create_pg_engine, get_token_provider_from_config, pg_config, pg_url_from_config
 from sqlalchemy import text
@@ -179,16 +180,25 @@ class PooledPostgresEventLogStorage(PostgresEventLogStorage):
         return nullcontext(conn) if conn is not None else super().index_connection()
 
     def _store_asset_check_evaluation_planned(self, event: EventLogEntry, event_id: int | None) -> None:
+        """Dagster's rows (one per partition, in one insert), each with its own partition's event."""
         planned = event.dagster_event.event_specific_data  # type: ignore[union-attr]
         subset = planned.partitions_subset
         if subset is None or len(subset) <= 1:
             return super()._store_asset_check_evaluation_planned(event, event_id)
-        with self.index_transaction() as conn, self._sharing(conn):
-            for key in subset.get_partition_keys():
-                one = copy(planned, partitions_subset=subset.empty_subset().with_partition_keys([key]))
-                super()._store_asset_check_evaluation_planned(
-                    event._replace(dagster_event=event.dagster_event._replace(event_specific_data=one)), event_id
-                )
+
+        def own(key: str) -> str:
+            one = copy(planned, partitions_subset=subset.empty_subset().with_partition_keys([key]))
+            return serialize_value(event._replace(dagster_event=event.dagster_event._replace(event_specific_data=one)))
+
+        common = dict(
+            asset_key=planned.asset_key.to_string(), check_name=planned.check_name, run_id=event.run_id,
+            execution_status=AssetCheckExecutionRecordStatus.PLANNED.value,
+            evaluation_event_timestamp=self._event_insert_timestamp(event), evaluation_event_storage_id=event_id,
+        )
+        with self.index_connection() as conn:
+            conn.execute(AssetCheckExecutionsTable.insert().values(
+                [dict(common, partition=key, evaluation_event=own(key)) for key in subset.get_partition_keys()]
+            ))
 
     def has_table(self, table_name: str) -> bool:
         if table_name not in self._tables_present and super().has_table(table_name):
