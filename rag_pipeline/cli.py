@@ -98,7 +98,7 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
 
 def search_many(settings: Settings, queries: list[tuple[str, str | None]], k: int) -> list[list[dict]]:
     """Top-k hits for each (query, knowledge base), with one embedder call and one Qdrant client."""
-    from rag_pipeline.core import generations
+    from rag_pipeline.core import generations, records
     from rag_pipeline.core.db import open_engine
     from rag_pipeline.core.vectorstore import VectorStore, open_client
     from rag_pipeline.settings import make_settings_embedder
@@ -110,7 +110,8 @@ def search_many(settings: Settings, queries: list[tuple[str, str | None]], k: in
         serving = generations.serving_collection(client, settings.collection)
         if serving is None:
             return [[] for _ in queries]
-        generation = generations.by_collection(open_engine(settings.database_url), serving)
+        engine = open_engine(settings.database_url)
+        generation = generations.by_collection(engine, serving)
         # The configured spec when it is the one serving: the recorded one has the endpoint's
         # URL without credentials.
         other = generation is not None and generation.spec.fingerprint != settings.embedding_spec.fingerprint
@@ -120,7 +121,9 @@ def search_many(settings: Settings, queries: list[tuple[str, str | None]], k: in
         finally:
             embedder.close()
         store = VectorStore(client, serving)
-        results = [store.search(v, k=k, knowledge_base=kb) for v, (_, kb) in zip(vectors, queries)]
+        # Tombstoned at the last tick, purged by a run soon after: out of search already.
+        deleting = records.documents_in(engine, records.DELETING)
+        results = [store.search(v, k=k, knowledge_base=kb, exclude_documents=deleting) for v, (_, kb) in zip(vectors, queries)]
     finally:
         client.close()
     return [

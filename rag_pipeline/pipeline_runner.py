@@ -12,7 +12,7 @@ from rag_pipeline.settings import Settings
 
 def run_pending(settings: Settings, progress: bool = False) -> dict:
     from rag_pipeline.definitions import build_definitions
-    from rag_pipeline.defs.partitions import documents_partitions
+    from rag_pipeline.core.detection import UNBOUNDED
     from rag_pipeline.defs.sensors import DOCUMENTS_TAG, evaluate_inbox
     from rag_pipeline.instance import get_instance
 
@@ -27,12 +27,11 @@ def run_pending(settings: Settings, progress: bool = False) -> dict:
     # `run` is an explicit "now": it takes what is there without waiting for files to settle
     # (the sensor waits, since it cannot know whether a writer is still busy).
     inbox = defs.resources["inbox"].model_copy(update={"settle_seconds": 0.0})
-    plan = evaluate_inbox(instance, engine, inbox, rerequest_after=None, endpoint_slots=defs.resources["embedder"].concurrency)
+    plan = evaluate_inbox(
+        instance, engine, inbox, endpoint_slots=defs.resources["embedder"].concurrency, budget=UNBOUNDED,
+        take_all=True, token_prefix="cli",
+    )
     found = plan.found
-    if plan.add_partitions:
-        instance.add_dynamic_partitions(documents_partitions.name, plan.add_partitions)
-    for key in plan.delete_partitions:
-        instance.delete_dynamic_partition(documents_partitions.name, key)
     for evaluation in plan.check_events:  # what the sensor would report: late or parked documents
         instance.report_runless_asset_event(evaluation)
     requests = [r for r in plan.run_requests if r.job_name == "index_documents"]

@@ -6,9 +6,11 @@ import logging
 from pathlib import Path
 
 from dagster import (
-    AddDynamicPartitionsRequest,
+    DagsterEventType,
     DagsterInstance,
+    DagsterRun,
     DagsterRunStatus,
+    ExecuteInProcessResult,
     SensorResult,
     build_sensor_context,
 )
@@ -33,7 +35,7 @@ def write_files(inbox: Path, kb: str, files: dict[str, bytes]) -> None:
 def tick_and_run(
     defs, instance: DagsterInstance, cursor: str | None = None, log_handler: logging.Handler | None = None  # noqa: ANN001
 ) -> tuple[SensorResult | object, list]:
-    """One sensor evaluation, its partition requests applied, and its runs executed in process."""
+    """One sensor evaluation and its runs executed in process."""
     sensor = defs.resolve_sensor_def("inbox_sensor")
     with build_sensor_context(instance=instance, resources=defs.resources, cursor=cursor) as ctx:
         if log_handler is not None:
@@ -41,15 +43,55 @@ def tick_and_run(
         result = sensor(ctx)
     runs = []
     if isinstance(result, SensorResult):
-        for request in result.dynamic_partitions_requests or []:
-            if isinstance(request, AddDynamicPartitionsRequest):
-                instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
-            else:
-                for key in request.partition_keys:
-                    instance.delete_dynamic_partition(request.partitions_def_name, key)
-        for run_request in result.run_requests or []:
-            job = defs.resolve_job_def(run_request.job_name)
-            outcome = job.execute_in_process(instance=instance, tags=dict(run_request.tags), raise_on_error=False)
-            assert outcome.dagster_run.status == DagsterRunStatus.SUCCESS
-            runs.append(outcome)
+        # The sensor changes the partitions itself, inside the tick (before any run request).
+        runs = [execute(defs, instance, r) for r in result.run_requests or []]
     return result, runs
+
+
+def execute(defs, instance: DagsterInstance, request, expect_success: bool = True) -> ExecuteInProcessResult:  # noqa: ANN001
+    """A run request executed here, as the daemon would launch it (same job, same tags)."""
+    job = defs.resolve_job_def(request.job_name)
+    outcome = job.execute_in_process(instance=instance, tags=dict(request.tags), raise_on_error=False)
+    if expect_success:
+        assert_run_succeeded(outcome)
+    return outcome
+
+
+def _error_text(error) -> str:  # noqa: ANN001  (a SerializableErrorInfo)
+    """An error's message and those of its causes (a step's own exception is often the cause
+    of Dagster's "Error occurred while executing op ...")."""
+    parts = []
+    while error is not None and len(parts) < 5:
+        parts.append((error.message or error.cls_name or "").strip())
+        error = error.cause
+    return "\n  caused by: ".join(p for p in parts if p)
+
+
+def run_errors(events) -> str:  # noqa: ANN001
+    """What went wrong in a run, from its events (DagsterEvents or event log entries): each
+    failed step's error, else the run's own failure and engine errors."""
+    failures, others = [], []
+    for event in events:
+        event = getattr(event, "dagster_event", event)
+        if event is None:
+            continue
+        data = event.event_specific_data
+        error = getattr(data, "error", None)
+        if event.event_type == DagsterEventType.STEP_FAILURE:
+            failures.append(f"step {event.step_key} failed: {_error_text(error) if error else event.message}")
+        elif event.event_type == DagsterEventType.RUN_FAILURE or (event.event_type == DagsterEventType.ENGINE_EVENT and error):
+            others.append(f"{event.event_type.value}: {event.message or ''} {_error_text(error) if error else ''}".strip())
+    return "\n".join(failures or others) or "no failure event recorded"
+
+
+def assert_run_succeeded(run: ExecuteInProcessResult | DagsterRun, instance: DagsterInstance | None = None) -> None:
+    """Assert a run succeeded; if not, the message carries its steps' error messages. `run`: an
+    in-process result, or a DagsterRun with the `instance` whose event log holds its events."""
+    if isinstance(run, ExecuteInProcessResult):
+        dagster_run, events = run.dagster_run, run.all_events
+    else:
+        dagster_run = run
+        events = instance.all_logs(run.run_id) if instance is not None else []
+    assert dagster_run.status == DagsterRunStatus.SUCCESS, (
+        f"run {dagster_run.run_id} ended {dagster_run.status.value}:\n{run_errors(events)}"
+    )

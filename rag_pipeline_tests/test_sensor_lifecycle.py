@@ -3,14 +3,7 @@
 from __future__ import annotations
 
 import psycopg
-from dagster import (
-    AddDynamicPartitionsRequest,
-    AssetKey,
-    AssetRecordsFilter,
-    DagsterInstance,
-    DeleteDynamicPartitionsRequest,
-    build_sensor_context,
-)
+from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, build_sensor_context
 
 from rag_pipeline.cli import search_many
 from rag_pipeline.core import records
@@ -18,7 +11,7 @@ from rag_pipeline.core.db import get_engine
 from rag_pipeline.core.identity import document_id
 from rag_pipeline.definitions import build_definitions
 from rag_pipeline.settings import Settings
-from rag_pipeline_tests.helpers import tick_and_run, write_files
+from rag_pipeline_tests.helpers import execute, tick_and_run, write_files
 
 FILES = {
     "a.txt": b"Lighthouses guide ships along dangerous rocky coasts at night.",
@@ -52,15 +45,18 @@ def test_deleted_and_renamed_uploads_leave_search_and_the_ui_in_one_tick(rag_env
         # purges, and indexes the renamed file without sending any text to the endpoint.
         (settings.inbox_dir / "kb" / "b.txt").unlink()
         (settings.inbox_dir / "kb" / "c.txt").rename(settings.inbox_dir / "kb" / "maps.txt")
-        result, runs = tick_and_run(defs, instance, cursor=first.cursor)
-        assert sum(embedding_server.texts.values()) == sent  # (searches below embed their queries)
-        gone = {document_id("kb", "b.txt"), document_id("kb", "c.txt")}
+        result = _tick(defs, instance, cursor=first.cursor)
         moved = document_id("kb", "maps.txt")
-        [added] = [r for r in result.dynamic_partitions_requests if isinstance(r, AddDynamicPartitionsRequest)]
-        [deleted] = [r for r in result.dynamic_partitions_requests if isinstance(r, DeleteDynamicPartitionsRequest)]
-        assert list(added.partition_keys) == [moved] and set(deleted.partition_keys) == gone
-        assert sorted(r.job_name for r in result.run_requests) == ["index_documents", "purge_deleted"]
-        assert set(instance.get_dynamic_partitions("documents")) == {document_id("kb", "a.txt"), moved}
+        # The partitions changed in the tick itself, before any run; the purge goes first, ahead
+        # of the index run in the queue too.
+        assert instance.get_dynamic_partitions("documents") == [document_id("kb", "a.txt"), moved]
+        assert [r.job_name for r in result.run_requests] == ["purge_deleted", "index_documents"]
+        assert result.run_requests[0].tags["dagster/priority"] > result.run_requests[1].tags.get("dagster/priority", "0")
+        # Tombstoned in the tick: out of search before its purge run has even started.
+        assert _paths_found(settings, "beekeepers honey hives") == set()
+        sent = sum(embedding_server.texts.values())
+        runs = [execute(defs, instance, r) for r in result.run_requests]
+        assert sum(embedding_server.texts.values()) == sent  # (searches below embed their queries)
 
         assert _paths_found(settings, "beekeepers honey hives") == set()
         assert _paths_found(settings, "cartographers sea monsters maps") == {"maps.txt"}
@@ -85,11 +81,11 @@ def test_sensor_hands_off_only_committed_rows(rag_env, pg_url):
         sensor = defs.resolve_sensor_def("inbox_sensor")
         with build_sensor_context(instance=instance, resources=defs.resources) as ctx:
             result = sensor(ctx)
+        partitions = instance.get_dynamic_partitions("documents")
     [request] = result.run_requests
-    [partitions] = result.dynamic_partitions_requests
     with psycopg.connect(pg_url, autocommit=True) as conn:  # a separate session
         rows = dict(conn.execute("SELECT id, status FROM documents").fetchall())
-    assert set(partitions.partition_keys) == set(rows) and set(rows.values()) == {"pending"}
+    assert set(partitions) == set(rows) and set(rows.values()) == {"pending"}
     assert request.tags["dagster/asset_partition_range_start"] in rows
     assert request.tags["dagster/asset_partition_range_end"] in rows
 
@@ -119,14 +115,10 @@ def test_backfills_reuse_work_and_the_embedding_cache(rag_env, embedding_server)
             assert _metadata(instance, key)["status"] == "processed"
 
 
-def _tick(defs, instance: DagsterInstance):  # noqa: ANN001, ANN202
+def _tick(defs, instance: DagsterInstance, cursor: str | None = None):  # noqa: ANN001, ANN202
     """One sensor evaluation whose runs are never executed (as if they were lost)."""
-    with build_sensor_context(instance=instance, resources=defs.resources) as ctx:
-        result = defs.resolve_sensor_def("inbox_sensor")(ctx)
-    for request in result.dynamic_partitions_requests or []:
-        if isinstance(request, AddDynamicPartitionsRequest):
-            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
-    return result
+    with build_sensor_context(instance=instance, resources=defs.resources, cursor=cursor) as ctx:
+        return defs.resolve_sensor_def("inbox_sensor")(ctx)
 
 
 def _age_requests(engine, seconds: int = 3600) -> None:  # noqa: ANN001
@@ -145,7 +137,10 @@ def test_late_and_abandoned_documents_are_reported_parked_and_retried(rag_env, m
     import time
 
     from rag_pipeline import cli
+    from rag_pipeline.defs import sensors
 
+    # Lost runs are noticed by age; here the test ages the hand-offs itself.
+    monkeypatch.setattr(sensors, "LOST_AFTER", sensors.REREQUEST_AFTER)
     monkeypatch.setenv("RAG_OVERDUE_SECONDS", "1")
     monkeypatch.setenv("RAG_MAX_ATTEMPTS", "2")
     settings = Settings.from_env()
@@ -221,29 +216,41 @@ def test_a_ui_backfill_redrives_parked_documents(rag_env):
     doc, engine, defs = _one_upload()
     with DagsterInstance.get() as instance:
         _tick(defs, instance)  # registered and requested; its run is lost
-        assert [r.id for r in records.park_exhausted(engine, 1)] == [doc]  # the dead letter
+        assert [r.id for r in records.park(engine, [doc], 1)] == [doc]  # the dead letter
         # What the UI launches for a backfill of that partition: the parked document is indexed.
         tags = {"dagster/asset_partition_range_start": doc, "dagster/asset_partition_range_end": doc}
         assert defs.resolve_job_def("index_documents").execute_in_process(instance=instance, tags=tags).success
     assert records.get_documents(engine, [doc])[doc].status == records.INDEXED
 
 
-def test_a_document_a_run_still_holds_is_not_parked_and_runs_are_only_asked_when_needed(rag_env):
+def test_a_document_a_run_still_holds_is_not_parked_and_runs_are_only_asked_when_needed(rag_env, monkeypatch):
+    from rag_pipeline.defs import sensors
+
+    monkeypatch.setenv("RAG_MAX_ATTEMPTS", "1")
     doc, engine, defs = _one_upload()
     asked: list[str] = []
+    held: set[str] = set()
+    real = sensors.documents_in_active_runs
 
-    def busy(held: frozenset[str]):  # noqa: ANN202
-        def ask() -> frozenset[str]:
-            asked.append("runs")
-            return held
-        return ask
+    def documents_in_active_runs(instance, partition_order):  # noqa: ANN001, ANN202
+        asked.append("runs")
+        return real(instance, partition_order) | held
 
+    monkeypatch.setattr(sensors, "documents_in_active_runs", documents_in_active_runs)
+    monkeypatch.setattr(sensors, "LOST_AFTER", sensors.REREQUEST_AFTER)  # aged by the test
     with DagsterInstance.get() as instance:
-        _tick(defs, instance)  # registered and requested once
-    assert records.park_exhausted(engine, 5, busy=busy(frozenset())) == [] and asked == []  # none due: not asked
-    assert records.park_exhausted(engine, 1, busy=busy(frozenset({doc}))) == []  # its run is still going
-    assert records.get_documents(engine, [doc])[doc].status == records.PENDING and asked == ["runs"]
-    assert [r.id for r in records.park_exhausted(engine, 1, busy=busy(frozenset()))] == [doc]
+        first = _tick(defs, instance)  # registered and requested once; its run is lost
+        assert asked == ["runs"]
+        idle = _tick(defs, instance, cursor=first.cursor)
+        assert idle.skip_reason and asked == ["runs"]  # nothing due: runs not asked
+        _age_requests(engine)
+        held.add(doc)  # a run (a UI backfill, say) holds it after all
+        assert _tick(defs, instance, cursor=first.cursor).run_requests == []
+        assert records.get_documents(engine, [doc])[doc].status == records.PENDING and asked == ["runs"] * 2
+        held.clear()
+        parked = _tick(defs, instance, cursor=first.cursor)
+        assert parked.run_requests == [] and [e.severity.value for e in parked.asset_events] == ["ERROR"]
+        assert records.get_documents(engine, [doc])[doc].status == records.FAILED
 
 
 def test_the_sensor_rests_four_times_its_last_tick_before_walking_the_inbox_again(rag_env):

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from rag_pipeline.core import records
+from rag_pipeline.core.batching import batched
 from rag_pipeline.core.db import documents
 
 if TYPE_CHECKING:  # imported where used (see records.py)
@@ -44,10 +45,9 @@ class AuditReport:
 
 def _states(engine: Engine, doc_ids: Sequence[str] | None) -> dict[str, tuple[str, str]]:
     query = sa.select(documents.c.id, documents.c.status, documents.c.version)
-    if doc_ids is not None:
-        query = query.where(documents.c.id.in_(list(doc_ids)))
+    queries = [query] if doc_ids is None else [query.where(documents.c.id.in_(part)) for part in batched(doc_ids)]
     with engine.connect() as conn:
-        return {r.id: (r.status, r.version) for r in conn.execute(query)}
+        return {r.id: (r.status, r.version) for q in queries for r in conn.execute(q)}
 
 
 def _classify(

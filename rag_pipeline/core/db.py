@@ -41,8 +41,12 @@ documents = sa.Table(
     # overdue was reported (so the report is made once).
     sa.Column("registered_at", sa.DateTime(timezone=True)),
     sa.Column("overdue_reported_at", sa.DateTime(timezone=True)),
+    # The hand-off the document is in (a tag on the runs given it): the sensor asks Dagster
+    # whether those runs exist and are still going, and hands out again what they left.
+    sa.Column("request_token", sa.String(40)),
     sa.UniqueConstraint("knowledge_base", "path", name="uq_documents_kb_path"),
     sa.Index("ix_documents_status", "status"),
+    sa.Index("ix_documents_request_token", "request_token"),
 )
 
 document_versions = sa.Table(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -17,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from rag_pipeline.core import records
+from rag_pipeline.core.batching import batched
 from rag_pipeline.core.db import documents
 from rag_pipeline.core.identity import document_id, sha256_stream
 from rag_pipeline.core.inbox import Scan, open_inside, scan
@@ -30,15 +32,40 @@ class Detection:
     unchanged: int = 0
     problems: list[str] = field(default_factory=list)
     refused: dict[str, str] = field(default_factory=dict)  # newly refused unread: {document id: reason}
+    # The digest of a listing registered in full ("" if anything is left to look at next time).
     listing_digest: str = ""
+    # Files to register that this call left for the next (its budget ran out), and their total.
+    waiting: int = 0
+    to_register: int = 0
+
+    @property
+    def registered(self) -> int:
+        return self.to_register - self.waiting
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much one call registers: a sensor tick must end well inside Dagster's 60 s deadline
+    however large the drop, so it hashes and registers at most `files` files for at most
+    `seconds`, and the next tick continues. Partition additions are capped by `files` too
+    (Dagster advises at most 25,000 per evaluation)."""
+    files: int = 20_000
+    seconds: float = 20.0
+
+
+UNBOUNDED = Budget(files=10**12, seconds=float("inf"))
 
 
 def listing_digest(listing: Scan) -> str:
+    """What the listing says, in one hash: every entry with its size, time and state. A file
+    still settling counts by name only (its growth changes nothing until it settles, and then
+    its state does), so an unchanged listing is recognised even while a file is being written."""
     digest = hashlib.sha256()
-    entries = [*listing.files.values(), *(r.stat for r in listing.refused.values())]
-    for f in sorted(entries, key=lambda f: (f.knowledge_base, f.path)):
-        refused = (f.knowledge_base, f.path) in listing.refused
-        digest.update(f"{f.knowledge_base}\x00{f.path}\x00{f.size}\x00{f.mtime_ns}\x00{refused}\n".encode())
+    entries = [(f.knowledge_base, f.path, f.size, f.mtime_ns, "file") for f in listing.files.values()]
+    entries += [(r.stat.knowledge_base, r.stat.path, r.stat.size, r.stat.mtime_ns, "refused") for r in listing.refused.values()]
+    entries += [(kb, path, 0, 0, "held") for kb, path in listing.held]
+    for kb, path, size, mtime_ns, state in sorted(entries):
+        digest.update(f"{kb}\x00{path}\x00{size}\x00{mtime_ns}\x00{state}\n".encode())
     return digest.hexdigest()
 
 
@@ -50,21 +77,26 @@ def refusal_version(reason: str) -> str:
 
 def detect(
     engine: Engine, inbox: Path, min_age_seconds: float = 0.0, previous_digest: str | None = None,
-    max_file_bytes: int | None = None,
+    max_file_bytes: int | None = None, *, budget: Budget = UNBOUNDED,
 ) -> Detection:
-    """Register what changed. With the digest of the previous, fully registered listing, an
-    identical listing costs no database work at all."""
+    """Register what changed, within `budget`. With the digest of the previous, fully registered
+    listing, an identical listing costs no database work at all.
+
+    Files held back (still settling, not stat-able) hold back only themselves: everything else
+    in the listing is registered now. A listing is saved as registered (a non-empty
+    `listing_digest`) only when nothing in it is left to look at: no folder unlisted, no file
+    that could not be read, no file left over by the budget."""
+    started = time.monotonic()
     listing = scan(inbox, min_age_seconds, max_file_bytes=max_file_bytes)
     files = listing.files
-    # A listing with files held back (settling, unreadable) or folders unlisted is never saved as
-    # the cursor: what happens to those files must be looked at on the next tick.
-    digest = "" if listing.held or listing.unlisted else listing_digest(listing)
-    result = Detection(problems=listing.problems, listing_digest=digest)
-    if previous_digest is not None and result.listing_digest == previous_digest:
+    digest = listing_digest(listing)
+    result = Detection(problems=listing.problems)
+    if previous_digest and digest == previous_digest:
         result.unchanged = len(files)
         return result
+    complete = not listing.unlisted
     known = records.known_documents(engine)
-    first_seen: list[tuple[str, str, str, int, int]] = []
+    candidates = []
     for key, stat in files.items():
         prior = known.get(key)
         if (
@@ -76,40 +108,35 @@ def detect(
             and not prior.version.startswith(records.REFUSED_PREFIX)
         ):
             result.unchanged += 1
-            continue
+        else:
+            candidates.append((key, stat, prior))
+    result.to_register = len(candidates)
+    first_seen: list[tuple[str, str, str, int, int]] = []
+    for done, (key, stat, prior) in enumerate(candidates):
+        if done >= budget.files or time.monotonic() - started > budget.seconds:
+            result.waiting = len(candidates) - done
+            complete = False
+            break
         try:
             with open_inside(inbox, stat.knowledge_base, stat.path) as fh:
                 version, size = sha256_stream(fh)
         except (OSError, PermissionError) as exc:
-            # Vanished between listing and hashing, or refused. No digest for this listing, so
-            # the next tick looks again even if nothing about the file's size or mtime changes.
+            # Vanished between listing and hashing, or refused. Not saved as registered, so the
+            # next tick looks again even if nothing about the file's size or mtime changes.
             result.problems.append(f"{stat.knowledge_base}/{stat.path}: {exc}")
-            result.listing_digest = ""
+            complete = False
             continue
         if prior is None:
             first_seen.append((stat.knowledge_base, stat.path, version, size, stat.mtime_ns))
             continue
-        change = records.register_upload(engine, stat.knowledge_base, stat.path, version, size, stat.mtime_ns)
-        if change.kind == "new":
-            result.new.append(change.document_id)
-        elif change.kind == "changed":
-            result.changed.append(change.document_id)
-        else:
-            result.unchanged += 1
+        _record(result, records.register_upload(engine, stat.knowledge_base, stat.path, version, size, stat.mtime_ns))
     inserted = records.register_new_uploads(engine, first_seen)
     for kb, path, version, size, mtime_ns in first_seen:
         doc_id = document_id(kb, path)
         if doc_id in inserted:
             result.new.append(doc_id)
-            continue
-        # Registered by a concurrent writer between our listing and our insert.
-        change = records.register_upload(engine, kb, path, version, size, mtime_ns)
-        if change.kind == "changed":
-            result.changed.append(change.document_id)
-        elif change.kind == "unchanged":
-            result.unchanged += 1
-        else:
-            result.new.append(change.document_id)
+        else:  # registered by a concurrent writer between our listing and our insert
+            _record(result, records.register_upload(engine, kb, path, version, size, mtime_ns))
     for (kb, path), refusal in listing.refused.items():
         stat = refusal.stat
         change = records.register_upload(
@@ -123,8 +150,20 @@ def detect(
         prior.id for (kb, path), prior in known.items()
         if prior.status not in records.GONE and not listing.may_be_present(kb, path)
     ]
+    if len(gone) > budget.files:
+        gone, complete = sorted(gone)[: budget.files], False
     result.deleted = records.mark_deleting(engine, gone)
+    result.listing_digest = digest if complete else ""
     return result
+
+
+def _record(result: Detection, change: records.Change) -> None:
+    if change.kind == "changed":
+        result.changed.append(change.document_id)
+    elif change.kind == "unchanged":
+        result.unchanged += 1
+    else:
+        result.new.append(change.document_id)
 
 
 def pending_documents(
@@ -140,18 +179,17 @@ def pending_documents(
         return [r[0] for r in conn.execute(query)]
 
 
-def mark_requested(engine: Engine, doc_ids: Sequence[str]) -> None:
-    """Handed to a run: stamped, and one attempt spent."""
+def mark_requested(engine: Engine, doc_ids: Sequence[str], token: str) -> None:
+    """Handed to a run tagged with `token`: stamped, and one attempt spent."""
     ts = records.now()
-    ids = sorted(doc_ids)
     with engine.begin() as conn:
-        for start in range(0, len(ids), 500):
-            part = ids[start : start + 500]
+        for part in batched(sorted(doc_ids)):
             # Rows locked in id order first (as the write step locks them): a plain multi-row
             # UPDATE locks in whatever order it scans, and could deadlock with a run.
             records.lock_documents(conn, part)
             conn.execute(
-                documents.update().where(documents.c.id.in_(part)).values(requested_at=ts, attempts=documents.c.attempts + 1)
+                documents.update().where(documents.c.id.in_(part))
+                .values(requested_at=ts, request_token=token, attempts=documents.c.attempts + 1)
             )
 
 
@@ -175,3 +213,22 @@ def plan_batches(partition_order: Sequence[str], wanted: set[str], max_per_batch
     if current:
         batches.append(current)
     return batches
+
+
+def gather(partition_order: Sequence[str], wanted: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Make the wanted keys one contiguous block at the end of the partition order, so that runs
+    over key ranges take exactly them: returns (keys to move, i.e. delete and add again; keys to
+    add). A range run over scattered keys would take every document between them too, and
+    grouping only neighbours made a storm of scattered changes one run each. Keys already in the
+    order's tail block of wanted keys stay where they are."""
+    wanted_set = set(wanted)
+    existing = set(partition_order)
+    tail = 0
+    for key in reversed(partition_order):
+        if key not in wanted_set:
+            break
+        tail += 1
+    in_tail = set(partition_order[len(partition_order) - tail :]) if tail else set()
+    to_move = [k for k in partition_order if k in wanted_set and k not in in_tail]
+    to_add = [k for k in dict.fromkeys(wanted) if k not in existing]
+    return to_move, to_add

@@ -12,11 +12,9 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from rag_pipeline.core.batching import batched
 from rag_pipeline.core.db import embedding_cache
 from rag_pipeline.core.records import insert_for, now
-
-_LOOKUP_BATCH = 1000
-
 
 def lookup(engine: Engine, embedding: str, hashes: Iterable[str]) -> dict[str, np.ndarray]:
     """text hash -> its float32 vector. Arrays, not lists: a list of 384 Python floats takes
@@ -24,11 +22,10 @@ def lookup(engine: Engine, embedding: str, hashes: Iterable[str]) -> dict[str, n
     wanted = list(dict.fromkeys(hashes))
     found: dict[str, np.ndarray] = {}
     with engine.connect() as conn:
-        for start in range(0, len(wanted), _LOOKUP_BATCH):
+        for part in batched(wanted):
             rows = conn.execute(
                 sa.select(embedding_cache.c.text_sha256, embedding_cache.c.vector).where(
-                    (embedding_cache.c.embedding == embedding)
-                    & embedding_cache.c.text_sha256.in_(wanted[start : start + _LOOKUP_BATCH])
+                    (embedding_cache.c.embedding == embedding) & embedding_cache.c.text_sha256.in_(part)
                 )
             )
             for digest, blob in rows:

@@ -419,10 +419,10 @@ def _write_and_switch(
     # points switches in the same transaction, so an unchanged indexed set means nobody wrote.
     with engine.begin() as conn:
         current = records.lock_documents(conn, list(live))
-        keep = {
-            doc_id: (ready[doc_id].version, chunker) for doc_id, row in current.items()
+        keep = [
+            doc_id for doc_id, row in current.items()
             if (row.indexed_version, row.indexed_chunker) == (ready[doc_id].version, chunker)
-        }
+        ]
         # By id, not by a payload filter: an id delete costs the same at any collection size
         # (embedded Qdrant evaluates a filter against every point it holds).
         store.delete_ids(records.replaced_chunk_ids(conn, keep))

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Callable, Container, Iterable, Mapping, Sequen
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from rag_pipeline.core.batching import batched
 from rag_pipeline.core.db import chunks, document_versions, documents
 from rag_pipeline.core.identity import document_id
 from rag_pipeline.core.parsing import ParsedDocument
@@ -38,8 +39,7 @@ def now() -> dt.datetime:
 def seconds_since(ts: dt.datetime | None) -> float:
     if ts is None:
         return 0.0
-    ts = ts if ts.tzinfo else ts.replace(tzinfo=dt.timezone.utc)  # SQLite returns naive UTC
-    return (now() - ts).total_seconds()
+    return (now() - _aware(ts)).total_seconds()
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ def register_upload(
             documents.update().where(documents.c.id == doc_id).values(
                 version=version, size_bytes=size_bytes, mtime_ns=mtime_ns, status=status,
                 # A new version has never been requested, whatever happened to the old one.
-                error=error, attempts=0, updated_at=ts, requested_at=None, registered_at=ts,
+                error=error, attempts=0, updated_at=ts, requested_at=None, request_token=None, registered_at=ts,
                 overdue_reported_at=None, revision=documents.c.revision + 1,
             )
         )
@@ -111,17 +111,17 @@ def register_upload(
 
 def register_new_uploads(engine: Engine, uploads: Sequence[tuple[str, str, str, int, int]]) -> set[str]:
     """First registrations in bulk: (kb, path, version, size, mtime_ns) each, inserted in one
-    statement per 500. Returns the ids inserted; a path someone else registered meanwhile is not
+    statement per slice. Returns the ids inserted; a path someone else registered meanwhile is not
     among them, and goes through `register_upload` like any change."""
     ts = now()
     inserted: set[str] = set()
     with engine.begin() as conn:
-        for start in range(0, len(uploads), 500):
+        for part in batched(uploads):
             values = [
                 dict(id=document_id(kb, path), knowledge_base=kb, path=path, version=version, size_bytes=size,
                      mtime_ns=mtime, status=PENDING, attempts=0, detected_at=ts, updated_at=ts, registered_at=ts,
                      revision=1)
-                for kb, path, version, size, mtime in uploads[start : start + 500]
+                for kb, path, version, size, mtime in part
             ]
             insert = insert_for(conn, documents).values(values).on_conflict_do_nothing().returning(documents.c.id)
             inserted.update(r[0] for r in conn.execute(insert))
@@ -130,17 +130,20 @@ def register_new_uploads(engine: Engine, uploads: Sequence[tuple[str, str, str, 
 
 def mark_deleting(engine: Engine, doc_ids: Sequence[str]) -> list[str]:
     """The files are gone: tombstone the documents (their purge follows). Returns those marked."""
-    marked = []
+    marked: list[str] = []
     with engine.begin() as conn:
-        for doc_id in sorted(doc_ids):  # id order, like every multi-row locker: no deadlocks
+        for part in batched(sorted(doc_ids)):
+            # Locked in id order first, like every multi-row locker: no deadlocks with a run.
+            lock_documents(conn, part)
             result = conn.execute(
                 documents.update()
-                .where((documents.c.id == doc_id) & documents.c.status.not_in(GONE))
-                .values(status=DELETING, requested_at=None, updated_at=now(), revision=documents.c.revision + 1)
+                .where(documents.c.id.in_(part) & documents.c.status.not_in(GONE))
+                .values(status=DELETING, requested_at=None, request_token=None, updated_at=now(),
+                        revision=documents.c.revision + 1)
+                .returning(documents.c.id)
             )
-            if result.rowcount:
-                marked.append(doc_id)
-    return marked
+            marked.extend(result.scalars())
+    return sorted(marked)
 
 
 def insert_for(conn: sa.Connection, table: sa.Table):  # noqa: ANN201
@@ -163,24 +166,25 @@ def lock_document(conn: sa.Connection, doc_id: str) -> sa.Row | None:
 
 
 def lock_documents(conn: sa.Connection, doc_ids: Sequence[str]) -> dict[str, sa.Row]:
-    """Several rows, locked in id order (the order every multi-row locker uses: no deadlocks)."""
-    ids = sorted(doc_ids)
-    if not ids:
-        return {}
-    if conn.dialect.name == "sqlite":
-        conn.execute(documents.update().where(documents.c.id.in_(ids)).values(revision=documents.c.revision))
-        query = sa.select(documents).where(documents.c.id.in_(ids))
-    else:
-        query = sa.select(documents).where(documents.c.id.in_(ids)).order_by(documents.c.id).with_for_update()
-    return {r.id: r for r in conn.execute(query)}
+    """Several rows, locked in id order (the order every multi-row locker uses: no deadlocks),
+    slice by slice: sorted slices keep that one global order."""
+    rows: dict[str, sa.Row] = {}
+    for ids in batched(sorted(doc_ids)):
+        if conn.dialect.name == "sqlite":
+            conn.execute(documents.update().where(documents.c.id.in_(ids)).values(revision=documents.c.revision))
+            query = sa.select(documents).where(documents.c.id.in_(ids))
+        else:
+            query = sa.select(documents).where(documents.c.id.in_(ids)).order_by(documents.c.id).with_for_update()
+        rows.update((r.id, r) for r in conn.execute(query))
+    return rows
 
 
 def get_documents(engine: Engine, ids: Sequence[str]) -> dict[str, sa.Row]:
-    if not ids:
-        return {}
+    out: dict[str, sa.Row] = {}
     with engine.connect() as conn:
-        rows = conn.execute(sa.select(documents).where(documents.c.id.in_(list(ids))))
-        return {r.id: r for r in rows}
+        for part in batched(ids):
+            out.update((r.id, r) for r in conn.execute(sa.select(documents).where(documents.c.id.in_(part))))
+    return out
 
 
 def save_versions(engine: Engine, items: Sequence[tuple[str, str, ParsedDocument]]) -> set[str]:
@@ -205,11 +209,12 @@ def save_versions(engine: Engine, items: Sequence[tuple[str, str, ParsedDocument
             )
             for d, v, p in live
         ]
-        insert = insert_for(conn, document_versions).values(values)
-        conn.execute(insert.on_conflict_do_update(
-            index_elements=["document_id", "version"],
-            set_={c: insert.excluded[c] for c in ("parser", "text", "sections", "info")},
-        ))
+        for part in batched(values):
+            insert = insert_for(conn, document_versions).values(part)
+            conn.execute(insert.on_conflict_do_update(
+                index_elements=["document_id", "version"],
+                set_={c: insert.excluded[c] for c in ("parser", "text", "sections", "info")},
+            ))
         conn.execute(
             documents.update().where(documents.c.id == sa.bindparam("b_doc")).values(title=sa.bindparam("b_title"), **_pending_again(ts)),
             [{"b_doc": d, "b_title": p.title} for d, _, p in live],
@@ -236,8 +241,8 @@ def reopen(engine: Engine, versions: Mapping[str, str]) -> set[str]:
     with engine.begin() as conn:
         rows = lock_documents(conn, list(versions))
         live = [d for d, v in versions.items() if _is_live_at(rows.get(d), v)]
-        if live:
-            conn.execute(documents.update().where(documents.c.id.in_(live)).values(**_pending_again(now())))
+        for part in batched(live):
+            conn.execute(documents.update().where(documents.c.id.in_(part)).values(**_pending_again(now())))
         return set(live)
 
 
@@ -247,13 +252,14 @@ def _is_live_at(row: sa.Row | None, version: str) -> bool:
 
 def load_sections(engine: Engine, pairs: Sequence[tuple[str, str]]) -> dict[str, tuple[list[dict], str]]:
     """{document id: (sections, parser)} of these (document, version) pairs, in one query."""
-    if not pairs:
-        return {}
-    query = sa.select(document_versions.c.document_id, document_versions.c.sections, document_versions.c.parser).where(
-        sa.tuple_(document_versions.c.document_id, document_versions.c.version).in_(list(pairs))
-    )
+    out: dict[str, tuple[list[dict], str]] = {}
     with engine.connect() as conn:
-        return {r.document_id: (r.sections, r.parser) for r in conn.execute(query)}
+        for part in batched(pairs):
+            query = sa.select(
+                document_versions.c.document_id, document_versions.c.sections, document_versions.c.parser
+            ).where(sa.tuple_(document_versions.c.document_id, document_versions.c.version).in_(part))
+            out.update((r.document_id, (r.sections, r.parser)) for r in conn.execute(query))
+    return out
 
 
 def record_failure(engine: Engine, doc_id: str, version: str, reason: str) -> bool:
@@ -276,9 +282,10 @@ def replace_chunk_sets(engine: Engine, versions: Mapping[str, str], frame: pd.Da
         live = {d: v for d, v in versions.items() if _is_live_at(rows.get(d), v)}
         if not live:
             return set()
-        conn.execute(chunks.delete().where(
-            sa.tuple_(chunks.c.document_id, chunks.c.version).in_(list(live.items())) & (chunks.c.chunker == chunker)
-        ))
+        for part in batched(live.items()):
+            conn.execute(chunks.delete().where(
+                sa.tuple_(chunks.c.document_id, chunks.c.version).in_(part) & (chunks.c.chunker == chunker)
+            ))
         part = frame[frame["document_id"].isin(live)]
         records = part.assign(chunker=chunker, page=part["page"].astype(object).where(part["page"].notna(), None)).to_dict("records")
         if records:
@@ -298,8 +305,8 @@ def load_chunks(engine: Engine, pairs: Iterable[tuple[str, str]], chunker: str) 
         return pd.DataFrame(columns=CHUNK_FIELDS)
     frames = []
     with engine.connect() as conn:
-        for start in range(0, len(pairs), 500):
-            cond = sa.tuple_(chunks.c.document_id, chunks.c.version).in_(pairs[start : start + 500])
+        for part in batched(pairs):
+            cond = sa.tuple_(chunks.c.document_id, chunks.c.version).in_(part)
             query = (
                 sa.select(*[chunks.c[c] for c in CHUNK_FIELDS])
                 .where(cond & (chunks.c.chunker == chunker))
@@ -319,46 +326,49 @@ def set_indexed(conn: sa.Connection, switched: Mapping[str, tuple[str, int]], ch
         documents.update().where(documents.c.id == sa.bindparam("b_doc")).values(
             status=INDEXED, indexed_version=sa.bindparam("b_version"), indexed_chunker=chunker, indexed_config=config,
             chunk_count=sa.bindparam("b_chunks"), error=None, indexed_at=ts, updated_at=ts, overdue_reported_at=None,
-            attempts=0, requested_at=None,
+            attempts=0, requested_at=None, request_token=None,
         ),
         [{"b_doc": d, "b_version": v, "b_chunks": n} for d, (v, n) in switched.items()],
     )
 
 
-def replaced_chunk_ids(conn: sa.Connection, keep: Mapping[str, tuple[str, str]]) -> list[str]:
-    """The chunk (= point) ids of every chunk set of these documents but the one each serves.
-    Every point ever written had its chunk row first, and rows go only with or after their
-    points, so these ids are all the points that retiring the other sets must delete."""
-    if not keep:
-        return []
-    served = [(doc, version, chunker) for doc, (version, chunker) in keep.items()]
-    query = sa.select(chunks.c.chunk_id).where(
-        chunks.c.document_id.in_(list(keep))
-        & sa.tuple_(chunks.c.document_id, chunks.c.version, chunks.c.chunker).not_in(served)
-    )
-    return [r[0] for r in conn.execute(query)]
-
-
-def drop_replaced(conn: sa.Connection, keep: Mapping[str, tuple[str, str]]) -> None:
-    """Every chunk set of these documents but the one each serves ({id: (version, chunker)}),
-    in two statements for the batch. Call with the rows locked."""
-    if not keep:
-        return
-    versions = [(doc, version) for doc, (version, _) in keep.items()]
-    conn.execute(
-        document_versions.delete().where(
-            document_versions.c.document_id.in_(list(keep))
-            & sa.tuple_(document_versions.c.document_id, document_versions.c.version).not_in(versions)
-        )
-    )
-    conn.execute(
-        chunks.delete().where(
-            sa.tuple_(chunks.c.document_id, chunks.c.version).in_(versions)
-            & sa.tuple_(chunks.c.document_id, chunks.c.version, chunks.c.chunker).not_in(
-                [(doc, version, chunker) for doc, (version, chunker) in keep.items()]
+def replaced_chunk_ids(conn: sa.Connection, doc_ids: Iterable[str]) -> list[str]:
+    """The chunk (= point) ids of every chunk set of these documents but the one each serves
+    (its indexed version and chunker). Every point ever written had its chunk row first, and
+    rows go only with or after their points, so these ids are all the points that retiring the
+    other sets must delete. Call with the rows locked."""
+    out: list[str] = []
+    for part in batched(doc_ids):
+        # A join on the document rows, not a NOT IN over (document, version, chunker) tuples:
+        # PostgreSQL planned and tested such a list for every row (13 s over 66,000 ids).
+        query = (
+            sa.select(chunks.c.chunk_id)
+            .select_from(chunks.join(documents, documents.c.id == chunks.c.document_id))
+            .where(
+                chunks.c.document_id.in_(part)
+                & ~((chunks.c.version == documents.c.indexed_version) & (chunks.c.chunker == documents.c.indexed_chunker))
             )
         )
-    )
+        out.extend(r[0] for r in conn.execute(query))
+    return out
+
+
+def drop_replaced(conn: sa.Connection, doc_ids: Iterable[str]) -> None:
+    """Every chunk set of these documents but the one each serves, in two statements per slice.
+    Call with the rows locked."""
+    for part in batched(doc_ids):
+        served = sa.select(documents.c.indexed_version).where(documents.c.id == document_versions.c.document_id)
+        conn.execute(
+            document_versions.delete().where(
+                document_versions.c.document_id.in_(part) & (document_versions.c.version != served.scalar_subquery())
+            )
+        )
+        # The other versions' chunks went with their version rows (ON DELETE CASCADE); what is
+        # left is the served version's chunk sets of other chunkers.
+        chunker = sa.select(documents.c.indexed_chunker).where(documents.c.id == chunks.c.document_id)
+        conn.execute(
+            chunks.delete().where(chunks.c.document_id.in_(part) & (chunks.c.chunker != chunker.scalar_subquery()))
+        )
 
 
 def drop_unserved_chunk_sets(engine: Engine) -> int:
@@ -403,20 +413,21 @@ def request_again(engine: Engine, doc_ids: Sequence[str] | None = None, status: 
     """Make documents pending again, with a fresh attempt budget: those named, or all in
     `status` (`rag-pipeline retry` re-drives the failed ones; the audit's repair, the
     inconsistent ones)."""
-    cond = documents.c.status.not_in(GONE)
-    if doc_ids is not None:
-        cond &= documents.c.id.in_(list(doc_ids))
+    base = documents.c.status.not_in(GONE)
     if status is not None:
-        cond &= documents.c.status == status
+        base &= documents.c.status == status
     ts = now()
+    values = dict(
+        status=PENDING, requested_at=None, request_token=None, attempts=0, error=None, updated_at=ts,
+        registered_at=ts, overdue_reported_at=None,
+    )
     with engine.begin() as conn:
-        result = conn.execute(
-            documents.update().where(cond).values(
-                status=PENDING, requested_at=None, attempts=0, error=None, updated_at=ts,
-                registered_at=ts, overdue_reported_at=None,
-            )
+        if doc_ids is None:
+            return conn.execute(documents.update().where(base).values(**values)).rowcount
+        return sum(
+            conn.execute(documents.update().where(base & documents.c.id.in_(part)).values(**values)).rowcount
+            for part in batched(doc_ids)
         )
-        return result.rowcount
 
 
 def note_wait(engine: Engine, doc_ids: Sequence[str], reason: str, refund: bool) -> None:
@@ -427,57 +438,116 @@ def note_wait(engine: Engine, doc_ids: Sequence[str], reason: str, refund: bool)
     if refund:
         values["attempts"] = sa.case((documents.c.attempts > 0, documents.c.attempts - 1), else_=0)
     with engine.begin() as conn:
-        conn.execute(
-            documents.update()
-            .where(documents.c.id.in_(list(doc_ids)) & (documents.c.status == PENDING))
-            .values(**values)
-        )
-
-
-def park_exhausted(
-    engine: Engine, max_attempts: int, requested_before: dt.datetime | None = None,
-    busy: Callable[[], Container[str]] = frozenset,
-) -> list[sa.Row]:
-    """Pending documents already handed to `max_attempts` runs that never finished them become
-    failed (the dead letter), keeping the last error. Only once they are due for another hand-off
-    (last requested before `requested_before`) and not held by a run in progress (`busy()`,
-    asked only when some are due: the sensor computes it from every partition key).
-    Returns them."""
-    cond = (documents.c.status == PENDING) & (documents.c.attempts >= max_attempts)
-    if requested_before is not None:
-        cond &= documents.c.requested_at.is_(None) | (documents.c.requested_at < requested_before)
-    with engine.begin() as conn:
-        # Locked in id order, as runs lock documents: no deadlock with one.
-        due = conn.execute(sa.select(documents.c.id).where(cond).order_by(documents.c.id).with_for_update()).scalars().all()
-        held = busy() if due else frozenset()
-        ids = [d for d in due if d not in held]
-        if not ids:
-            return []
-        rows = conn.execute(
-            documents.update()
-            .where(documents.c.id.in_(ids) & cond)
-            .values(
-                status=FAILED, updated_at=now(),
-                error=sa.literal(f"gave up after {max_attempts} runs")
-                + sa.case((documents.c.error.is_not(None), sa.literal("; last error: ") + documents.c.error), else_=""),
+        for part in batched(doc_ids):
+            conn.execute(
+                documents.update().where(documents.c.id.in_(part) & (documents.c.status == PENDING)).values(**values)
             )
-            .returning(documents.c.id, documents.c.error)
+
+
+@dataclass(frozen=True)
+class Handoff:
+    """The documents (pending, or deleting for a purge) handed to runs under one request token:
+    when that was, and how many are still waiting."""
+    token: str
+    status: str
+    requested_at: dt.datetime
+    documents: int
+
+
+def handoffs(engine: Engine, requested_before: dt.datetime) -> list[Handoff]:
+    """Hand-offs still outstanding (their documents neither done nor changed since) that were
+    made before `requested_before`: one row per token, however many documents it holds."""
+    query = (
+        sa.select(documents.c.request_token, documents.c.status, sa.func.min(documents.c.requested_at), sa.func.count())
+        .where(
+            documents.c.status.in_([PENDING, DELETING]) & documents.c.request_token.is_not(None)
+            & (documents.c.requested_at < requested_before)
         )
-        return list(rows)
+        .group_by(documents.c.request_token, documents.c.status)
+    )
+    with engine.connect() as conn:
+        return [Handoff(t, st, _aware(at), n) for t, st, at, n in conn.execute(query)]
 
 
-def overdue(engine: Engine, older_than: dt.datetime) -> list[sa.Row]:
-    """Pending documents registered before `older_than` whose lateness was not yet reported;
-    marked reported in the same transaction."""
+def release(engine: Engine, tokens: Sequence[str]) -> int:
+    """The runs of these hand-offs are over (or never appeared) and left documents behind: those
+    documents are due for a hand-off again. Their spent attempts stay spent."""
+    released = 0
+    with engine.begin() as conn:
+        for part in batched(tokens):
+            released += conn.execute(
+                documents.update()
+                .where(documents.c.request_token.in_(part) & documents.c.status.in_([PENDING, DELETING]))
+                .values(requested_at=None, request_token=None)
+            ).rowcount
+    return released
+
+
+def due(
+    engine: Engine, status: str, limit: int, legacy_before: dt.datetime | None = None, *, take_all: bool = False,
+) -> list[sa.Row]:
+    """Up to `limit` documents in `status` due for a hand-off (never handed out, or released),
+    oldest registration first: (id, attempts). Hand-offs without a token (made before tokens
+    existed, or a backfill's own) are due once older than `legacy_before`. `take_all`: every
+    document in `status`, handed out or not (`rag-pipeline run` is an explicit "now")."""
+    cond = documents.c.status == status
+    if not take_all:
+        untokened = documents.c.request_token.is_(None) & (documents.c.requested_at < legacy_before) \
+            if legacy_before is not None else sa.false()
+        cond &= documents.c.requested_at.is_(None) | untokened
+    query = (
+        sa.select(documents.c.id, documents.c.attempts)
+        .where(cond)
+        .order_by(documents.c.registered_at, documents.c.id)
+        .limit(limit)
+    )
+    with engine.connect() as conn:
+        return list(conn.execute(query))
+
+
+def park(engine: Engine, doc_ids: Sequence[str], max_attempts: int) -> list[sa.Row]:
+    """Pending documents already handed to `max_attempts` runs that never finished them become
+    failed (the dead letter), keeping the last error. Returns (id, error) of those parked (a
+    document that changed meanwhile has a fresh budget, and is left alone)."""
+    cond = (documents.c.status == PENDING) & (documents.c.attempts >= max_attempts)
+    parked: list[sa.Row] = []
+    with engine.begin() as conn:
+        for part in batched(sorted(doc_ids)):
+            lock_documents(conn, part)  # id order, as runs lock documents: no deadlock with one
+            parked += conn.execute(
+                documents.update()
+                .where(documents.c.id.in_(part) & cond)
+                .values(
+                    status=FAILED, updated_at=now(),
+                    error=sa.literal(f"gave up after {max_attempts} runs")
+                    + sa.case((documents.c.error.is_not(None), sa.literal("; last error: ") + documents.c.error), else_=""),
+                )
+                .returning(documents.c.id, documents.c.error)
+            ).all()
+    return parked
+
+
+def overdue(engine: Engine, older_than: dt.datetime, limit: int) -> list[sa.Row]:
+    """Up to `limit` pending documents registered before `older_than` whose lateness was not yet
+    reported; marked reported in the same transaction (the rest follow on later calls)."""
     cond = (
         (documents.c.status == PENDING) & (documents.c.registered_at < older_than)
         & documents.c.overdue_reported_at.is_(None)
     )
+    query = (
+        sa.select(documents.c.id, documents.c.registered_at, documents.c.error)
+        .where(cond).order_by(documents.c.registered_at, documents.c.id).limit(limit)
+    )
     with engine.begin() as conn:
-        rows = list(conn.execute(sa.select(documents.c.id, documents.c.registered_at, documents.c.error).where(cond)))
-        if rows:
-            conn.execute(documents.update().where(documents.c.id.in_([r.id for r in rows])).values(overdue_reported_at=now()))
+        rows = list(conn.execute(query))
+        ts = now()
+        for part in batched([r.id for r in rows]):
+            conn.execute(documents.update().where(documents.c.id.in_(part)).values(overdue_reported_at=ts))
         return rows
+
+
+def _aware(ts: dt.datetime) -> dt.datetime:
+    return ts if ts.tzinfo else ts.replace(tzinfo=dt.timezone.utc)  # SQLite returns naive UTC
 
 
 def list_documents(engine: Engine, knowledge_base: str | None = None) -> list[sa.Row]:
@@ -505,12 +575,12 @@ def indexed_chunk_ids(engine: Engine, doc_ids: Sequence[str] | None = None, embe
             & (chunks.c.chunker == documents.c.indexed_chunker)
         )
     )
-    if doc_ids is not None:
-        query = query.where(chunks.c.document_id.in_(list(doc_ids)))
     if embedding is not None:
         query = query.where(documents.c.indexed_config.endswith(f"|{embedding}", autoescape=True))
+    queries = [query] if doc_ids is None else [query.where(chunks.c.document_id.in_(p)) for p in batched(doc_ids)]
     out: dict[str, set[str]] = {}
     with engine.connect() as conn:
-        for doc, cid in conn.execute(query):
-            out.setdefault(doc, set()).add(cid)
+        for q in queries:
+            for doc, cid in conn.execute(q):
+                out.setdefault(doc, set()).add(cid)
     return out

@@ -203,12 +203,22 @@ class VectorStore:
             if offset is None:
                 return
 
-    def search(self, vector: Sequence[float], k: int = 5, knowledge_base: str | None = None) -> list[Hit]:
+    def search(
+        self, vector: Sequence[float], k: int = 5, knowledge_base: str | None = None,
+        exclude_documents: Sequence[str] = (),
+    ) -> list[Hit]:
+        """Top-k points; `exclude_documents` are left out (deleted files whose points are still
+        waiting for their purge run: a deletion leaves search at the tick that sees it)."""
         if not self.exists():
             return []
         flt = None
-        if knowledge_base:
-            flt = qm.Filter(must=[qm.FieldCondition(key="knowledge_base", match=qm.MatchValue(value=knowledge_base))])
+        if knowledge_base or exclude_documents:
+            flt = qm.Filter(
+                must=[qm.FieldCondition(key="knowledge_base", match=qm.MatchValue(value=knowledge_base))]
+                if knowledge_base else None,
+                must_not=[qm.FieldCondition(key="document_id", match=qm.MatchAny(any=list(exclude_documents)))]
+                if exclude_documents else None,
+            )
         with self._lock:
             response = self.client.query_points(
                 self.collection, query=list(vector), query_filter=flt, limit=k, with_payload=True
