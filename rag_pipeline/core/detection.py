@@ -113,7 +113,8 @@ def detect(
     result.to_register = len(candidates)
     first_seen: list[tuple[str, str, str, int, int]] = []
     for done, (key, stat, prior) in enumerate(candidates):
-        if done >= budget.files or time.monotonic() - started > budget.seconds:
+        # At least one file per call, whatever the clock says: a slice always makes progress.
+        if done and (done >= budget.files or time.monotonic() - started > budget.seconds):
             result.waiting = len(candidates) - done
             complete = False
             break
