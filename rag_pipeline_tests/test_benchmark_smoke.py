@@ -9,9 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from rag_pipeline_tests.conftest import BASE_PG
 
 REPO = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.slow
 
 
 def test_benchmark_smoke(tmp_path):
@@ -31,5 +35,6 @@ def test_benchmark_smoke(tmp_path):
     assert figures["variants"]["bare"]["unchanged_embedding_calls"] == 0
     assert figures["variants"]["pipeline"]["unchanged_embedding_calls"] == 0
     assert figures["variants"]["pipeline"]["runs"] >= 2 and figures["variants"]["pipeline"]["failed_runs"] == 0
+    assert figures["variants"]["pipeline"]["cold_failed_ticks"] == 0 and figures["variants"]["pipeline"]["cold_ticks"] >= 1
     assert figures["sensor"]["files"] == 600
     assert "orchestration overhead" in proc.stdout and "sensor tick over 600 unchanged files" in proc.stdout
