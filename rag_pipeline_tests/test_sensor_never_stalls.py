@@ -199,3 +199,30 @@ def test_detection_within_a_budget_leaves_the_rest_for_the_next_call(rag_env, bu
         assert found.registered >= 1 and found.waiting == found.to_register - found.registered
     assert len(seen) == len(set(seen)) == 5
     assert detection.detect(engine, settings.inbox_dir, previous_digest=found.listing_digest, budget=budget).new == []
+
+
+def test_a_mass_deletion_leaves_search_at_once_and_the_ui_in_slices(rag_env, monkeypatch):
+    """Dagster deletes dynamic partitions one statement per key: a tick retires at most
+    `partition_deletes` of them and the next ticks go on, while search drops them all at once."""
+    from rag_pipeline.cli import search_many
+
+    settings = Settings.from_env()
+    files = _files(5)
+    write_files(settings.inbox_dir, "kb", files)
+    defs = build_definitions(settings)
+    with DagsterInstance.get() as instance:
+        first, _ = tick_and_run(defs, instance)
+        monkeypatch.setattr(sensors, "TICK_BUDGET", detection.Budget(partition_deletes=2))
+        for name in files:
+            (settings.inbox_dir / "kb" / name).unlink()
+        result = _tick(defs, instance, cursor=first.cursor)
+        assert [r.job_name for r in result.run_requests] == ["purge_deleted"]
+        [hits] = search_many(settings, [("tide tables of harbour", None)], k=5)
+        assert hits == []  # tombstoned by the tick, before the purge run
+        remaining = [len(instance.get_dynamic_partitions("documents"))]
+        cursor = result.cursor
+        while json.loads(cursor)["retiring"]:
+            result = _tick(defs, instance, cursor=cursor)
+            cursor = result.cursor
+            remaining.append(len(instance.get_dynamic_partitions("documents")))
+        assert remaining == [3, 1, 0]

@@ -51,9 +51,11 @@ class Budget:
     (Dagster advises at most 25,000 per evaluation)."""
     files: int = 20_000
     seconds: float = 20.0
+    # Dagster deletes dynamic partitions one statement per key.
+    partition_deletes: int = 2_000
 
 
-UNBOUNDED = Budget(files=10**12, seconds=float("inf"))
+UNBOUNDED = Budget(files=10**12, seconds=float("inf"), partition_deletes=10**12)
 
 
 def listing_digest(listing: Scan) -> str:

@@ -70,6 +70,7 @@ class Plan:
     added_partitions: int = 0
     deleted_partitions: int = 0
     released: int = 0
+    retiring: bool = False  # partitions of deleted documents are left for the next tick
     run_requests: list[RunRequest] = field(default_factory=list)
     check_events: list[AssetCheckEvaluation] = field(default_factory=list)
 
@@ -141,7 +142,7 @@ def index_request(batch: Sequence[str], token: str) -> RunRequest:
 def evaluate_inbox(
     instance, engine, inbox: InboxResource, *, previous_digest: str | None = None,  # noqa: ANN001
     endpoint_slots: int | None = None, budget: detection.Budget = detection.Budget(),
-    take_all: bool = False, token_prefix: str = "sensor",
+    take_all: bool = False, token_prefix: str = "sensor", retiring: bool = False,
 ) -> Plan:
     """Detect changes, commit them, apply the partition changes, then plan runs. Shared by the
     sensor and `rag-pipeline run` (`take_all`: every pending document not in a run in
@@ -185,8 +186,13 @@ def evaluate_inbox(
         plan.run_requests.append(RunRequest(
             job_name=purge_deleted_job.name, tags={DOCUMENTS_TAG: str(len(to_purge)), REQUEST_TAG: token, **PURGE_PRIORITY},
         ))
-    gone = set(records.documents_in(engine, *records.GONE)) if found.deleted or to_purge else set()
+    # Retired partitions: looked for when something was deleted now, or a previous tick left
+    # some (a mass deletion is retired in slices, as Dagster deletes one key per statement).
+    look = found.deleted or to_purge or retiring
+    gone = set(records.documents_in(engine, *records.GONE)) if look else set()
     to_delete = [key for key in existing() if key in gone and key not in busy()] if gone else []
+    plan.retiring = len(to_delete) > budget.partition_deletes
+    to_delete = to_delete[: budget.partition_deletes]
     to_move, to_add = detection.gather(existing(), wanted) if wanted else ([], [])
     known = set(to_add)
     if found.refused:
@@ -223,7 +229,7 @@ def _inbox_sensor(
         return SensorResult(skip_reason=f"resting {rest:.1f} s after a {last:.1f} s tick", cursor=context.cursor)
     plan = evaluate_inbox(
         context.instance, db.engine, inbox, previous_digest=previous.get("listing"), endpoint_slots=embedder.concurrency,
-        budget=TICK_BUDGET,
+        budget=TICK_BUDGET, retiring=previous.get("retiring", False),
     )
     found = plan.found
     for doc_id, reason in found.refused.items():
@@ -234,11 +240,15 @@ def _inbox_sensor(
     for problem, digest in zip(found.problems, reported):
         if digest not in seen:
             context.log.warning(problem)
-    idle = not (plan.run_requests or plan.added_partitions or plan.deleted_partitions or found.waiting or plan.released)
+    idle = not (
+        plan.run_requests or plan.added_partitions or plan.deleted_partitions or found.waiting or plan.released
+        or plan.retiring
+    )
     # Saved only once this tick's registrations are committed, so a crashed tick re-detects.
     cursor = json.dumps({
         "listing": found.listing_digest, "problems": reported[:MAX_REMEMBERED_PROBLEMS],
         "ticked_at": started, "tick_seconds": round(time.time() - started, 3), "idle": idle,
+        "retiring": plan.retiring,
     })
     if idle and not found.new and not found.changed and not found.deleted:
         return SensorResult(
