@@ -50,7 +50,7 @@ class Budget:
     `seconds`, and the next tick continues. Partition additions are capped by `files` too
     (Dagster advises at most 25,000 per evaluation)."""
     files: int = 20_000
-    seconds: float = 20.0
+    seconds: float = 15.0
     # Dagster deletes dynamic partitions one statement per key.
     partition_deletes: int = 2_000
 
