@@ -48,3 +48,25 @@ def test_a_reopened_folder_holds_float32_vectors_answers_the_same_and_takes_new_
     store = VectorStore(open_client(None, tmp_path / "q"), "c")
     assert store.count() == POINTS + 1 and store.search(queries[0], k=1)[0].document_id == "new"
     store.close()
+
+
+def test_search_leaves_out_excluded_documents_in_the_query_or_after_it(tmp_path: Path, monkeypatch):
+    """A few tombstoned documents are a filter in the query; after a mass deletion, too many for
+    a filter, the hits are filtered and the search asks for more until it has k."""
+    from rag_pipeline.core import vectorstore
+
+    rnd = random.Random(3)
+    store = VectorStore(open_client(None, tmp_path / "q"), "c")
+    store.ensure_collection(8)
+    ids = [str(uuid.UUID(int=rnd.getrandbits(128))) for _ in range(60)]
+    store.upsert(ids, [[rnd.uniform(-1, 1) for _ in range(8)] for _ in ids],
+                 [{"document_id": f"doc{i % 20}", "text": str(i)} for i in range(60)])
+    query = [rnd.uniform(-1, 1) for _ in range(8)]
+    everything = [h.document_id for h in store.search(query, k=60)]
+    gone = set(everything[:45])  # the best hits belong to deleted documents
+    expected = [d for d in everything if d not in gone][:3]
+    assert [h.document_id for h in store.search(query, k=3, exclude_documents=gone)] == expected
+    monkeypatch.setattr(vectorstore, "EXCLUDE_IN_QUERY", 2)
+    assert [h.document_id for h in store.search(query, k=3, exclude_documents=gone)] == expected
+    assert store.search(query, k=3, exclude_documents={f"doc{i}" for i in range(20)}) == []
+    store.close()

@@ -11,7 +11,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Collection, Iterator, Sequence
 
 import numpy as np
 from qdrant_client import QdrantClient
@@ -19,6 +19,8 @@ from qdrant_client.http import models as qm
 
 from rag_pipeline.core import qdrant_local
 
+# Excluded documents sent to Qdrant as a filter, at most; more are filtered from the hits.
+EXCLUDE_IN_QUERY = 1_000
 PAYLOAD_INDEXES = ("knowledge_base", "document_id", "version", "chunker")
 # Above this many document ids, a scroll of embedded Qdrant reads every point (see points_of).
 LOCAL_FILTER_MAX_VALUES = 16
@@ -205,41 +207,42 @@ class VectorStore:
 
     def search(
         self, vector: Sequence[float], k: int = 5, knowledge_base: str | None = None,
-        exclude_documents: Sequence[str] = (),
+        exclude_documents: Collection[str] = (),
     ) -> list[Hit]:
         """Top-k points; `exclude_documents` are left out (deleted files whose points are still
         waiting for their purge run: a deletion leaves search at the tick that sees it)."""
         if not self.exists():
             return []
-        flt = None
-        if knowledge_base or exclude_documents:
-            flt = qm.Filter(
-                must=[qm.FieldCondition(key="knowledge_base", match=qm.MatchValue(value=knowledge_base))]
-                if knowledge_base else None,
-                must_not=[qm.FieldCondition(key="document_id", match=qm.MatchAny(any=list(exclude_documents)))]
-                if exclude_documents else None,
-            )
-        with self._lock:
-            response = self.client.query_points(
-                self.collection, query=list(vector), query_filter=flt, limit=k, with_payload=True
-            )
-        hits = []
-        for point in response.points:
-            p = point.payload or {}
-            hits.append(
-                Hit(
-                    score=float(point.score),
-                    document_id=p.get("document_id", ""),
-                    chunk_index=int(p.get("chunk_index", -1)),
-                    knowledge_base=p.get("knowledge_base", ""),
-                    path=p.get("source_path", ""),
-                    text=p.get("text", ""),
-                    version=p.get("version", ""),
-                    page=p.get("page"),
-                    heading=p.get("heading"),
-                )
-            )
-        return hits
+        must = [qm.FieldCondition(key="knowledge_base", match=qm.MatchValue(value=knowledge_base))] if knowledge_base else None
+        # A few excluded documents go into the query; after a mass deletion the hits are
+        # filtered here instead (embedded Qdrant tests each point against the whole list).
+        in_query = len(exclude_documents) <= EXCLUDE_IN_QUERY
+        must_not = (
+            [qm.FieldCondition(key="document_id", match=qm.MatchAny(any=list(exclude_documents)))]
+            if exclude_documents and in_query else None
+        )
+        flt = qm.Filter(must=must, must_not=must_not) if must or must_not else None
+        excluded = frozenset(() if in_query else exclude_documents)
+        limit = k
+        while True:
+            with self._lock:
+                points = self.client.query_points(
+                    self.collection, query=list(vector), query_filter=flt, limit=limit, with_payload=True
+                ).points
+            kept = [p for p in points if (p.payload or {}).get("document_id") not in excluded]
+            if len(kept) >= k or len(points) < limit:
+                return [_hit(p) for p in kept[:k]]
+            limit *= 4
+
 
     def close(self) -> None:
         self.client.close()
+
+
+def _hit(point: qm.ScoredPoint) -> Hit:
+    p = point.payload or {}
+    return Hit(
+        score=float(point.score), document_id=p.get("document_id", ""), chunk_index=int(p.get("chunk_index", -1)),
+        knowledge_base=p.get("knowledge_base", ""), path=p.get("source_path", ""), text=p.get("text", ""),
+        version=p.get("version", ""), page=p.get("page"), heading=p.get("heading"),
+    )
