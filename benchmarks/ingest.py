@@ -315,11 +315,23 @@ def variant_pipeline(workdir: Path, db_url: str, corpus: dict[str, bytes], serve
         wait_for(lambda: _active_runs(db_url) == 0, 300, "the last run to finish")
         timeline = _last_run_timeline(db_url, written_at)
         wait_for(lambda: _active_runs(db_url) == 0, 300, "the last run to finish")  # not interrupted by stop()
+        # A re-upload storm: a scattered 2% of the documents (20 at least) rewritten at once.
+        storm = random.Random(11).sample(sorted(corpus), min(n // 2, max(20, n // 50)))
+        runs_before = _runs(db_url)
+        for rel in storm:
+            (settings.inbox_dir / KB / rel).write_bytes(modified(corpus[rel]) + b" storm")
+        started = time.perf_counter()
+        wanted = {document_id(KB, rel): hashlib.sha256(modified(corpus[rel]) + b" storm").hexdigest() for rel in storm}
+        wait_for(lambda: all(_indexed_at(engine, d, v) for d, v in wanted.items()), 1800, "the storm", poll=0.5)
+        storm_seconds = time.perf_counter() - started
+        wait_for(lambda: _active_runs(db_url) == 0, 300, "the storm's runs to finish")
+        storm_runs = _runs(db_url) - runs_before
         failed_runs = _runs(db_url, "FAILURE")
     return {
         "cold_seconds": cold, "cold_embedding_calls": cold_calls, "unchanged_seconds": unchanged,
         "unchanged_embedding_calls": unchanged_calls, "modified_seconds": modified_seconds,
         "modified_timeline": timeline, "runs": _runs(db_url), "failed_runs": failed_runs,
+        "storm_documents": len(storm), "storm_seconds": storm_seconds, "storm_runs": storm_runs,
         "first_run_seconds": first_run, "cold_ticks": len(cold_ticks),
         "cold_failed_ticks": sum("FAILURE" in t["status"] for t in cold_ticks),
         "cold_slowest_tick_seconds": max((t["seconds"] for t in cold_ticks), default=0.0),
@@ -544,8 +556,18 @@ def _child(args: argparse.Namespace) -> None:
 
 
 def measure(variant: str, args: argparse.Namespace, root: Path) -> dict:
-    database = f"rag_bench_{variant}"
+    # One database per invocation: two benchmarks at once (a long run and the tests' smoke run)
+    # must not drop each other's.
+    database = f"rag_bench_{variant}_{os.getpid()}"
     db_url = fresh_database(args.pg, database)
+    try:
+        return _measure(variant, args, root, database, db_url)
+    finally:
+        with psycopg.connect(args.pg, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+def _measure(variant: str, args: argparse.Namespace, root: Path, database: str, db_url: str) -> dict:
     workdir = root / variant
     workdir.mkdir()
     cmd = [sys.executable, __file__, "--child", variant, "--workdir", str(workdir), "--db-url", db_url,
@@ -651,6 +673,8 @@ def main() -> None:
         print(f"pipeline, cold ingest through the daemon: first run {p['first_run_seconds']:.1f} s after the drop, "
               f"last document indexed after {p['cold_seconds']:.1f} s; {p['cold_ticks']} sensor ticks, "
               f"{p['cold_failed_ticks']} failed, slowest {p['cold_slowest_tick_seconds']:.1f} s")
+        print(f"pipeline, a re-upload storm of {p['storm_documents']} scattered documents: converged "
+              f"{p['storm_seconds']:.1f} s after the last write, in {p['storm_runs']} run(s)")
     if sensor:
         print(f"sensor tick over {sensor['files']} unchanged files: {sensor['unchanged_tick_seconds']:.2f} s "
               f"(registering them all: {sensor['register_seconds']:.1f} s in {sensor['register_ticks']} ticks, "
