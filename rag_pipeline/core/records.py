@@ -110,22 +110,23 @@ def register_upload(
 
 
 def register_new_uploads(engine: Engine, uploads: Sequence[tuple[str, str, str, int, int]]) -> set[str]:
-    """First registrations in bulk: (kb, path, version, size, mtime_ns) each, inserted in one
-    statement per slice. Returns the ids inserted; a path someone else registered meanwhile is not
-    among them, and goes through `register_upload` like any change."""
+    """First registrations in bulk: (kb, path, version, size, mtime_ns) each. Returns the ids
+    inserted; a path someone else registered meanwhile is not among them, and goes through
+    `register_upload` like any change."""
+    if not uploads:
+        return set()
     ts = now()
-    inserted: set[str] = set()
+    values = [
+        dict(id=document_id(kb, path), knowledge_base=kb, path=path, version=version, size_bytes=size,
+             mtime_ns=mtime, status=PENDING, attempts=0, detected_at=ts, updated_at=ts, registered_at=ts, revision=1)
+        for kb, path, version, size, mtime in uploads
+    ]
     with engine.begin() as conn:
-        for part in batched(uploads):
-            values = [
-                dict(id=document_id(kb, path), knowledge_base=kb, path=path, version=version, size_bytes=size,
-                     mtime_ns=mtime, status=PENDING, attempts=0, detected_at=ts, updated_at=ts, registered_at=ts,
-                     revision=1)
-                for kb, path, version, size, mtime in part
-            ]
-            insert = insert_for(conn, documents).values(values).on_conflict_do_nothing().returning(documents.c.id)
-            inserted.update(r[0] for r in conn.execute(insert))
-    return inserted
+        # A list of parameter sets, not `.values(list)`: SQLAlchemy compiles the statement once
+        # and sends it as multi-row inserts of a bounded size ("insertmanyvalues"). A literal
+        # 2,000-row VALUES list was compiled anew every time: 24 s for 20,000 first uploads.
+        insert = insert_for(conn, documents).on_conflict_do_nothing().returning(documents.c.id)
+        return {r[0] for r in conn.execute(insert, values)}
 
 
 def mark_deleting(engine: Engine, doc_ids: Sequence[str]) -> list[str]:
@@ -209,12 +210,14 @@ def save_versions(engine: Engine, items: Sequence[tuple[str, str, ParsedDocument
             )
             for d, v, p in live
         ]
-        for part in batched(values):
-            insert = insert_for(conn, document_versions).values(part)
-            conn.execute(insert.on_conflict_do_update(
+        insert = insert_for(conn, document_versions)
+        conn.execute(
+            insert.on_conflict_do_update(
                 index_elements=["document_id", "version"],
                 set_={c: insert.excluded[c] for c in ("parser", "text", "sections", "info")},
-            ))
+            ),
+            values,
+        )
         conn.execute(
             documents.update().where(documents.c.id == sa.bindparam("b_doc")).values(title=sa.bindparam("b_title"), **_pending_again(ts)),
             [{"b_doc": d, "b_title": p.title} for d, _, p in live],

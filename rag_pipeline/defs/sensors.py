@@ -48,6 +48,11 @@ REQUEST_TAG = "rag/request"
 # index run queued beside it starts.
 PURGE_PRIORITY = {"dagster/priority": "10"}
 MAX_REMEMBERED_PROBLEMS = 1000
+# Index runs waiting in the queue, at most: the sensor hands out more only as they start. The
+# daemon creates a tick's runs before the next tick (10 to 14 s each for 2,500 documents on a
+# loaded 2-core machine: eight of them held the sensor for 100 s), and a deep queue makes no run
+# start sooner. The rest stays pending, handed out oldest first as runs start.
+QUEUE_AHEAD = 2
 # What one tick registers and hands out at most: well inside Dagster's 60 s sensor deadline on
 # a 2-core machine (registering 100,000 small files: 5 ticks of 17 to 20 s with 20 s of hashing
 # allowed, while tests ran beside it); the next tick continues.
@@ -178,6 +183,11 @@ def evaluate_inbox(
     plan.check_events = check_events
     parked = set(exhausted)
     wanted = [r.id for r in due if r.id not in parked and r.id not in busy()]
+    if wanted and not take_all:
+        waiting = instance.get_runs_count(
+            RunsFilter(job_name=index_documents_job.name, statuses=[DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED])
+        )
+        wanted = wanted[: max(0, QUEUE_AHEAD - waiting) * inbox.docs_per_run]
     # Deleted documents leave the UI at once; their points and rows go in a purge run, which
     # is launched before any index run.
     to_purge = [r.id for r in records.due(engine, records.DELETING, budget.files, legacy_before, take_all=take_all)]
