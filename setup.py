@@ -39,7 +39,7 @@ setup(
     ],
     extras_require={
         # selenium drives Debian's chromium + chromium-driver in the UI test.
-        "dev": ["pytest>=8", "hypothesis>=6", "selenium>=4.20", "dagster-celery>=0.29,<0.30", *BENCH],
+        "dev": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6", "selenium>=4.20", "dagster-celery>=0.29,<0.30", *BENCH],
         # The benchmark: process-tree memory, and LangChain's indexer as the comparison.
         "bench": BENCH,
         # RAG_EXECUTOR=celery / docker / k8s: Dagster's executors for running steps elsewhere.

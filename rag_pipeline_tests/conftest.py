@@ -1,5 +1,10 @@
 """Shared fixtures: a real PostgreSQL database per test, the local OpenAI-compatible server,
-and an isolated data folder. PostgreSQL comes from RAG_TEST_PG_URL (default: the local server)."""
+and an isolated data folder. PostgreSQL comes from RAG_TEST_PG_URL (default: the local server).
+
+Each test's database is a copy of a template migrated once per session (per pytest-xdist
+worker): `CREATE DATABASE ... TEMPLATE` instead of running the migrations again. The template
+is built from the current migrations in every session under a name of its own, and dropped at
+the session's end."""
 
 from __future__ import annotations
 
@@ -20,23 +25,55 @@ def _admin() -> psycopg.Connection:
     return psycopg.connect(BASE_PG, autocommit=True, connect_timeout=10)
 
 
-@pytest.fixture
-def pg_url() -> str:
-    name = f"ragtest_{uuid.uuid4().hex[:12]}"
-    with _admin() as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+def _database_url(name: str) -> str:
     base, _ = BASE_PG.rsplit("/", 1)
-    url = f"{base}/{name}"
-    yield url
-    for key in list(core_db._engines):
-        core_db.dispose_engine(key)
-    core_db._migrated.clear()
+    return f"{base}/{name}"
+
+
+def _drop_database(name: str) -> None:
     with _admin() as conn:
         conn.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
             (name,),
         )
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> str:
+    """The name of a database holding our tables at the latest migration, to clone per test.
+    Unique to this session and worker (another session may have other migrations); nothing
+    stays connected to it, as `CREATE DATABASE ... TEMPLATE` requires."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    name = f"ragtmpl_{worker}_{uuid.uuid4().hex[:10]}"
+    with _admin() as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        engine = core_db.make_engine(_database_url(name))
+        try:
+            core_db.migrate(engine)
+        finally:
+            engine.dispose()
+            # A copy's URL differs anyway; nothing may believe this one migrated once it is gone.
+            core_db._migrated.discard(str(engine.url))
+        yield name
+    finally:
+        _drop_database(name)
+
+
+@pytest.fixture
+def pg_url(pg_template: str) -> str:
+    name = f"ragtest_{uuid.uuid4().hex[:12]}"
+    with _admin() as conn:
+        # A copy of the migrated template: its rag_alembic_version row is at head, so
+        # open_engine's migrate() finds nothing to do.
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
+    url = _database_url(name)
+    yield url
+    for key in list(core_db._engines):
+        core_db.dispose_engine(key)
+    core_db._migrated.clear()
+    _drop_database(name)
 
 
 @pytest.fixture(scope="session")

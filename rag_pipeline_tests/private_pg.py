@@ -48,9 +48,17 @@ class PrivateCluster:
                   "-m", "fast", "-w", "restart")
 
 
+def worker_port(port: int) -> int:
+    """`port` for this pytest-xdist worker: gw0 keeps it, gwN moves it up by 100 * N, so clusters
+    of parallel workers never share one (the fast tier runs in parallel)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return port + 100 * int(worker.lstrip("gw") or 0)
+
+
 def private_cluster(max_connections: int, port: int = 5491):  # noqa: ANN201
     if _pg_bin() is None:
         pytest.skip("no PostgreSQL binaries to start a private cluster")
+    port = worker_port(port)
     root = Path(f"/tmp/rag-test-pg-{os.getpid()}-{port}")
     shutil.rmtree(root, ignore_errors=True)
     cluster = PrivateCluster(root, port, max_connections).start()
@@ -59,6 +67,3 @@ def private_cluster(max_connections: int, port: int = 5491):  # noqa: ANN201
     finally:
         cluster.stop()
         shutil.rmtree(root, ignore_errors=True)
-
-
-

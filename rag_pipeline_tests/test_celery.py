@@ -10,16 +10,17 @@ import json
 import shutil
 
 import pytest
-from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import DagsterEventType, DagsterInstance, RunsFilter
 
 from rag_pipeline.core import records
 from rag_pipeline.core.db import open_engine
 from rag_pipeline.devtools.topology import Topology, production_home, wait_for
 from rag_pipeline.settings import Settings
-from rag_pipeline_tests.helpers import FORMAT_FILES, write_files
+from rag_pipeline_tests.helpers import FORMAT_FILES, assert_run_succeeded, write_files
 
 
 
+@pytest.mark.slow
 def test_celery_executor_runs_the_steps_on_a_worker(rag_env, pg_url, tmp_path, embedding_server, monkeypatch):
     for key, value in production_home(tmp_path / "prod_home", pg_url).items():
         monkeypatch.setenv(key, value)
@@ -67,7 +68,8 @@ def test_celery_executor_runs_the_steps_on_a_worker(rag_env, pg_url, tmp_path, e
         wait_for(indexed, 180, "the documents to be indexed through Celery", poll=1)
         with DagsterInstance.get() as instance:
             [run] = instance.get_runs(RunsFilter(job_name="index_documents"))
-            wait_for(lambda: instance.get_run_by_id(run.run_id).status == DagsterRunStatus.SUCCESS, 60, "the run to end")
+            wait_for(lambda: instance.get_run_by_id(run.run_id).is_finished, 60, "the run to end")
+            assert_run_succeeded(instance.get_run_by_id(run.run_id), instance)
             starts = instance.all_logs(run.run_id, of_type=DagsterEventType.STEP_START)
             assert {e.step_key for e in starts} == {"source_document", "document_chunks", "chunk_vectors", "document_embeddings"}
         # Every step was a task the worker ran.

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rag_pipeline_tests.helpers import FORMAT_FILES
+from rag_pipeline_tests.helpers import FORMAT_FILES, assert_run_succeeded
 
 
 def cli(*args: str, check: bool = True) -> tuple[int, object]:
@@ -150,4 +150,4 @@ def test_scheduled_audit_marks_the_documents_and_repairs_on_request(rag_env, emb
         assert meta["orphan_points_deleted"].value == 1 and meta["documents_requested"].value == 1
         cli("run")  # the re-requested document, from the embedding cache
         assert sum(embedding_server.texts.values()) == sent
-        assert job.execute_in_process(instance=instance).success
+        assert_run_succeeded(job.execute_in_process(instance=instance))

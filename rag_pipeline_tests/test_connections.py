@@ -28,6 +28,8 @@ RUNS = 5
 # storage (a connection per call).
 PER_RUN = 6
 
+pytestmark = pytest.mark.slow  # a private cluster and five run processes at once
+
 
 @pytest.fixture
 def small_postgres():

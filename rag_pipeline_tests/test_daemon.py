@@ -32,6 +32,7 @@ def _tick_starts(engine: sa.Engine) -> list[float]:
         return [json.loads(body)["timestamp"] for body in bodies]
 
 
+@pytest.mark.slow
 def test_sensor_ticks_every_loop_and_an_upload_is_indexed_within_seconds(rag_env, pg_url, tmp_path, monkeypatch):
     for key, value in production_home(tmp_path / "prod_home", pg_url).items():
         monkeypatch.setenv(key, value)

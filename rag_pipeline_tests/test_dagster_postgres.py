@@ -3,13 +3,13 @@ PostgreSQL (psycopg2 scheme), and a sensor-requested run completes against it.""
 
 from __future__ import annotations
 
-from dagster import DagsterInstance, DagsterRunStatus, SensorResult
+from dagster import DagsterInstance, SensorResult
 
 from rag_pipeline.definitions import build_definitions
 from rag_pipeline.defs.storage import PooledPostgresEventLogStorage
 from rag_pipeline.devtools.topology import production_home
 from rag_pipeline.settings import Settings
-from rag_pipeline_tests.helpers import tick_and_run, write_files
+from rag_pipeline_tests.helpers import assert_run_succeeded, tick_and_run, write_files
 
 def test_repo_dagster_yaml_runs_on_postgres(rag_env, pg_url, tmp_path, monkeypatch):
     for key, value in production_home(tmp_path / "prod_home", pg_url).items():
@@ -32,7 +32,7 @@ def test_repo_dagster_yaml_runs_on_postgres(rag_env, pg_url, tmp_path, monkeypat
         result, runs = tick_and_run(defs, instance)
         assert isinstance(result, SensorResult) and len(runs) == 1
         run = instance.get_run_by_id(runs[0].run_id)
-        assert run.status == DagsterRunStatus.SUCCESS
+        assert_run_succeeded(run, instance)
         # The run's events (including per-partition materializations) are in PostgreSQL.
         keys = instance.get_materialized_partitions(__import__("dagster").AssetKey("document_embeddings"))
         assert len(keys) == 1

@@ -24,7 +24,9 @@ from rag_pipeline.core.db import open_engine
 from rag_pipeline.core.vectorstore import open_client
 from rag_pipeline.devtools.topology import Topology, production_home, wait_for
 from rag_pipeline.settings import Settings
-from rag_pipeline_tests.helpers import FORMAT_FILES, write_files
+from rag_pipeline_tests.helpers import FORMAT_FILES, run_errors, write_files
+
+pytestmark = pytest.mark.slow
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -141,6 +143,20 @@ class GraphQL:
                 }
               }
             }""", id=backfill_id)["partitionBackfillOrError"]
+
+
+def _errors_of(backfill: dict) -> str:
+    """The step errors of a backfill's runs that did not succeed (from the instance's event log)."""
+    from dagster import DagsterInstance
+
+    try:
+        with DagsterInstance.get() as instance:
+            return "\n".join(
+                f"run {r['runId']} {r['status']}: {run_errors(instance.all_logs(r['runId']))}"
+                for r in backfill.get("runs") or [] if r["status"] != "SUCCESS"
+            )
+    except Exception as exc:  # noqa: BLE001  (a message for a failing assertion must not fail itself)
+        return f"(the runs' events could not be read: {exc!r})"
 
 
 def _wait_indexed(engine, count: int, timeout: float) -> list:  # noqa: ANN001
@@ -275,7 +291,7 @@ def test_topology_indexes_drops_shows_them_in_the_ui_and_reembeds_through_a_grap
 
         def finished() -> dict | None:
             state = gql.backfill(backfill_id)
-            assert state["status"] not in ("FAILED", "COMPLETED_FAILED", "CANCELED"), state
+            assert state["status"] not in ("FAILED", "COMPLETED_FAILED", "CANCELED"), (state, _errors_of(state))
             return state if state["status"] in ("COMPLETED", "COMPLETED_SUCCESS") else None
 
         # Search keeps answering from the old collection while the backfill runs.
@@ -286,7 +302,7 @@ def test_topology_indexes_drops_shows_them_in_the_ui_and_reembeds_through_a_grap
             time.sleep(1)
         assert state["numPartitions"] == len(keys)
         # single_run backfill policy: one run for every partition, not one per document.
-        assert [r["status"] for r in state["runs"]] == ["SUCCESS"]
+        assert [r["status"] for r in state["runs"]] == ["SUCCESS"], _errors_of(state)
 
         new_collection = _serving(settings)
         assert new_collection != old_collection

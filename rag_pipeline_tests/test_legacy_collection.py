@@ -6,7 +6,7 @@ to the alias and the old collection is dropped. Real PostgreSQL, embedded Qdrant
 from __future__ import annotations
 
 import sqlalchemy as sa
-from dagster import AssetKey, DagsterInstance, DagsterRunStatus
+from dagster import AssetKey, DagsterInstance
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from qdrant_client.http import models as qm
 
@@ -16,7 +16,7 @@ from rag_pipeline.core.db import get_engine, index_generations
 from rag_pipeline.core.vectorstore import open_client
 from rag_pipeline.definitions import build_definitions
 from rag_pipeline.settings import Settings
-from rag_pipeline_tests.helpers import FORMAT_FILES, tick_and_run, write_files
+from rag_pipeline_tests.helpers import FORMAT_FILES, assert_run_succeeded, tick_and_run, write_files
 
 QUERY = "igneous rock from cooling lava"
 
@@ -87,7 +87,7 @@ def test_pre_generation_collection_is_adopted_then_replaced(rag_env, embedding_s
             asset_selection=[AssetKey("chunk_vectors"), AssetKey("document_embeddings")],
             tags={ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]},
         )
-        assert result.dagster_run.status == DagsterRunStatus.SUCCESS
+        assert_run_succeeded(result)
         target = generations.collection_name(new.collection, new.embedding_spec.fingerprint)
         assert _collections(new) == ({target}, target)
         assert _top(new) == "papers/geology.pdf"

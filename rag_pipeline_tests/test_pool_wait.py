@@ -15,6 +15,7 @@ from dagster import DagsterInstance, job, op
 
 import rag_pipeline.defs  # noqa: F401  (installs the fix, as the definitions do in a run process)
 from rag_pipeline.devtools.topology import production_home
+from rag_pipeline_tests.helpers import assert_run_succeeded
 
 POOL = "test_single_writer"
 
@@ -70,7 +71,7 @@ def test_waiting_for_a_pool_slot_sleeps_and_takes_the_slot_when_freed(tmp_path, 
             lambda: storage.free_concurrency_slot_for_step("other-run", "other-step"),
         )
 
-    assert waited["result"].success
+    assert_run_succeeded(waited["result"])
     # Spinning costs ~4 s of CPU in these 4 s; sleeping between claims, a small fraction
     # (starting the run included).
     assert waited["cpu_waiting"] < 1.5, f"{waited['cpu_waiting']:.2f} s of CPU while waiting for a slot"

@@ -18,6 +18,8 @@ from rag_pipeline.core.vectorstore import VectorStore, open_client
 from rag_pipeline_tests.integrity_rig import Rig
 from rag_pipeline_tests.private_pg import private_cluster
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def cluster():

@@ -8,7 +8,7 @@ import datetime as dt
 
 import pytest
 import sqlalchemy as sa
-from dagster import AssetKey, DagsterInstance, DagsterRunStatus
+from dagster import AssetKey, DagsterInstance
 from dagster._core.definitions.data_version import StaleStatus
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from dagster._utils.test.data_versions import get_stale_status_resolver
@@ -20,7 +20,7 @@ from rag_pipeline.core.vectorstore import open_client
 from rag_pipeline.definitions import build_definitions, versioned_assets
 from rag_pipeline.defs.resources import ChunkerResource
 from rag_pipeline.settings import Settings, make_settings_embedder
-from rag_pipeline_tests.helpers import FORMAT_FILES, tick_and_run, write_files
+from rag_pipeline_tests.helpers import FORMAT_FILES, assert_run_succeeded, tick_and_run, write_files
 
 TOPICS = {
     f"topic-{i}.txt": f"Document {i} is about {word} and nothing else. {word.capitalize()} facts follow.\n\n"
@@ -38,7 +38,7 @@ def _backfill(defs, instance: DagsterInstance, keys: list[str], assets: list[str
         instance=instance, raise_on_error=False, asset_selection=[AssetKey(a) for a in assets] if assets else None,
         tags={ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]},
     )
-    assert result.dagster_run.status == DagsterRunStatus.SUCCESS
+    assert_run_succeeded(result)
 
 
 def _stale(instance: DagsterInstance, settings: Settings, keys: list[str]) -> dict[str, StaleStatus]:
