@@ -53,9 +53,11 @@ class Budget:
     seconds: float = 15.0
     # Dagster deletes dynamic partitions one statement per key.
     partition_deletes: int = 2_000
+    # Check evaluations reported by a tick (overdue, parked): the daemon stores each one alone.
+    reports: int = 1_000
 
 
-UNBOUNDED = Budget(files=10**12, seconds=float("inf"), partition_deletes=10**12)
+UNBOUNDED = Budget(files=10**12, seconds=float("inf"), partition_deletes=10**12, reports=10**12)
 
 
 def listing_digest(listing: Scan) -> str:

@@ -488,12 +488,21 @@ def release(engine: Engine, tokens: Sequence[str]) -> int:
 
 def due(
     engine: Engine, status: str, limit: int, legacy_before: dt.datetime | None = None, *, take_all: bool = False,
+    attempts: tuple[int, int | None] = (0, None),
 ) -> list[sa.Row]:
     """Up to `limit` documents in `status` due for a hand-off (never handed out, or released),
     oldest registration first: (id, attempts). Hand-offs without a token (made before tokens
     existed, or a backfill's own) are due once older than `legacy_before`. `take_all`: every
-    document in `status`, handed out or not (`rag-pipeline run` is an explicit "now")."""
+    document in `status`, handed out or not (`rag-pipeline run` is an explicit "now").
+    `attempts`: only documents handed out at least, and fewer than, so many times."""
+    if limit <= 0:
+        return []
     cond = documents.c.status == status
+    low, high = attempts
+    if low:
+        cond &= documents.c.attempts >= low
+    if high is not None:
+        cond &= documents.c.attempts < high
     if not take_all:
         untokened = documents.c.request_token.is_(None) & (documents.c.requested_at < legacy_before) \
             if legacy_before is not None else sa.false()

@@ -169,25 +169,31 @@ def evaluate_inbox(
     # retired under it (a run whose range names a deleted partition fails as a whole).
     # Worked out only when some document is due for one of those.
     busy = functools.cache(lambda: documents_in_active_runs(instance, existing))
-    due = records.due(engine, records.PENDING, budget.files, legacy_before, take_all=take_all)
-    # The reconciler's job, done as checks: documents given up on after max_attempts runs
-    # become failed (the dead letter); late ones are reported once.
-    exhausted = [r.id for r in due if r.attempts >= inbox.max_attempts and r.id not in busy()]
+    exhausted = [
+        r.id for r in records.due(
+            engine, records.PENDING, budget.reports, legacy_before, take_all=take_all, attempts=(inbox.max_attempts, None)
+        )
+        if r.id not in busy()
+    ]
     check_events = [overdue_evaluation(r.id, r.error, parked=True) for r in records.park(engine, exhausted, inbox.max_attempts)]
     late = f"not indexed {inbox.overdue_seconds:.0f} s after upload"
-    for r in records.overdue(engine, at - dt.timedelta(seconds=inbox.overdue_seconds), budget.files):
+    for r in records.overdue(engine, at - dt.timedelta(seconds=inbox.overdue_seconds), budget.reports):
         check_events.append(overdue_evaluation(r.id, f"{late}; {r.error}" if r.error else late, parked=False))
     # Files refused unread get a partition too, failed `parsed` with the reason: the UI lists
     # every upload, and says why this one was not indexed.
     check_events += [refusal_evaluation(doc_id, reason) for doc_id, reason in found.refused.items()]
     plan.check_events = check_events
-    parked = set(exhausted)
-    wanted = [r.id for r in due if r.id not in parked and r.id not in busy()]
-    if wanted and not take_all:
+    room = budget.files
+    if not take_all:
+        # Index runs are handed out as the queue empties: see QUEUE_AHEAD.
         waiting = instance.get_runs_count(
             RunsFilter(job_name=index_documents_job.name, statuses=[DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED])
         )
-        wanted = wanted[: max(0, QUEUE_AHEAD - waiting) * inbox.docs_per_run]
+        room = min(room, max(0, QUEUE_AHEAD - waiting) * inbox.docs_per_run)
+    due = records.due(
+        engine, records.PENDING, room, legacy_before, take_all=take_all, attempts=(0, inbox.max_attempts)
+    )
+    wanted = [r.id for r in due if r.id not in busy()]
     # Deleted documents leave the UI at once; their points and rows go in a purge run, which
     # is launched before any index run.
     to_purge = [r.id for r in records.due(engine, records.DELETING, budget.files, legacy_before, take_all=take_all)]
