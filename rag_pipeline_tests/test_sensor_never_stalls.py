@@ -82,18 +82,25 @@ def test_a_large_drop_is_registered_in_slices_with_runs_from_the_first_tick(rag_
         assert idle.skip_reason and not runs
 
 
-def test_a_lost_hand_off_is_handed_out_again_at_the_next_tick(rag_env):
-    """A tick past its deadline, a daemon crash or `dagster sensor preview`: the documents were
-    stamped requested, but no run was ever created for them."""
+def _three_uploads():  # noqa: ANN202
+    """Three files in the inbox: the definitions and our engine."""
     settings = Settings.from_env()
     write_files(settings.inbox_dir, "kb", _files(3))
-    defs = build_definitions(settings)
-    engine = get_engine(settings.database_url)
+    return build_definitions(settings), get_engine(settings.database_url)
+
+
+def test_a_lost_hand_off_is_handed_out_again_at_the_next_tick(rag_env, monkeypatch):
+    """A tick past its deadline, a daemon crash or `dagster sensor preview`: the documents were
+    stamped requested, but no run was ever created for them."""
+    defs, engine = _three_uploads()
     with DagsterInstance.get() as instance:
         lost = _tick(defs, instance)
         [request] = lost.run_requests
-        # A moment later its run may still be on the way: not handed out twice.
+        # Within LOST_AFTER its run may still be on the way: not handed out twice.
+        lost_after = sensors.LOST_AFTER
+        monkeypatch.setattr(sensors, "LOST_AFTER", sensors.REREQUEST_AFTER)
         assert _tick(defs, instance, cursor=lost.cursor).run_requests == []
+        monkeypatch.setattr(sensors, "LOST_AFTER", lost_after)
         time.sleep(sensors.LOST_AFTER.total_seconds() + 0.5)
         again = _tick(defs, instance, cursor=lost.cursor)
         [retry] = again.run_requests
@@ -107,10 +114,7 @@ def test_a_lost_hand_off_is_handed_out_again_at_the_next_tick(rag_env):
 def test_documents_of_a_failed_run_are_handed_out_again_soon_after_it_ends(rag_env, embedding_server, monkeypatch):
     """An endpoint outage outlasting Dagster's run retries: its documents wait RETRY_AFTER after
     the last run ended, not a fixed ten minutes, and the attempts stay unspent."""
-    settings = Settings.from_env()
-    write_files(settings.inbox_dir, "kb", _files(3))
-    defs = build_definitions(settings)
-    engine = get_engine(settings.database_url)
+    defs, engine = _three_uploads()
     with DagsterInstance.get() as instance:
         first = _tick(defs, instance)
         [request] = first.run_requests
