@@ -54,7 +54,7 @@ class Budget:
     # Dagster deletes dynamic partitions one statement per key.
     partition_deletes: int = 2_000
     # Check evaluations reported by a tick (overdue, parked): the daemon stores each one alone.
-    reports: int = 500
+    reports: int = 200
 
 
 UNBOUNDED = Budget(files=10**12, seconds=float("inf"), partition_deletes=10**12, reports=10**12)
