@@ -253,11 +253,14 @@ def test_a_document_a_run_still_holds_is_not_parked_and_runs_are_only_asked_when
         assert records.get_documents(engine, [doc])[doc].status == records.FAILED
 
 
-def test_the_sensor_rests_four_times_its_last_tick_before_walking_the_inbox_again(rag_env):
+def test_the_sensor_rests_four_times_its_last_tick_before_walking_the_inbox_again(rag_env, monkeypatch):
     """rag-dagster-daemon offers a tick every second; over 100,000 files a tick takes about one."""
     import json
     import time
 
+    from rag_pipeline.defs import sensors
+
+    monkeypatch.setattr(sensors, "RESTLESS_TICK", 0.25)  # rag_env keeps other tests from resting
     settings = Settings.from_env()
     defs = build_definitions(settings)
     with DagsterInstance.get() as instance:

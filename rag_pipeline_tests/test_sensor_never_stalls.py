@@ -23,13 +23,6 @@ from rag_pipeline.settings import Settings
 from rag_pipeline_tests.helpers import execute, tick_and_run, write_files
 
 
-@pytest.fixture(autouse=True)
-def _no_rest(monkeypatch) -> None:
-    """These tests tick back to back; on a loaded machine an idle tick can take over 0.25 s and
-    earn the sensor a rest (tested in test_sensor_lifecycle), which is not what they look at."""
-    monkeypatch.setattr(sensors, "RESTLESS_TICK", float("inf"))
-
-
 def _files(n: int, start: int = 0) -> dict[str, bytes]:
     return {f"f{i:03d}.txt": f"Document {i}: the tide tables of harbour number {i}.".encode() for i in range(start, start + n)}
 
