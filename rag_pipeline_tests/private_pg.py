@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from rag_pipeline.devtools.topology import free_port
+
 
 def _pg_bin() -> Path | None:
     found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
@@ -48,20 +50,20 @@ class PrivateCluster:
                   "-m", "fast", "-w", "restart")
 
 
-def worker_port(port: int) -> int:
-    """`port` for this pytest-xdist worker: gw0 keeps it, gwN moves it up by 100 * N, so clusters
-    of parallel workers never share one (the fast tier runs in parallel)."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
-    return port + 100 * int(worker.lstrip("gw") or 0)
-
-
-def private_cluster(max_connections: int, port: int = 5491):  # noqa: ANN201
+def private_cluster(max_connections: int, port: int | None = None):  # noqa: ANN201
+    """A started cluster, stopped and removed afterwards. On a free port unless `port` is given:
+    parallel workers, and other sessions on the machine, each get their own."""
     if _pg_bin() is None:
         pytest.skip("no PostgreSQL binaries to start a private cluster")
-    port = worker_port(port)
+    if port is None:
+        port = free_port()
     root = Path(f"/tmp/rag-test-pg-{os.getpid()}-{port}")
     shutil.rmtree(root, ignore_errors=True)
-    cluster = PrivateCluster(root, port, max_connections).start()
+    try:
+        cluster = PrivateCluster(root, port, max_connections).start()
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
     try:
         yield cluster
     finally:

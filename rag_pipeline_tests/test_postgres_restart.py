@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def cluster():
-    yield from private_cluster(max_connections=50, port=5492)
+    yield from private_cluster(max_connections=50)
 
 
 @pytest.fixture
