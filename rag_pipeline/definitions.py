@@ -32,7 +32,7 @@ def build_resources(settings: Settings) -> dict:
     return {
         "db": DatabaseResource(url=_secret("DATABASE_URL", settings.database_url)),
         "inbox": InboxResource(
-            path=str(settings.inbox_dir), **dataclasses.asdict(settings.limits),
+            path=str(settings.inbox_dir), url=settings.inbox_url, **dataclasses.asdict(settings.limits),
             docs_per_run=settings.docs_per_run, settle_seconds=settings.settle_seconds, overdue_seconds=settings.overdue_seconds,
             max_attempts=settings.max_attempts,
         ),

@@ -58,6 +58,9 @@ class Settings:
     embed_max_retries: int = 6
     embed_concurrency: int = 2
     embed_requests: int = 2
+    # s3://BUCKET/PREFIX: uploads land in a bucket instead of inbox_dir (credentials and endpoint
+    # from boto3's standard AWS configuration, never from here).
+    inbox_url: str | None = None
     limits: Limits = field(default_factory=Limits)
     # Secrets are never part of repr(): a settings object can end up in a log line.
     openai_api_key: str | None = field(default=None, repr=False)
@@ -106,6 +109,7 @@ class Settings:
             embed_max_retries=_int(env, "RAG_EMBED_MAX_RETRIES", 6),
             embed_concurrency=_int(env, "RAG_EMBED_CONCURRENCY", 2),
             embed_requests=_int(env, "RAG_EMBED_REQUESTS", 2),
+            inbox_url=_inbox_url(env),
             limits=Limits(
                 max_file_bytes=_int(env, "RAG_MAX_FILE_BYTES", Limits.max_file_bytes),
                 max_pages=_int(env, "RAG_MAX_PAGES", Limits.max_pages),
@@ -117,6 +121,21 @@ class Settings:
             openai_api_key=env.get("OPENAI_API_KEY") or None,
             qdrant_api_key=env.get("QDRANT_API_KEY") or None,
         )
+
+
+def _inbox_url(env: Mapping[str, str]) -> str | None:
+    url = (env.get("RAG_INBOX_URL") or "").strip()
+    if url and not url.startswith("s3://"):
+        raise ValueError(f"RAG_INBOX_URL must be s3://BUCKET/PREFIX, got {url!r}")
+    return url or None
+
+
+def open_source(settings: Settings):  # noqa: ANN201
+    """The landing zone outside Dagster (CLI, scripts): the bucket of RAG_INBOX_URL, else the
+    folder RAG_INBOX_DIR."""
+    from rag_pipeline.core.sources import open_source as _open
+
+    return _open(url=settings.inbox_url, folder=settings.inbox_dir)
 
 
 def open_vector_store(settings: Settings, engine=None):  # noqa: ANN001, ANN201

@@ -39,10 +39,11 @@ def test_workspace_loads_definitions(tmp_path):
 
 def test_the_code_server_loads_the_definitions_without_the_runs_libraries():
     """The code server evaluates the sensor and never embeds, writes vectors or builds frames:
-    pandas, qdrant-client and openai are imported by the runs only (about 100 MB of RSS)."""
+    pandas, qdrant-client and openai are imported by the runs only (about 100 MB of RSS), and
+    boto3 only where a bucket is read."""
     probe = (
         "import sys, rag_pipeline.definitions as d; d.defs.resolve_sensor_def('inbox_sensor'); "
-        "print(sorted(m for m in ('pandas', 'qdrant_client', 'openai', 'numpy') if m in sys.modules))"
+        "print(sorted(m for m in ('pandas', 'qdrant_client', 'openai', 'numpy', 'boto3', 'botocore') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -44,6 +44,9 @@ documents = sa.Table(
     # The hand-off the document is in (a tag on the runs given it): the sensor asks Dagster
     # whether those runs exist and are still going, and hands out again what they left.
     sa.Column("request_token", sa.String(40)),
+    # The source's own change token where mtime says nothing (an S3 ETag); NULL for a file,
+    # whose token is mtime_ns. Same size and token: the upload is not read again.
+    sa.Column("change_token", sa.String(200)),
     sa.UniqueConstraint("knowledge_base", "path", name="uq_documents_kb_path"),
     sa.Index("ix_documents_status", "status"),
     sa.Index("ix_documents_request_token", "request_token"),

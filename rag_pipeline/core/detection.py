@@ -1,8 +1,9 @@
-"""What changed in the landing directory (new, changed, deleted), and which documents need a run.
+"""What changed in the landing zone (new, changed, deleted), and which documents need a run.
 
-Used by the sensor and by `rag-pipeline run`, so both see uploads the same way. A file is
-hashed only when its (size, mtime) differs from what we recorded, so a tick over an unchanged
-inbox is one directory walk and one query.
+Used by the sensor and by `rag-pipeline run`, so both see uploads the same way, whatever the
+source (`core/sources`). An upload is hashed only when its (size, change token) differs from
+what we recorded (the mtime for a file, the ETag for an object), so a tick over an unchanged
+landing zone is one listing and one query, and an unchanged object is never downloaded.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from rag_pipeline.core import records
 from rag_pipeline.core.batching import batched
 from rag_pipeline.core.db import documents
 from rag_pipeline.core.identity import document_id, sha256_stream
-from rag_pipeline.core.inbox import Scan, open_inside, scan
+from rag_pipeline.core.sources import Scan, Source, SourceChanged, SourceError, as_source
 
 
 @dataclass
@@ -65,12 +66,27 @@ def listing_digest(listing: Scan) -> str:
     still settling counts by name only (its growth changes nothing until it settles, and then
     its state does), so an unchanged listing is recognised even while a file is being written."""
     digest = hashlib.sha256()
-    entries = [(f.knowledge_base, f.path, f.size, f.mtime_ns, "file") for f in listing.files.values()]
-    entries += [(r.stat.knowledge_base, r.stat.path, r.stat.size, r.stat.mtime_ns, "refused") for r in listing.refused.values()]
-    entries += [(kb, path, 0, 0, "held") for kb, path in listing.held]
-    for kb, path, size, mtime_ns, state in sorted(entries):
-        digest.update(f"{kb}\x00{path}\x00{size}\x00{mtime_ns}\x00{state}\n".encode())
+    entries = [(f.knowledge_base, f.path, f.size, _stamp(f), "file") for f in listing.files.values()]
+    entries += [(r.stat.knowledge_base, r.stat.path, r.stat.size, _stamp(r.stat), "refused") for r in listing.refused.values()]
+    entries += [(kb, path, 0, "0", "held") for kb, path in listing.held]
+    for kb, path, size, stamp, state in sorted(entries):
+        digest.update(f"{kb}\x00{path}\x00{size}\x00{stamp}\x00{state}\n".encode())
     return digest.hexdigest()
+
+
+def _stamp(stat) -> str:  # noqa: ANN001
+    # A file's digest entry is exactly what it was before sources had tokens.
+    return str(stat.mtime_ns) if stat.token is None else f"{stat.mtime_ns}\x00{stat.token}"
+
+
+def _unchanged(prior: records.Known, stat) -> bool:  # noqa: ANN001
+    """Same size and change token as recorded: not read again. An object's token is its ETag
+    (its LastModified changes when identical bytes are uploaded again); a file's is its mtime."""
+    if prior.size_bytes != stat.size:
+        return False
+    if stat.token is not None:
+        return prior.change_token == stat.token
+    return prior.mtime_ns == stat.mtime_ns
 
 
 def refusal_version(reason: str) -> str:
@@ -80,18 +96,21 @@ def refusal_version(reason: str) -> str:
 
 
 def detect(
-    engine: Engine, inbox: Path, min_age_seconds: float = 0.0, previous_digest: str | None = None,
+    engine: Engine, source: Source | Path, min_age_seconds: float = 0.0, previous_digest: str | None = None,
     max_file_bytes: int | None = None, *, budget: Budget = UNBOUNDED,
 ) -> Detection:
-    """Register what changed, within `budget`. With the digest of the previous, fully registered
-    listing, an identical listing costs no database work at all.
+    """Register what changed in `source` (a folder path is taken as the landing directory),
+    within `budget`. With the digest of the previous, fully registered listing, an identical
+    listing costs no database work at all. A source that cannot be listed raises SourceError:
+    nothing is registered or tombstoned on a listing we do not have.
 
     Files held back (still settling, not stat-able) hold back only themselves: everything else
     in the listing is registered now. A listing is saved as registered (a non-empty
     `listing_digest`) only when nothing in it is left to look at: no folder unlisted, no file
     that could not be read, no file left over by the budget."""
     started = time.monotonic()
-    listing = scan(inbox, min_age_seconds, max_file_bytes=max_file_bytes)
+    source = as_source(source)
+    listing = source.list(min_age_seconds=min_age_seconds, max_file_bytes=max_file_bytes)
     files = listing.files
     digest = listing_digest(listing)
     result = Detection(problems=listing.problems)
@@ -106,8 +125,7 @@ def detect(
         if (
             prior is not None
             and prior.status not in records.GONE
-            and prior.size_bytes == stat.size
-            and prior.mtime_ns == stat.mtime_ns
+            and _unchanged(prior, stat)
             # Refused unread last time (a raised size limit now takes it): hash it this time.
             and not prior.version.startswith(records.REFUSED_PREFIX)
         ):
@@ -123,29 +141,35 @@ def detect(
             complete = False
             break
         try:
-            with open_inside(inbox, stat.knowledge_base, stat.path) as fh:
+            # Read once, to hash it; the run reads it again only if it is still this version.
+            with source.open(stat.knowledge_base, stat.path, token=stat.token) as fh:
                 version, size = sha256_stream(fh)
-        except (OSError, PermissionError) as exc:
+        except (SourceError, OSError) as exc:
+            if isinstance(exc, SourceError) and not isinstance(exc, SourceChanged):
+                raise  # the source failed, not this upload: the tick fails and nothing is saved
             # Vanished between listing and hashing, or refused. Not saved as registered, so the
             # next tick looks again even if nothing about the file's size or mtime changes.
             result.problems.append(f"{stat.knowledge_base}/{stat.path}: {exc}")
             complete = False
             continue
         if prior is None:
-            first_seen.append((stat.knowledge_base, stat.path, version, size, stat.mtime_ns))
+            first_seen.append((stat.knowledge_base, stat.path, version, size, stat.mtime_ns, stat.token))
             continue
-        _record(result, records.register_upload(engine, stat.knowledge_base, stat.path, version, size, stat.mtime_ns))
+        _record(result, records.register_upload(
+            engine, stat.knowledge_base, stat.path, version, size, stat.mtime_ns, change_token=stat.token
+        ))
     inserted = records.register_new_uploads(engine, first_seen)
-    for kb, path, version, size, mtime_ns in first_seen:
+    for kb, path, version, size, mtime_ns, token in first_seen:
         doc_id = document_id(kb, path)
         if doc_id in inserted:
             result.new.append(doc_id)
         else:  # registered by a concurrent writer between our listing and our insert
-            _record(result, records.register_upload(engine, kb, path, version, size, mtime_ns))
+            _record(result, records.register_upload(engine, kb, path, version, size, mtime_ns, change_token=token))
     for (kb, path), refusal in listing.refused.items():
         stat = refusal.stat
         change = records.register_upload(
-            engine, kb, path, refusal_version(refusal.reason), stat.size, stat.mtime_ns, refusal=refusal.reason
+            engine, kb, path, refusal_version(refusal.reason), stat.size, stat.mtime_ns, refusal=refusal.reason,
+            change_token=stat.token,
         )
         if change.kind == "unchanged":
             result.unchanged += 1

@@ -6,6 +6,7 @@ import openai
 import sqlalchemy.exc
 
 from rag_pipeline.core.embedding import EndpointError
+from rag_pipeline.core.sources import SourceMisconfigured, SourceUnavailable
 from rag_pipeline.core.vectorstore import VectorStoreError
 
 _INFRASTRUCTURE: tuple[type[BaseException], ...] = (
@@ -16,6 +17,10 @@ _INFRASTRUCTURE: tuple[type[BaseException], ...] = (
     sqlalchemy.exc.OperationalError,
     sqlalchemy.exc.InterfaceError,
     VectorStoreError,
+    # The landing zone: unreachable or throttling after the client's retries, or a setting to
+    # fix (credentials, bucket). Never the document's fault.
+    SourceUnavailable,
+    SourceMisconfigured,
     ConnectionError,
     TimeoutError,
 )

@@ -26,6 +26,9 @@ class FileStat:
     path: str  # POSIX, relative to the knowledge base folder
     size: int
     mtime_ns: int
+    # What says the content changed where mtime cannot (an S3 ETag); None for a file, whose
+    # change token is its mtime.
+    token: str | None = None
 
 
 def is_ignored(name: str) -> bool:
@@ -175,7 +178,13 @@ def ingest(sources: list[Path], inbox: Path, knowledge_base: str = DEFAULT_KB) -
     """Copy files or folders into the inbox atomically. Returns (document id, kb, path) each."""
     validate_kb_name(knowledge_base)
     dest_root = inbox / knowledge_base
-    out: list[tuple[str, str, str]] = []
+    return [_copy_atomic(file, dest_root, rel, knowledge_base) for file, rel in ingest_plan(sources)]
+
+
+def ingest_plan(sources: list[Path]) -> list[tuple[Path, str]]:
+    """What `ingest` copies: (file, path inside the knowledge base) for files and folders given,
+    skipping links and hidden or temporary names as a scan would."""
+    out: list[tuple[Path, str]] = []
     for source in sources:
         source = Path(source)
         if source.is_dir():
@@ -183,9 +192,9 @@ def ingest(sources: list[Path], inbox: Path, knowledge_base: str = DEFAULT_KB) -
                 rel = file.relative_to(source)
                 if any(is_ignored(part) for part in rel.parts):
                     continue
-                out.append(_copy_atomic(file, dest_root, rel.as_posix(), knowledge_base))
+                out.append((file, rel.as_posix()))
         elif source.is_file():
-            out.append(_copy_atomic(source, dest_root, source.name, knowledge_base))
+            out.append((source, source.name))
         else:
             raise FileNotFoundError(f"no such file or folder: {source}")
     return out

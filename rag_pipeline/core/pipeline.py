@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from rag_pipeline.core import embedding_cache, generations, records
 from rag_pipeline.core.chunking import ChunkerConfig, chunk_frame, chunk_rows
 from rag_pipeline.core.embedding import Embedder, EmbeddingError
 from rag_pipeline.core.identity import text_hash
-from rag_pipeline.core.inbox import open_inside
+from rag_pipeline.core.sources import Source, SourceChanged, SourceError, as_source, stream_size
 from rag_pipeline.core.parsing import Limits, ParsedDocument, ParseError, Section, over_file_limit
 from rag_pipeline.core.sandbox import ParserSandbox
 from rag_pipeline.core.vectorstore import VectorStore
@@ -78,14 +77,18 @@ def _rebuildable(row, built_otherwise: Callable[[sa.Row], bool], started_at: dt.
 
 
 def extract(
-    engine: Engine, inbox: Path, doc_ids: Sequence[str], config: str, limits: Limits, started_at: dt.datetime | None = None
+    engine: Engine, inbox: Source | Path, doc_ids: Sequence[str], config: str, limits: Limits,
+    started_at: dt.datetime | None = None,
 ) -> list[Outcome]:
+    """Read, check and parse each document's registered version from `inbox` (a source, or a
+    folder path taken as the landing directory). The step reads the source itself, so a run on
+    another machine needs only the bucket, not the sensor's disk."""
     with ParserSandbox(limits) as sandbox:
-        return _extract(engine, inbox, doc_ids, config, limits, sandbox, started_at)
+        return _extract(engine, as_source(inbox), doc_ids, config, limits, sandbox, started_at)
 
 
 def _extract(
-    engine: Engine, inbox: Path, doc_ids: Sequence[str], config: str, limits: Limits, sandbox: ParserSandbox,
+    engine: Engine, source: Source, doc_ids: Sequence[str], config: str, limits: Limits, sandbox: ParserSandbox,
     started_at: dt.datetime | None = None,
 ) -> list[Outcome]:
     rows = records.get_documents(engine, doc_ids)
@@ -121,9 +124,11 @@ def _extract(
             continue
         started = time.perf_counter()
         try:
-            with open_inside(inbox, row.knowledge_base, row.path) as fh:
+            # Conditional on the token registered (an object's ETag): a newer upload's bytes are
+            # never read under this version; the hash check below covers sources without one.
+            with source.open(row.knowledge_base, row.path, token=row.change_token) as fh:
                 # Sized before reading: an oversized file is refused without loading it.
-                size = os.fstat(fh.fileno()).st_size
+                size = stream_size(fh)
                 if size > limits.max_file_bytes:
                     raise ParseError(over_file_limit(size, limits.max_file_bytes))
                 data = fh.read(limits.max_file_bytes + 1)
@@ -135,6 +140,13 @@ def _extract(
                 outcomes.append(Outcome(doc_id, "superseded", row.version, "file changed since detection"))
                 continue
             parsed = sandbox.parse(data, row.path)
+        except SourceChanged:
+            # Re-uploaded since the listing: the next listing registers the new version, which
+            # is then handed to a run; this one indexes nothing under the old version.
+            outcomes.append(Outcome(doc_id, "superseded", row.version, "changed in the landing zone since detection"))
+            continue
+        except SourceError:
+            raise  # the source is unreachable or misconfigured: the step fails, documents wait
         except FileNotFoundError:
             outcomes.append(Outcome(doc_id, "missing", row.version, "file removed from the landing directory"))
             continue
@@ -154,6 +166,7 @@ def _extract(
         metrics[doc_id] = {
             "bytes": len(data), "characters": parsed.char_count, "sections": len(parsed.sections),
             "parser": parsed.parser, "title": parsed.title or "", "path": f"{row.knowledge_base}/{row.path}",
+            "source": source.describe(),
             "seconds": round(time.perf_counter() - started, 4), **parsed.info,
         }
         if batch_chars >= FLUSH_CHARACTERS or len(parsed_batch) >= FLUSH_DOCUMENTS:

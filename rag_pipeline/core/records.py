@@ -49,6 +49,7 @@ class Known:
     size_bytes: int
     mtime_ns: int
     status: str
+    change_token: str | None = None
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class Change:
 def known_documents(engine: Engine) -> dict[tuple[str, str], Known]:
     query = sa.select(
         documents.c.knowledge_base, documents.c.path, documents.c.id, documents.c.version,
-        documents.c.size_bytes, documents.c.mtime_ns, documents.c.status,
+        documents.c.size_bytes, documents.c.mtime_ns, documents.c.status, documents.c.change_token,
     )
     with engine.connect() as conn:
         return {(r[0], r[1]): Known(*r[2:]) for r in conn.execute(query)}
@@ -70,7 +71,7 @@ def known_documents(engine: Engine) -> dict[tuple[str, str], Known]:
 
 def register_upload(
     engine: Engine, knowledge_base: str, path: str, version: str, size_bytes: int, mtime_ns: int,
-    refusal: str | None = None,
+    refusal: str | None = None, *, change_token: str | None = None,
 ) -> Change:
     """Record that (kb, path) now holds content `version`. Idempotent; safe under concurrency:
     the unique (knowledge_base, path) constraint makes a second writer update, never duplicate,
@@ -82,7 +83,7 @@ def register_upload(
     with engine.begin() as conn:
         insert = insert_for(conn, documents).values(
             id=doc_id, knowledge_base=knowledge_base, path=path, version=version,
-            size_bytes=size_bytes, mtime_ns=mtime_ns, status=status, error=error, attempts=0,
+            size_bytes=size_bytes, mtime_ns=mtime_ns, change_token=change_token, status=status, error=error, attempts=0,
             detected_at=ts, updated_at=ts, registered_at=ts, revision=1,
         ).on_conflict_do_nothing().returning(documents.c.id)
         # No conflict target: the id is derived from (kb, path), so a concurrent writer can trip
@@ -95,12 +96,12 @@ def register_upload(
             # Same bytes: only refresh the stat fingerprint so the next scan skips hashing.
             conn.execute(
                 documents.update().where(documents.c.id == doc_id)
-                .values(size_bytes=size_bytes, mtime_ns=mtime_ns)
+                .values(size_bytes=size_bytes, mtime_ns=mtime_ns, change_token=change_token)
             )
             return Change(doc_id, knowledge_base, path, "unchanged")
         conn.execute(
             documents.update().where(documents.c.id == doc_id).values(
-                version=version, size_bytes=size_bytes, mtime_ns=mtime_ns, status=status,
+                version=version, size_bytes=size_bytes, mtime_ns=mtime_ns, change_token=change_token, status=status,
                 # A new version has never been requested, whatever happened to the old one.
                 error=error, attempts=0, updated_at=ts, requested_at=None, request_token=None, registered_at=ts,
                 overdue_reported_at=None, revision=documents.c.revision + 1,
@@ -109,8 +110,8 @@ def register_upload(
         return Change(doc_id, knowledge_base, path, "new" if row.status in GONE else "changed")
 
 
-def register_new_uploads(engine: Engine, uploads: Sequence[tuple[str, str, str, int, int]]) -> set[str]:
-    """First registrations in bulk: (kb, path, version, size, mtime_ns) each. Returns the ids
+def register_new_uploads(engine: Engine, uploads: Sequence[tuple]) -> set[str]:
+    """First registrations in bulk: (kb, path, version, size, mtime_ns[, change token]) each. Returns the ids
     inserted; a path someone else registered meanwhile is not among them, and goes through
     `register_upload` like any change."""
     if not uploads:
@@ -118,8 +119,9 @@ def register_new_uploads(engine: Engine, uploads: Sequence[tuple[str, str, str, 
     ts = now()
     values = [
         dict(id=document_id(kb, path), knowledge_base=kb, path=path, version=version, size_bytes=size,
-             mtime_ns=mtime, status=PENDING, attempts=0, detected_at=ts, updated_at=ts, registered_at=ts, revision=1)
-        for kb, path, version, size, mtime in uploads
+             mtime_ns=mtime, change_token=token[0] if token else None, status=PENDING, attempts=0, detected_at=ts,
+             updated_at=ts, registered_at=ts, revision=1)
+        for kb, path, version, size, mtime, *token in uploads
     ]
     with engine.begin() as conn:
         # A list of parameter sets, not `.values(list)`: SQLAlchemy compiles the statement once

@@ -111,11 +111,11 @@ def source_document(
     config = pipeline.index_config(chunker.config, embedder.fingerprint)
     with waiting_on_failure(context, db.engine):
         outcomes = pipeline.extract(
-            db.engine, inbox.root, context.partition_keys, config, inbox.limits, _run_started(context)
+            db.engine, inbox.source, context.partition_keys, config, inbox.limits, _run_started(context)
         )
     results = {o.document_id: (o.status == "processed", o.reason or "parsed") for o in outcomes if o.status in ("processed", "failed")}
     yield from evaluate_per_document(context, "parsed", results, AssetCheckSeverity.WARN)
-    yield MaterializeResult(metadata=_report(context, outcomes))
+    yield MaterializeResult(metadata={"source": inbox.source.describe(), **_report(context, outcomes)})
 
 
 @asset(

@@ -170,9 +170,15 @@ class VectorStoreResource(ConfigurableResource):
 
 
 class InboxResource(ConfigurableResource):
-    """The landing directory and the limits applied to what arrives there."""
+    """The landing zone (a folder, or a bucket when `url` is set) and the limits applied to what
+    arrives there. Our own resource, not dagster-aws's S3Resource: the source is plain core code
+    that the CLI and scripts build without Dagster, and its client is built on first use, so
+    the code server of a folder deployment never imports boto3 (ARCHITECTURE.md, "Decisions")."""
 
     path: str
+    url: Optional[str] = Field(
+        default=None, description="s3://BUCKET/PREFIX (RAG_INBOX_URL): uploads in a bucket; credentials from AWS_*.",
+    )
     max_file_bytes: int = Field(default=Limits.max_file_bytes, description="Larger uploads are refused unread.")
     max_pages: int = Field(default=Limits.max_pages, description="PDFs with more pages are refused.")
     max_chunks: int = Field(default=Limits.max_chunks, description="Documents making more chunks are refused.")
@@ -190,9 +196,23 @@ class InboxResource(ConfigurableResource):
     overdue_seconds: float = Field(default=120.0, description="A document not indexed this long after upload is reported.")
     max_attempts: int = Field(default=3, description="Runs a document version is handed to before it is parked.")
 
+    _source: Any = PrivateAttr(default=None)
+
     @property
     def root(self) -> Path:
         return Path(self.path)
+
+    @property
+    def source(self):  # noqa: ANN201
+        """The landing zone as a `core.sources.Source` (one client per resource instance)."""
+        from rag_pipeline.core.sources import open_source
+
+        if self._source is None:
+            self._source = open_source(url=self.url, folder=self.root)
+        return self._source
+
+    def describe(self) -> str:
+        return self.url or f"folder {self.path}"
 
     @property
     def limits(self) -> Limits:

@@ -158,7 +158,7 @@ def evaluate_inbox(
     inside its deadline however large the drop; the next tick continues."""
     ensure_pools(instance, endpoint_slots)
     found = detection.detect(
-        engine, inbox.root, inbox.settle_seconds, previous_digest, inbox.max_file_bytes, budget=budget
+        engine, inbox.source, inbox.settle_seconds, previous_digest, inbox.max_file_bytes, budget=budget
     )
     at = records.now()
     plan = Plan(found)
@@ -246,11 +246,23 @@ def _inbox_sensor(
     rest = min(last / TICK_SHARE, last / TICK_SHARE - (started - previous.get("ticked_at", 0.0)))
     if previous.get("idle", True) and last > RESTLESS_TICK and rest > 0:
         return SensorResult(skip_reason=f"resting {rest:.1f} s after a {last:.1f} s tick", cursor=context.cursor)
-    plan = evaluate_inbox(
-        context.instance, db.engine, inbox, previous_digest=previous.get("listing"), endpoint_slots=embedder.concurrency,
-        budget=TICK_BUDGET, retiring=previous.get("retiring", False),
-    )
+    from rag_pipeline.core.sources import SourceError
+
+    try:
+        plan = evaluate_inbox(
+            context.instance, db.engine, inbox, previous_digest=previous.get("listing"), endpoint_slots=embedder.concurrency,
+            budget=TICK_BUDGET, retiring=previous.get("retiring", False),
+        )
+    except SourceError as exc:
+        # The landing zone cannot be listed (an outage outlasting the client's retries, or a
+        # setting to fix): one line naming it, no traceback; nothing registered or tombstoned,
+        # and the next tick tries again. The cursor is kept, so nothing is forgotten; the error
+        # is logged when it appears or changes, not every second while it lasts.
+        if previous.get("source_error") != str(exc):
+            context.log.error(str(exc))
+        return SensorResult(skip_reason=str(exc), cursor=json.dumps({**previous, "source_error": str(exc)}))
     found = plan.found
+    where = inbox.source.describe()
     for doc_id, reason in found.refused.items():
         context.log.warning(f"document {doc_id} refused: {reason}")
     # Problems that are not documents (a file outside any knowledge base, an unlistable folder)
@@ -271,7 +283,7 @@ def _inbox_sensor(
     })
     if idle and not found.new and not found.changed and not found.deleted:
         return SensorResult(
-            skip_reason=f"no changes ({found.unchanged} files unchanged"
+            skip_reason=f"no changes in {where} ({found.unchanged} files unchanged"
             + (f", {len(found.problems)} problem(s) in the sensor log" if found.problems else "") + ")",
             cursor=cursor, asset_events=plan.check_events,
         )
@@ -281,7 +293,7 @@ def _inbox_sensor(
             f"{found.waiting:,} left for the next tick"
         )
     context.log.info(
-        f"{len(found.new)} new, {len(found.changed)} changed, {len(found.deleted)} deleted; "
+        f"{where}: {len(found.new)} new, {len(found.changed)} changed, {len(found.deleted)} deleted; "
         f"{plan.added_partitions} partition(s) added, {plan.deleted_partitions} deleted; "
         f"{plan.released} document(s) released from ended or lost runs; {len(plan.run_requests)} run(s) requested"
     )
@@ -300,6 +312,6 @@ def inbox_sensor_def(interval_seconds: int = 1) -> SensorDefinition:
         jobs=[index_documents_job, purge_deleted_job],
         minimum_interval_seconds=interval_seconds,
         default_status=DefaultSensorStatus.RUNNING,
-        description="Watches the landing directory; registers new, changed and deleted uploads, "
+        description="Watches the landing zone (folder or bucket); registers new, changed and deleted uploads, "
         "requests index runs in batches and purges deleted documents.",
     )(_inbox_sensor)

@@ -1,0 +1,285 @@
+"""An S3 bucket as the landing zone, against a real S3 server (SeaweedFS on loopback, see
+conftest.S3Server): listing without downloads, conditional reads in the run, the CLI end to end,
+and the faults an operator meets (wrong secret, a server gone mid-run)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from rag_pipeline.core import detection, pipeline, records
+from rag_pipeline.core.db import open_engine
+from rag_pipeline.core.identity import document_id
+from rag_pipeline.core.parsing import Limits
+from rag_pipeline.core.sources import SourceMisconfigured, SourceUnavailable
+from rag_pipeline.core.sources.s3 import S3Source, make_client
+
+CORPUS = {
+    "notes/lighthouse.txt": b"Lighthouses guide ships along dangerous rocky coasts at night.",
+    "notes/bees.txt": b"Beekeepers harvest honey from wooden hives in late summer.",
+    "maps/old.md": b"# Maps\n\nCartographers drew sea monsters on the edges of old maps.",
+    "glaciers.txt": b"Glaciers carve deep valleys as they slowly grind downhill.",
+    "volcano.txt": b"Volcanoes erupt when magma rises through cracks in the crust.",
+}
+
+
+def _put(client, bucket: str, files: dict[str, bytes], prefix: str = "landing/kb/") -> None:  # noqa: ANN001
+    for rel, data in files.items():
+        client.put_object(Bucket=bucket, Key=prefix + rel, Body=data)
+
+
+class Counted:
+    """S3 requests by operation, counted on the client's own event hooks."""
+
+    def __init__(self) -> None:
+        self.client = make_client()
+        self.calls: Counter = Counter()
+        self.client.meta.events.register("before-call.s3", self._count)
+
+    def _count(self, model, **_) -> None:  # noqa: ANN001, ANN003
+        self.calls[model.name] += 1
+
+    def take(self) -> Counter:
+        calls, self.calls = self.calls, Counter()
+        return calls
+
+
+def test_detection_reads_only_new_and_changed_objects(s3_server, s3_bucket, pg_url):
+    raw = s3_server.client()
+    _put(raw, s3_bucket, CORPUS)
+    raw.put_object(Bucket=s3_bucket, Key="landing/kb/empty-folder/", Body=b"")  # a console's folder marker
+    _put(raw, s3_bucket, {".hidden.txt": b"x", "draft.txt.part": b"x", "~lock.txt": b"x", ".cache/a.txt": b"x"})
+    raw.put_object(Bucket=s3_bucket, Key="landing/stray.txt", Body=b"outside any knowledge base")
+    raw.put_object(Bucket=s3_bucket, Key="landing/bad kb!/a.txt", Body=b"invalid knowledge base name")
+    raw.put_object(Bucket=s3_bucket, Key="landing/kb/huge.txt", Body=b"y" * 5000)
+    raw.put_object(Bucket=s3_bucket, Key="elsewhere/kb/a.txt", Body=b"outside the prefix")
+    counted = Counted()
+    source = S3Source(url=f"s3://{s3_bucket}/landing", client=counted.client)
+    engine = open_engine(pg_url)
+
+    found = detection.detect(engine, source, max_file_bytes=4096)
+    assert sorted(found.new) == sorted(document_id("kb", p) for p in CORPUS)
+    assert found.refused == {document_id("kb", "huge.txt"): "file is 4.9 KB, over the limit of 4.0 KB (RAG_MAX_FILE_BYTES)"}
+    assert any("stray.txt" in p for p in found.problems) and any("bad kb!" in p for p in found.problems)
+    calls = counted.take()
+    # One GET per new object to hash it; none for the refused one, the markers or hidden names.
+    assert calls["GetObject"] == len(CORPUS) and calls["ListObjectsV2"] == 1, calls
+    row = records.get_documents(engine, [document_id("kb", "volcano.txt")])[document_id("kb", "volcano.txt")]
+    assert row.change_token == raw.head_object(Bucket=s3_bucket, Key="landing/kb/volcano.txt")["ETag"]
+
+    # Unchanged: listed, never read (also without the sensor's digest of the last listing).
+    again = detection.detect(engine, source, max_file_bytes=4096)
+    assert (again.new, again.changed, again.deleted, again.unchanged) == ([], [], [], len(CORPUS) + 1)
+    assert counted.take()["GetObject"] == 0
+    assert detection.detect(engine, source, previous_digest=again.listing_digest, max_file_bytes=4096).unchanged == len(CORPUS)
+    assert counted.take()["GetObject"] == 0
+
+    # One overwritten, one deleted, one re-uploaded with the same bytes (a new LastModified,
+    # the same ETag): one read, one tombstone.
+    _put(raw, s3_bucket, {"notes/bees.txt": b"Beekeepers smoke the hive before opening it.", "glaciers.txt": CORPUS["glaciers.txt"]})
+    raw.delete_object(Bucket=s3_bucket, Key="landing/kb/volcano.txt")
+    changed = detection.detect(engine, source, max_file_bytes=4096)
+    assert changed.changed == [document_id("kb", "notes/bees.txt")]
+    assert changed.deleted == [document_id("kb", "volcano.txt")]
+    assert counted.take()["GetObject"] == 1
+
+
+def test_the_run_reads_only_the_registered_version(s3_server, s3_bucket, pg_url):
+    raw = s3_server.client()
+    _put(raw, s3_bucket, {"a.txt": b"The first version of the note.", "b.txt": b"A note deleted before its run."})
+    source = S3Source(url=f"s3://{s3_bucket}/landing")
+    engine = open_engine(pg_url)
+    detection.detect(engine, source)
+    a, b = document_id("kb", "a.txt"), document_id("kb", "b.txt")
+    registered = records.get_documents(engine, [a])[a].version
+
+    # Overwritten between the listing and the run's read; the other deleted.
+    _put(raw, s3_bucket, {"a.txt": b"A newer upload that the sensor has not listed yet."})
+    raw.delete_object(Bucket=s3_bucket, Key="landing/kb/b.txt")
+    outcomes = {o.document_id: o for o in pipeline.extract(engine, source, [a, b], "cfg", Limits(parse_timeout_seconds=0))}
+    assert outcomes[a].status == "superseded" and outcomes[a].version == registered
+    assert outcomes[b].status == "missing"  # a deletion, not a failure
+    assert records.get_documents(engine, [b])[b].status == records.PENDING
+    assert records.load_sections(engine, [(a, registered)]) == {}  # nothing stored under the old version
+
+    # The next listing registers the new bytes, and the run takes them.
+    assert detection.detect(engine, source).changed == [a]
+    [again] = pipeline.extract(engine, source, [a], "cfg", Limits(parse_timeout_seconds=0))
+    assert again.status == "processed" and again.metrics["source"] == f"s3://{s3_bucket}/landing/"
+    [(sections, _)] = records.load_sections(engine, [(a, again.version)]).values()
+    assert "newer upload" in sections[0]["text"]
+
+
+def test_wrong_credentials_and_missing_bucket_are_one_clear_error(s3_server, s3_bucket, pg_url, monkeypatch):
+    engine = open_engine(pg_url)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
+    with pytest.raises(SourceMisconfigured, match="AWS_SECRET_ACCESS_KEY"):
+        detection.detect(engine, S3Source(url=f"s3://{s3_bucket}/landing"))
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.SECRET_KEY)
+    with pytest.raises(SourceMisconfigured, match="does not exist; check RAG_INBOX_URL"):
+        detection.detect(engine, S3Source(url="s3://no-such-bucket-here/landing"))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    with pytest.raises(SourceUnavailable, match="AWS_ENDPOINT_URL"):
+        detection.detect(engine, S3Source(url=f"s3://{s3_bucket}/landing"))
+    assert records.known_documents(engine) == {}
+
+
+def cli(*args: str, check: bool = True) -> tuple[int, object, str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "rag_pipeline.cli", *args, "--json"],
+        capture_output=True, text=True, env=dict(os.environ), timeout=300,
+    )
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.returncode, json.loads(proc.stdout) if proc.stdout.strip() else None, proc.stderr
+
+
+def test_cli_from_the_bucket(rag_env, s3_server, s3_bucket, embedding_server, monkeypatch, tmp_path: Path):
+    monkeypatch.setenv("RAG_INBOX_URL", f"s3://{s3_bucket}/landing")
+    raw = s3_server.client()
+    _put(raw, s3_bucket, CORPUS)
+    _, summary, _ = cli("run")
+    assert summary["indexed"] == len(CORPUS) and summary["failed"] == 0 and summary["pending"] == 0
+    _, hits, _ = cli("search", "honey from hives", "--kb", "kb", "-k", "1")
+    assert hits[0]["path"] == "notes/bees.txt"
+    # No landing directory was involved.
+    assert not (Path(rag_env["RAG_DATA_DIR"]) / "inbox").exists()
+
+    # Overwrite two, delete one: the next run reflects exactly that, and only the new texts
+    # reach the embedding endpoint.
+    texts_before = Counter(embedding_server.texts)
+    new_bees = b"Beekeepers wear veils and smoke the hive before opening it."
+    new_maps = b"# Maps\n\nPortolan charts showed compass lines between harbours."
+    _put(raw, s3_bucket, {"notes/bees.txt": new_bees, "maps/old.md": new_maps})
+    raw.delete_object(Bucket=s3_bucket, Key="landing/kb/volcano.txt")
+    _, again, _ = cli("run")
+    assert (again["changed"], again["deleted"], again["new"]) == (2, 1, 0)
+    _, status, _ = cli("status")
+    assert status["totals"] == {"indexed": len(CORPUS) - 1}
+    sent = Counter(embedding_server.texts) - texts_before
+    assert sent and all(("veils" in t or "Portolan" in t) for t in sent), sent
+    _, hits, _ = cli("search", "volcano magma", "--kb", "kb", "-k", "5")
+    assert "volcano.txt" not in {h["path"] for h in hits}
+    _, hits, _ = cli("search", "portolan compass harbours", "--kb", "kb", "-k", "1")
+    assert hits[0]["path"] == "maps/old.md" and "Portolan" in hits[0]["text"]
+
+    # `ingest` uploads to the bucket (multipart past 8 MB: an ETag with a part count).
+    big = tmp_path / "up" / "big.txt"
+    big.parent.mkdir()
+    big.write_bytes(b"Seismographs record the waves of distant earthquakes.\n" * 200_000)
+    (tmp_path / "up" / "small.txt").write_bytes(b"Tides follow the moon.")
+    _, ingested, _ = cli("ingest", str(tmp_path / "up"), "--kb", "uploads")
+    assert {d["path"] for d in ingested} == {"big.txt", "small.txt"}
+    head = raw.head_object(Bucket=s3_bucket, Key="landing/uploads/big.txt")
+    assert head["ContentLength"] == big.stat().st_size and "-" in head["ETag"]
+
+    # A wrong secret: one line naming the setting, no traceback, nothing touched.
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
+    code, _, stderr = cli("run", check=False)
+    assert code == 2 and "Traceback" not in stderr
+    assert len(stderr.strip().splitlines()) == 1 and "AWS_SECRET_ACCESS_KEY" in stderr, stderr
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.SECRET_KEY)
+    _, status, _ = cli("status")
+    assert status["totals"] == {"indexed": len(CORPUS) - 1}
+
+
+def _metadata(instance, doc_id: str, asset: str) -> dict:  # noqa: ANN001
+    from dagster import AssetKey, AssetRecordsFilter
+
+    [record] = instance.fetch_materializations(
+        AssetRecordsFilter(AssetKey(asset), asset_partitions=[doc_id]), limit=1
+    ).records
+    return {k: v.value for k, v in record.asset_materialization.metadata.items()}
+
+
+def test_sensor_and_runs_name_the_bucket(rag_env, s3_server, s3_bucket, monkeypatch):
+    import logging
+
+    from dagster import DagsterInstance
+
+    from rag_pipeline.definitions import build_definitions
+    from rag_pipeline.settings import Settings
+    from rag_pipeline_tests.helpers import tick_and_run
+
+    monkeypatch.setenv("RAG_INBOX_URL", f"s3://{s3_bucket}/landing")
+    _put(s3_server.client(), s3_bucket, CORPUS)
+    settings = Settings.from_env()
+    defs = build_definitions(settings)
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    with DagsterInstance.get() as instance:
+        result, runs = tick_and_run(defs, instance, log_handler=handler)
+        assert runs and all(r.success for r in runs)
+        where = f"s3://{s3_bucket}/landing/"
+        assert any(line.startswith(f"{where}: {len(CORPUS)} new") for line in lines), lines
+        doc = document_id("kb", "notes/bees.txt")
+        assert _metadata(instance, doc, "source_document")["source"] == where
+        idle, _ = tick_and_run(defs, instance, cursor=result.cursor)
+        assert idle.skip_reason.skip_message.startswith(f"no changes in {where}")
+
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
+        refused, runs = tick_and_run(build_definitions(Settings.from_env()), instance, cursor=result.cursor)
+        message = refused.skip_reason.skip_message
+        assert not runs and "access refused" in message and "AWS_SECRET_ACCESS_KEY" in message
+        assert "\n" not in message
+
+
+def test_storage_down_mid_run_leaves_documents_waiting_then_indexed(rag_env, tmp_path: Path, monkeypatch):
+    """The S3 server stops after the tick registered the uploads and before the run reads them:
+    the run fails, its documents wait (attempt refunded), none fails; once the server is back,
+    the next run indexes them all."""
+    from dagster import DagsterInstance
+
+    from rag_pipeline.definitions import build_definitions
+    from rag_pipeline.pipeline_runner import run_pending
+    from rag_pipeline.settings import Settings
+    from rag_pipeline_tests.conftest import S3Server
+    from rag_pipeline_tests.helpers import execute
+
+    server = S3Server(tmp_path / "s3")
+    server.start()
+    try:
+        server.client().create_bucket(Bucket="outage")
+        for key, value in {
+            "AWS_ENDPOINT_URL": server.endpoint, "AWS_ACCESS_KEY_ID": server.ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": server.SECRET_KEY, "AWS_REGION": "us-east-1", "AWS_MAX_ATTEMPTS": "2",
+            "RAG_S3_CONNECT_TIMEOUT_SECONDS": "1", "AWS_CONFIG_FILE": os.devnull,
+            "AWS_SHARED_CREDENTIALS_FILE": os.devnull, "RAG_INBOX_URL": "s3://outage/landing",
+        }.items():
+            monkeypatch.setenv(key, value)
+        _put(server.client(), "outage", CORPUS)
+        settings = Settings.from_env()
+        defs = build_definitions(settings)
+        engine = open_engine(settings.database_url)
+        with DagsterInstance.get() as instance:
+            sensor = defs.resolve_sensor_def("inbox_sensor")
+            from dagster import build_sensor_context
+
+            with build_sensor_context(instance=instance, resources=defs.resources) as ctx:
+                tick = sensor(ctx)
+            assert tick.run_requests
+            server.stop()
+            for request in tick.run_requests:
+                assert not execute(defs, instance, request, expect_success=False).success
+            rows = records.list_documents(engine)
+            assert {r.status for r in rows} == {records.PENDING}
+            assert all(r.error.startswith("waiting: SourceUnavailable") and r.attempts == 0 for r in rows), rows
+
+            # While it is down, `run` says so in one line; the tick skips with the same line.
+            with build_sensor_context(instance=instance, resources=defs.resources, cursor=None) as ctx:
+                down = sensor(ctx)
+            assert "unreachable" in down.skip_reason.skip_message and "AWS_ENDPOINT_URL" in down.skip_reason.skip_message
+            assert {r.status for r in records.list_documents(engine)} == {records.PENDING}  # nothing tombstoned
+
+            server.start()
+            summary = run_pending(settings)
+            assert summary["indexed"] == len(CORPUS) and summary["failed"] == 0 and summary["pending"] == 0
+    finally:
+        server.stop()
