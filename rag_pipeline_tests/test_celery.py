@@ -22,6 +22,28 @@ from rag_pipeline_tests.helpers import FORMAT_FILES, assert_run_succeeded, write
 
 @pytest.mark.slow
 def test_celery_executor_runs_the_steps_on_a_worker(rag_env, pg_url, tmp_path, embedding_server, monkeypatch):
+    _run_through_celery(pg_url, tmp_path, monkeypatch, lambda settings: write_files(settings.inbox_dir, "kb", FORMAT_FILES))
+
+
+@pytest.mark.slow
+def test_celery_steps_read_the_bucket_with_no_shared_folder(
+    rag_env, pg_url, tmp_path, embedding_server, s3_server, s3_bucket, monkeypatch,
+):
+    """The landing zone is a bucket: the worker's steps read the objects themselves; no
+    landing directory exists anywhere."""
+    monkeypatch.setenv("RAG_INBOX_URL", f"s3://{s3_bucket}/landing")
+    monkeypatch.setenv("RAG_INBOX_DIR", str(tmp_path / "no-such-folder"))
+    client = s3_server.client()
+
+    def upload(settings: Settings) -> None:
+        for rel, data in FORMAT_FILES.items():
+            client.put_object(Bucket=s3_bucket, Key=f"landing/kb/{rel}", Body=data)
+
+    _run_through_celery(pg_url, tmp_path, monkeypatch, upload)
+    assert not (tmp_path / "no-such-folder").exists()
+
+
+def _run_through_celery(pg_url, tmp_path, monkeypatch, upload) -> None:  # noqa: ANN001
     for key, value in production_home(tmp_path / "prod_home", pg_url).items():
         monkeypatch.setenv(key, value)
     queue, results = tmp_path / "celery_queue", tmp_path / "celery_results"
@@ -58,7 +80,7 @@ def test_celery_executor_runs_the_steps_on_a_worker(rag_env, pg_url, tmp_path, e
             "--without-heartbeat",
         ])
         topology.start_daemon()
-        write_files(settings.inbox_dir, "kb", FORMAT_FILES)
+        upload(settings)
 
         def indexed() -> bool:
             assert worker.poll() is None, "the Celery worker exited"
