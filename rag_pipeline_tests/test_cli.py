@@ -8,7 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from rag_pipeline_tests.helpers import FORMAT_FILES, assert_run_succeeded
+
+# Every verb is its own process that loads Dagster and runs the pipeline: a third of the fast
+# tier's CPU on 2 cores, so these run in the slow tier.
+pytestmark = pytest.mark.slow
 
 
 def cli(*args: str, check: bool = True) -> tuple[int, object]:

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
 from rag_pipeline.core import detection
+pytestmark = __import__("pytest").mark.slow  # the slow tier: a long randomized storm
 
 # Few paths, so changes keep landing on documents whose runs are in flight.
 PATHS = [("kb1", "a.txt"), ("kb1", "sub/b.md"), ("kb2", "a.txt"), ("kb2", "d.txt")]
