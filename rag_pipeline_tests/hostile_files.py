@@ -6,12 +6,12 @@ from __future__ import annotations
 import io
 import json
 import random
-import zipfile
 
 import docx
 from pypdf import PdfReader, PdfWriter
 
 from rag_pipeline.devtools.pdf import text_pdf
+from rag_pipeline_tests.office_files import with_big_entry
 
 
 def docx_bytes(title: str = "Travel policy", extra_entry: tuple[str, int] | None = None) -> bytes:
@@ -29,12 +29,7 @@ def docx_bytes(title: str = "Travel policy", extra_entry: tuple[str, int] | None
     if extra_entry is None:
         return out.getvalue()
     name, size = extra_entry
-    with zipfile.ZipFile(out, "a", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
-        with archive.open(name, "w", force_zip64=True) as entry:
-            block = bytes(1 << 20)
-            for _ in range(size >> 20):
-                entry.write(block)
-    return out.getvalue()
+    return with_big_entry(out.getvalue(), name, size)
 
 
 def zip_bomb_docx(unpacked_bytes: int = 300 << 20) -> bytes:

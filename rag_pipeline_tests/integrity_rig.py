@@ -52,18 +52,19 @@ class Rig:
         return detection.detect(self.engine, self.inbox)
 
     def extract(self, ids: list[str]) -> list[Outcome]:
-        return pipeline.extract(self.engine, self.inbox, ids, self.config, Limits())
+        return pipeline.extract(self.engine, self.inbox, ids, config=self.config, limits=Limits()).outcomes
 
     def chunk(self, ids: list[str]) -> list[Outcome]:
-        return pipeline.chunk(self.engine, ids, self.chunker, Limits.max_chunks)
+        return pipeline.chunk(self.engine, ids, chunker=self.chunker, max_chunks=Limits.max_chunks).outcomes
 
     def embed(self, ids: list[str]) -> list[Outcome]:
         """The two steps as the job runs them: vectors into the cache, then the write step
         reading the rows anew and its vectors from the cache."""
-        computed, step = pipeline.compute_vectors(self.engine, self.embedder, ids, self.chunker, EMBEDDING, batch_size=8)
-        written = pipeline.write_points(
-            self.engine, self.store, pipeline.cached_vectors(self.engine, ids, self.chunker, EMBEDDING, computed.dimensions)
-        )
+        computed = self.compute(ids)
+        step = computed.outcomes
+        written = pipeline.write_points(self.engine, self.store, pipeline.cached_vectors(
+            self.engine, ids, chunker=self.chunker, embedding=EMBEDDING, dimensions=computed.dimensions,
+        )).outcomes
         # Documents the vector step parked are reported as such; the rest as the write saw them.
         failed = {o.document_id: o for o in step if o.status == "failed"}
         return [failed.get(o.document_id, o) for o in written if o.document_id not in failed] + list(failed.values())
@@ -77,10 +78,10 @@ class Rig:
 
     def compute(self, ids: list[str]) -> pipeline.Computed:
         """The embed step's first half: vectors computed and cached, nothing written yet."""
-        return pipeline.compute_vectors(self.engine, self.embedder, ids, self.chunker, EMBEDDING, batch_size=8)[0]
+        return pipeline.compute_vectors(self.engine, ids, embedder=self.embedder, chunker=self.chunker, embedding=EMBEDDING, batch_size=8)
 
     def write_points(self, computed: pipeline.Computed) -> list[Outcome]:
-        return pipeline.write_points(self.engine, self.store, computed)
+        return pipeline.write_points(self.engine, self.store, computed).outcomes
 
     def index(self, ids: list[str]) -> dict[str, str]:
         """A whole run over `ids`: the embed step's status per document."""
@@ -89,7 +90,7 @@ class Rig:
         return {o.document_id: o.status for o in self.embed(ids)}
 
     def purge(self) -> list[Outcome]:
-        return pipeline.purge(self.engine, [self.store], records.documents_in(self.engine, records.DELETING))
+        return pipeline.purge(self.engine, [self.store], records.documents_in(self.engine, records.DELETING)).outcomes
 
     def settle(self) -> None:
         """What the sensor and its runs converge to: detect, purge, index until nothing waits."""

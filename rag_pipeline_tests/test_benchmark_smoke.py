@@ -22,21 +22,22 @@ def test_benchmark_smoke(tmp_path):
     out = tmp_path / "figures.json"
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "ingest.py"), "--docs", "40", "--sensor-files", "600",
-         "--pg", BASE_PG, "--json", str(out)],
-        capture_output=True, text=True, timeout=900,
+         "--landings", "folder,bucket", "--pg", BASE_PG, "--json", str(out)],
+        capture_output=True, text=True, timeout=1500,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     figures = json.loads(out.read_text())
-    assert set(figures["variants"]) == {"bare", "pipeline", "langchain"}
+    assert set(figures["variants"]) == {"bare", "pipeline", "langchain", "bare@bucket", "pipeline@bucket"}
     for name, result in figures["variants"].items():
         assert result["cold_embedding_calls"] > 0, name
         assert result["peak_rss_mb"] > 0 and result["peak_pg_connections"] > 0, name
     # The incremental ones re-embed nothing when nothing changed.
-    assert figures["variants"]["bare"]["unchanged_embedding_calls"] == 0
-    assert figures["variants"]["pipeline"]["unchanged_embedding_calls"] == 0
+    for name in ("bare", "pipeline", "bare@bucket", "pipeline@bucket"):
+        assert figures["variants"][name]["unchanged_embedding_calls"] == 0, name
     assert figures["variants"]["pipeline"]["runs"] >= 2 and figures["variants"]["pipeline"]["failed_runs"] == 0
     assert figures["variants"]["pipeline"]["cold_failed_ticks"] == 0 and figures["variants"]["pipeline"]["cold_ticks"] >= 1
     # 20 scattered re-uploads are gathered into a run or two, not one run per neighbourhood.
     assert figures["variants"]["pipeline"]["storm_documents"] == 20 and figures["variants"]["pipeline"]["storm_runs"] <= 2
-    assert figures["sensor"]["files"] == 600
+    assert figures["sensor"]["folder"]["files"] == figures["sensor"]["bucket"]["files"] == 600
     assert "orchestration overhead" in proc.stdout and "sensor tick over 600 unchanged files" in proc.stdout
+    assert "sensor tick over 600 unchanged objects" in proc.stdout

@@ -54,6 +54,8 @@ def test_batched_slices_in_order() -> None:
         list(batched([1], 0))
 
 
+# Slow tier: some twenty statements over 66,000 ids each, on both databases.
+@pytest.mark.slow
 def test_every_list_taking_statement_accepts_more_ids_than_the_limit(many) -> None:
     engine, ids, real, absent = many
     n = len(real)

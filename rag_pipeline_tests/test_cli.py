@@ -147,7 +147,7 @@ def test_scheduled_audit_marks_the_documents_and_repairs_on_request(rag_env, emb
             for e in instance.all_logs(found.run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION)
         ]
         assert evaluation.check_name == "points_match_chunks" and not evaluation.passed
-        assert evaluation.partition == document_id("kb", "a.txt") and "no point" in evaluation.description
+        assert evaluation.partition == "kb/a.txt" and "no point" in evaluation.description
 
         sent = sum(embedding_server.texts.values())
         fixed = job.execute_in_process(instance=instance, run_config={"ops": {"audit_points": {"config": {"repair": True}}}})
@@ -157,3 +157,43 @@ def test_scheduled_audit_marks_the_documents_and_repairs_on_request(rag_env, emb
         cli("run")  # the re-requested document, from the embedding cache
         assert sum(embedding_server.texts.values()) == sent
         assert_run_succeeded(job.execute_in_process(instance=instance))
+
+
+def raw_cli(*args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "rag_pipeline.cli", *args], capture_output=True, text=True,
+        env={**os.environ, **env}, timeout=300,
+    )
+
+
+def test_each_mistake_is_one_line_from_a_process_and_doctor_names_it(rag_env):
+    """Issue 22's done-when check, as an operator meets it: a missing database, a closed Qdrant
+    port and a closed endpoint each give at most 3 lines on stderr naming the setting, without a
+    traceback or a library warning; `doctor` names the broken part."""
+    import socket
+
+    from rag_pipeline_tests.helpers import write_files
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    write_files(Path(rag_env["RAG_DATA_DIR"]) / "inbox", "kb", {"a.txt": b"Wrens sing loudly for their size."})
+    # The endpoint before Qdrant: a run against a closed Qdrant port banks its vectors first.
+    mistakes = {
+        "database": dict(DATABASE_URL=rag_env["DATABASE_URL"] + "_missing"),
+        "embedding": dict(OPENAI_BASE_URL=f"http://127.0.0.1:{closed}/v1", RAG_EMBED_MAX_RETRIES="0"),
+        "qdrant": dict(QDRANT_URL=f"http://127.0.0.1:{closed}"),
+    }
+    settings = {"database": "DATABASE_URL=", "qdrant": "QDRANT_URL=", "embedding": "OPENAI_BASE_URL="}
+    for part, env in mistakes.items():
+        proc = raw_cli("run", **env)
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert proc.returncode == 2 and 1 <= len(lines) <= 3, (part, proc.stderr)
+        assert settings[part] in proc.stderr and "Traceback" not in proc.stderr and "Warning" not in proc.stderr, proc.stderr
+        doctor = raw_cli("doctor", "--json", **env)
+        report = json.loads(doctor.stdout)
+        assert doctor.returncode == 1 and [c["part"] for c in report["checks"] if c["status"] == "FAILED"] == [part]
+    # And when nothing is wrong: silence on stderr (no BetaWarning), exit 0.
+    proc = raw_cli("run")
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert raw_cli("doctor").returncode == 0

@@ -211,6 +211,25 @@ def _assert_ui_describes_the_pipeline(gql: GraphQL, keys: list[str], paths: dict
     assert automation["nightly_index_audit"] == "17 3 * * * RUNNING"
 
 
+def _click_past_modals(driver, xpath: str) -> bool:  # noqa: ANN001
+    """Click the element, first dismissing what the UI lays over the page on a first visit (its
+    community newsletter modal, which can open a moment after the page has rendered, and whose
+    backdrop outlives the dialog while it fades). False when something still covers it."""
+    from selenium.common.exceptions import ElementClickInterceptedException, StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    try:
+        for button in driver.find_elements(By.XPATH, "//button[normalize-space()='Skip']"):
+            button.click()
+        if driver.find_elements(By.CSS_SELECTOR, ".bp5-overlay-backdrop"):
+            driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
+        driver.find_element(By.XPATH, xpath).click()
+        return True
+    except (ElementClickInterceptedException, StaleElementReferenceException):
+        return False
+
+
 def _screenshot_partitions(port: int, partition: str, artifact: Path) -> str:
     """Open the embeddings asset's partitions page in headless Chromium, wait for the status
     counts, save a screenshot with one partition's materialization open, return the page text."""
@@ -227,13 +246,10 @@ def _screenshot_partitions(port: int, partition: str, artifact: Path) -> str:
         driver.get(f"http://127.0.0.1:{port}/assets/document_embeddings?view=partitions")
         body = lambda: driver.find_element(By.TAG_NAME, "body").text  # noqa: E731
         wait_for(lambda: "Materialized (4)" in body(), 90, "the partitions page to show 4 materialized partitions")
-        # First visit: the UI offers its community newsletter in a modal over the page.
-        for button in driver.find_elements(By.XPATH, "//button[normalize-space()='Skip']"):
-            button.click()
-            wait_for(lambda: "Dagster community" not in body(), 10, "the community modal to close")
-        # Open a partition (labels are middle-truncated ids) so the screenshot shows the metadata
-        # of its latest materialization.
-        driver.find_element(By.XPATH, f"//*[starts-with(normalize-space(text()), '{partition[:8]}')]").click()
+        # Open a partition (found by its file's name, as an operator would) so the screenshot
+        # shows the metadata of its latest materialization.
+        wait_for(lambda: _click_past_modals(driver, f"//*[normalize-space(text())='{partition}']"), 30,
+                 f"partition {partition} to be clickable")
         wait_for(lambda: "search_reads" in body(), 30, "the partition's materialization metadata")
         text = body()
         artifact.parent.mkdir(exist_ok=True)
@@ -264,11 +280,13 @@ def test_topology_indexes_drops_shows_them_in_the_ui_and_reembeds_through_a_grap
         write_files(settings.inbox_dir, "kb", FORMAT_FILES)
 
         rows = _wait_indexed(engine, len(FORMAT_FILES), 240)
-        keys = sorted(r.id for r in rows)
+        # Partitions are named by knowledge base and path, as the UI's filter finds them.
+        keys = sorted(r.partition_key for r in rows)
+        assert keys == sorted(f"kb/{name}" for name in FORMAT_FILES)
         assert _top_path(settings, QUERY) == "papers/geology.pdf"
         assert gql.stale_status(["chunk_vectors"], keys) == {"FRESH"}
 
-        _assert_ui_describes_the_pipeline(gql, keys, {r.id: r.path for r in rows})
+        _assert_ui_describes_the_pipeline(gql, keys, {r.partition_key: r.path for r in rows})
 
         page = _screenshot_partitions(port, keys[0], ARTIFACTS / "ui_partitions.png")
         assert "Materialized (4)" in page and "Failed (0)" in page and "Missing (0)" in page

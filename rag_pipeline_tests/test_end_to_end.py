@@ -9,7 +9,7 @@ from rag_pipeline.core import records
 from rag_pipeline.core.audit import audit_all
 from rag_pipeline.core.db import get_engine
 from rag_pipeline.cli import search_many
-from rag_pipeline.core.identity import document_id
+from rag_pipeline.core.identity import partition_key
 from rag_pipeline.definitions import build_definitions
 from rag_pipeline.settings import Settings, open_vector_store
 from rag_pipeline_tests.helpers import FORMAT_FILES, tick_and_run, write_files
@@ -21,7 +21,7 @@ def _search(settings: Settings, query: str, kb: str | None = None) -> list[dict]
 
 
 def _checks(run, name: str) -> dict:  # noqa: ANN001
-    """Per-document evaluations of a check in a run: {document id: evaluation}."""
+    """Per-document evaluations of a check in a run: {partition key: evaluation}."""
     return {e.partition: e for e in run.get_asset_check_evaluations() if e.check_name == name}
 
 
@@ -34,7 +34,7 @@ def test_sensor_indexes_every_format_and_search_finds_it(rag_env, embedding_serv
         result, runs = tick_and_run(defs, instance)
         assert isinstance(result, SensorResult)
         keys = instance.get_dynamic_partitions("documents")
-        expected = {document_id("science", rel) for rel in FORMAT_FILES}
+        expected = {f"science/{rel}" for rel in FORMAT_FILES}
         assert set(keys) == expected
         # Several documents per run: one run for the whole drop.
         assert len(result.run_requests) == 1 and len(runs) == 1
@@ -49,7 +49,7 @@ def test_sensor_indexes_every_format_and_search_finds_it(rag_env, embedding_serv
 
         # Materializations are per document, with that document's metadata.
         records_ = instance.fetch_materializations(
-            AssetRecordsFilter(AssetKey("document_chunks"), asset_partitions=[document_id("science", "papers/geology.pdf")]),
+            AssetRecordsFilter(AssetKey("document_chunks"), asset_partitions=[partition_key("science", "papers/geology.pdf")]),
             limit=1,
         ).records
         meta = records_[0].asset_materialization.metadata
@@ -107,10 +107,11 @@ def test_bad_file_is_recorded_and_does_not_block_others(rag_env):
     engine = get_engine(settings.database_url)
     rows = {r.path: r for r in records.list_documents(engine)}
     checks = _checks(run, "parsed")
-    assert {d: c.description for d, c in checks.items() if not c.passed} == {
-        rows[p].id: rows[p].error for p in ("broken.pdf", "empty.md", "data.bin")
+    # Each failed evaluation is on the file's own partition, and names the file and the reason.
+    assert {k: c.description for k, c in checks.items() if not c.passed} == {
+        f"kb1/{p}": f"kb1/{p}: {rows[p].error}" for p in ("broken.pdf", "empty.md", "data.bin")
     }
-    assert checks[rows["good.txt"].id].passed
+    assert checks["kb1/good.txt"].passed and checks["kb1/good.txt"].metadata["path"].value == "good.txt"
     assert rows["good.txt"].status == "indexed"
     assert rows["broken.pdf"].status == "failed" and "PDF" in rows["broken.pdf"].error
     assert rows["empty.md"].status == "failed" and rows["empty.md"].error == "empty file"

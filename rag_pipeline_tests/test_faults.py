@@ -26,7 +26,7 @@ def test_bad_credentials_fail_the_run_fast_and_park_nothing(rig):
         embedder = OpenAIEmbedder("test-embed", 256, "a-wrong-key", guarded.base_url, max_retries=0)
         try:
             with pytest.raises(EndpointError, match="rejected the credentials \\(401\\): check OPENAI_API_KEY"):
-                pipeline.embed(rig.engine, rig.store, embedder, [doc], rig.chunker, EMBEDDING)
+                pipeline.embed(rig.engine, rig.store, [doc], embedder=embedder, chunker=rig.chunker, embedding=EMBEDDING)
         finally:
             embedder.close()
         assert guarded.requests == 1  # failed fast: a 401 is not retried
@@ -94,7 +94,7 @@ def test_qdrant_unreachable_fails_cleanly_and_nothing_is_half_written(rig):
     down = VectorStore(QdrantClient(url="http://127.0.0.1:9", timeout=2), "test_chunks")
     down.ensure_collection = lambda dimensions: None
     with pytest.raises(Exception) as caught:
-        pipeline.embed(rig.engine, down, rig.embedder, [doc], rig.chunker, EMBEDDING)
+        pipeline.embed(rig.engine, down, [doc], embedder=rig.embedder, chunker=rig.chunker, embedding=EMBEDDING)
     assert faults.is_infrastructure(caught.value), repr(caught.value)
     row = records.get_documents(rig.engine, [doc])[doc]
     assert row.status == records.PENDING and row.indexed_version != row.version  # not switched
@@ -115,7 +115,7 @@ def test_a_step_keeps_two_batches_at_the_endpoint_and_embeds_each_text_once(rig)
     calls, requests = rig.embedder.calls, rig.server.requests
     done: list = []
     step = threading.Thread(target=lambda: done.append(pipeline.compute_vectors(
-        rig.engine, rig.embedder, docs, rig.chunker, EMBEDDING, batch_size=4, requests=2)))
+        rig.engine, docs, embedder=rig.embedder, chunker=rig.chunker, embedding=EMBEDDING, batch_size=4, requests=2)))
     step.start()
     try:
         assert rig.server.wait_until_held(1, timeout=30)
@@ -126,7 +126,8 @@ def test_a_step_keeps_two_batches_at_the_endpoint_and_embeds_each_text_once(rig)
     finally:
         rig.server.release()
         step.join(60)
-    computed, outcomes = done[0]
+    computed = done[0]
+    outcomes = computed.outcomes
     texts = set(computed.frame["text"])
     assert len(texts) > 8 and rig.sent_texts() == dict.fromkeys(texts, 1)
     assert rig.embedder.calls - calls == rig.server.requests - requests == -(-len(texts) // 4)
@@ -141,7 +142,8 @@ def test_with_two_batches_in_flight_a_rejected_key_still_fails_the_step_at_once(
         embedder = OpenAIEmbedder("test-embed", 256, "a-wrong-key", guarded.base_url, max_retries=0, batch_size=2)
         try:
             with pytest.raises(EndpointError, match="rejected the credentials"):
-                pipeline.compute_vectors(rig.engine, embedder, docs, rig.chunker, EMBEDDING, batch_size=2, requests=2)
+                pipeline.compute_vectors(rig.engine, docs, embedder=embedder, chunker=rig.chunker, embedding=EMBEDDING,
+                                         batch_size=2, requests=2)
         finally:
             embedder.close()
         # Tens of batches were queued; only those already in flight reached the endpoint.

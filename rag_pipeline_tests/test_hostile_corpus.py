@@ -106,7 +106,7 @@ def test_hostile_and_good_uploads_in_one_run(rag_env, tmp_path, monkeypatch):
 
     engine = get_engine(settings.database_url)
     rows = {r.path: r for r in records.list_documents(engine)}
-    by_id = {r.id: r for r in rows.values()}
+    by_key = {r.partition_key: r for r in rows.values()}
 
     # The good ones: indexed, and searchable by what they say.
     for name in GOOD:
@@ -128,18 +128,18 @@ def test_hostile_and_good_uploads_in_one_run(rag_env, tmp_path, monkeypatch):
     })
     for name, reason in expected.items():
         assert rows[name].status == "failed" and reason in rows[name].error, (name, rows[name].error)
-        assert rows[name].id in partitions, f"{name} has no partition in the UI"
+        assert rows[name].partition_key in partitions, f"{name} has no partition in the UI"
     refused_unread = {e.partition: e for e in result.asset_events if getattr(e, "check_name", None) == "parsed"}
-    for doc_id, row in by_id.items():
+    for key, row in by_key.items():
         if row.status != "failed":
             continue
-        evaluation = refused_unread.get(doc_id) or parsed_checks[doc_id]
+        evaluation = refused_unread.get(key) or parsed_checks[key]
         if evaluation.passed:  # parsed, then refused by the chunk step: its materialization says why
-            assert chunk_reasons[doc_id] == row.error, row.path
-        else:
-            assert evaluation.description == row.error, row.path
-    assert {by_id[d].path for d in chunk_reasons} == {"limits/many-chunks.txt"}
-    assert {by_id[d].path for d in refused_unread} == {"limits/too-big.txt", *(n for n in expected if n.startswith("escape/"))}
+            assert chunk_reasons[key] == row.error, row.path
+        else:  # the evaluation names the file, then says why
+            assert evaluation.description == f"{KB}/{row.path}: {row.error}", row.path
+    assert {by_key[k].path for k in chunk_reasons} == {"limits/many-chunks.txt"}
+    assert {by_key[k].path for k in refused_unread} == {"limits/too-big.txt", *(n for n in expected if n.startswith("escape/"))}
 
     # Ignored names and names that can't be documents never become rows.
     assert not [p for p in rows if Path(p).name in {Path(i).name for i in IGNORED}]
@@ -155,11 +155,10 @@ def test_hostile_and_good_uploads_in_one_run(rag_env, tmp_path, monkeypatch):
     # Said once: each failure once in the run's log; the sensor's refusals and problems once
     # over three ticks, and later ticks have nothing new to report.
     for name in expected:
-        doc_id = rows[name].id
-        if doc_id in parsed_checks:
-            assert sum(1 for m in run_logs if m and f"document {doc_id} failed" in m) == 1, name
-    for doc_id in refused_unread:
-        assert sum(1 for m in sensor_log.messages if f"document {doc_id} refused" in m) == 1
+        if rows[name].partition_key in parsed_checks:
+            assert sum(1 for m in run_logs if m and f"document {KB}/{name} failed" in m) == 1, name
+    for key in refused_unread:
+        assert sum(1 for m in sensor_log.messages if f"document {KB}/{by_key[key].path} refused" in m) == 1
     for problem in ("not valid UTF-8", "files belong in a knowledge base folder"):
         assert sum(1 for m in sensor_log.messages if problem in m) == 1, (problem, sensor_log.messages)
     assert not again and not second.run_requests and not second.asset_events and not third.asset_events

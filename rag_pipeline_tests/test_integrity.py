@@ -108,7 +108,7 @@ def test_two_writers_of_one_upload_make_one_document(rig):
     with pytest.raises(IntegrityError), rig.engine.begin() as conn:
         conn.execute(
             documents.insert().values(
-                id="other-id", knowledge_base="kb", path="same.txt", version="c" * 64, size_bytes=1,
+                id="other-id", knowledge_base="kb", path="same.txt", partition_key="kb/other", version="c" * 64, size_bytes=1,
                 mtime_ns=1, status="pending", detected_at=records.now(), updated_at=records.now(),
             )
         )

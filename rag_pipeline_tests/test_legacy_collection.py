@@ -33,7 +33,11 @@ def _make_legacy(settings: Settings, engine) -> int:  # noqa: ANN001
             qm.DeleteAliasOperation(delete_alias=qm.DeleteAlias(alias_name=settings.collection))
         ])
         client.create_collection(settings.collection, vectors_config=info.config.params.vectors)
-        client.upsert(settings.collection, [qm.PointStruct(id=p.id, vector=p.vector, payload=p.payload) for p in points])
+        # Dense vectors only: keyword vectors came with generations.
+        client.upsert(settings.collection, [
+            qm.PointStruct(id=p.id, vector=p.vector[""] if isinstance(p.vector, dict) else p.vector, payload=p.payload)
+            for p in points
+        ])
         client.delete_collection(built)
     finally:
         client.close()

@@ -2,7 +2,7 @@
 
 The scenario from the 5,000-document benchmark: one run holds the vector-store pool's only slot
 while others reach their vector-store step. Dagster's in-process executor re-tried the claim in
-a loop without sleeping (see rag_pipeline/defs/pool_wait.py), so each waiting run burned a
+a loop without sleeping (see rag_pipeline/defs/dagster_internals.py), so each waiting run burned a
 core the writer needed.
 """
 
@@ -11,9 +11,11 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from dagster import DagsterInstance, job, op
 
-import rag_pipeline.defs  # noqa: F401  (installs the fix, as the definitions do in a run process)
+from rag_pipeline.defs import tuning
 from rag_pipeline.devtools.topology import production_home
 from rag_pipeline_tests.helpers import assert_run_succeeded
 
@@ -40,7 +42,8 @@ def wait_then_release(work, seconds: float, release) -> dict:  # noqa: ANN001
         out["result"] = work()
         out["returned"] = time.monotonic()
 
-    thread = threading.Thread(target=run)
+    # A daemon: a thread left blocked by a failed assertion must not keep the worker alive.
+    thread = threading.Thread(target=run, daemon=True)
     cpu_before = time.process_time()
     thread.start()
     time.sleep(seconds)
@@ -54,7 +57,12 @@ def wait_then_release(work, seconds: float, release) -> dict:  # noqa: ANN001
     return out
 
 
+# Slow tier, where tests run one at a time: it measures CPU seconds and how soon the freed slot
+# is taken, and beside three other workers on 2 cores the waiting run (which alone finishes
+# 16 s after it starts) did not even finish within 30 s of the release: starved, not stuck.
+@pytest.mark.slow
 def test_waiting_for_a_pool_slot_sleeps_and_takes_the_slot_when_freed(tmp_path, pg_url, monkeypatch):
+    tuning.install()  # as the definitions do in a run process (nothing is installed on import)
     for key, value in production_home(tmp_path / "home", pg_url).items():
         monkeypatch.setenv(key, value)
     with DagsterInstance.get() as instance:
@@ -89,6 +97,9 @@ def test_a_second_writer_waits_for_the_embedded_folder_and_gets_it_when_released
     waited = wait_then_release(lambda: open_client(None, tmp_path / "qdrant"), 2, holder.close)
     client = waited["result"]
     assert client.get_collections() is not None
-    assert waited["after_release"] < 1
+    # A claim every 0.2 s at most, then opening the folder: well under a second alone, but four
+    # xdist workers on 2 cores stretched it past one. The bound tells a prompt claim from a
+    # back-off that grows towards the 900 s lock wait.
+    assert waited["after_release"] < 5
     assert waited["cpu_waiting"] < 0.5, f"{waited['cpu_waiting']:.2f} s of CPU while waiting for the folder"
     client.close()

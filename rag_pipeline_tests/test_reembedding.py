@@ -70,6 +70,7 @@ def test_new_embedding_model_reindexes_behind_the_alias_then_switches(rag_env, e
         tick_and_run(build_definitions(old), instance)
         keys = list(instance.get_dynamic_partitions("documents"))  # partition order = range order
         assert len(keys) == 10
+        ids = [ref.id for ref in records.refs_by_key(engine, keys).values()]  # what the core takes
         client = open_client(None, old.qdrant_path)
         old_collection = generations.collection_name(old.collection, old.embedding_spec.fingerprint)
         try:
@@ -126,19 +127,20 @@ def test_new_embedding_model_reindexes_behind_the_alias_then_switches(rag_env, e
         # Its vector step does not take the re-embedded documents back to the old model either.
         stale_embedder = make_settings_embedder(old)
         try:
-            _, outcomes = pipeline.compute_vectors(
-                engine, stale_embedder, keys, ChunkerResource(max_tokens=old.chunk_tokens, overlap=old.chunk_overlap).config,
-                old.embedding_spec.fingerprint, started_at=switched_at,
-            )
+            outcomes = pipeline.compute_vectors(
+                engine, ids, embedder=stale_embedder,
+                chunker=ChunkerResource(max_tokens=old.chunk_tokens, overlap=old.chunk_overlap).config,
+                embedding=old.embedding_spec.fingerprint, started_at=switched_at,
+            ).outcomes
         finally:
             stale_embedder.close()
         assert {o.status for o in outcomes} == {"skipped"}
         # Nor does its source step, which used to reopen them for its configuration regardless.
         old_chunker = ChunkerResource(max_tokens=old.chunk_tokens, overlap=old.chunk_overlap).config
         outcomes = pipeline.extract(
-            engine, old.inbox_dir, keys, pipeline.index_config(old_chunker, old.embedding_spec.fingerprint), old.limits,
-            started_at=switched_at,
-        )
+            engine, old.inbox_dir, ids, config=pipeline.index_config(old_chunker, old.embedding_spec.fingerprint),
+            limits=old.limits, started_at=switched_at,
+        ).outcomes
         assert {o.status for o in outcomes} == {"skipped"}
         assert all(r.status == "indexed" for r in records.list_documents(engine))
         with pytest.raises(generations.GenerationRetired):

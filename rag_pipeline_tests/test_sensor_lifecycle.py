@@ -6,10 +6,11 @@ import psycopg
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, build_sensor_context
 
 from rag_pipeline.cli import search_many
-from rag_pipeline.core import records
+from rag_pipeline.core import planning, records
 from rag_pipeline.core.db import get_engine
 from rag_pipeline.core.identity import document_id
 from rag_pipeline.definitions import build_definitions
+from rag_pipeline.defs import orchestrator
 from rag_pipeline.settings import Settings
 from rag_pipeline_tests.helpers import execute, tick_and_run, write_files
 
@@ -21,13 +22,14 @@ FILES = {
 
 
 def _paths_found(settings: Settings, query: str) -> set[str]:
-    [hits] = search_many(settings, [(query, None)], k=5)
+    # Dense scores are cosines, so a threshold means "similar"; hybrid ones are fused ranks.
+    [hits] = search_many(settings, [(query, None)], k=5, mode="dense")
     return {h["path"] for h in hits if h["score"] > 0.2}
 
 
-def _metadata(instance: DagsterInstance, doc_id: str, asset: str = "document_embeddings") -> dict:
+def _metadata(instance: DagsterInstance, key: str, asset: str = "document_embeddings") -> dict:
     [record] = instance.fetch_materializations(
-        AssetRecordsFilter(AssetKey(asset), asset_partitions=[doc_id]), limit=1
+        AssetRecordsFilter(AssetKey(asset), asset_partitions=[key]), limit=1
     ).records
     return {k: v.value for k, v in record.asset_materialization.metadata.items()}
 
@@ -46,10 +48,10 @@ def test_deleted_and_renamed_uploads_leave_search_and_the_ui_in_one_tick(rag_env
         (settings.inbox_dir / "kb" / "b.txt").unlink()
         (settings.inbox_dir / "kb" / "c.txt").rename(settings.inbox_dir / "kb" / "maps.txt")
         result = _tick(defs, instance, cursor=first.cursor)
-        moved = document_id("kb", "maps.txt")
+        moved = "kb/maps.txt"
         # The partitions changed in the tick itself, before any run; the purge goes first, ahead
         # of the index run in the queue too.
-        assert instance.get_dynamic_partitions("documents") == [document_id("kb", "a.txt"), moved]
+        assert instance.get_dynamic_partitions("documents") == ["kb/a.txt", moved]
         assert [r.job_name for r in result.run_requests] == ["purge_deleted", "index_documents"]
         assert result.run_requests[0].tags["dagster/priority"] > result.run_requests[1].tags.get("dagster/priority", "0")
         # Tombstoned in the tick: out of search before its purge run has even started.
@@ -84,7 +86,7 @@ def test_sensor_hands_off_only_committed_rows(rag_env, pg_url):
         partitions = instance.get_dynamic_partitions("documents")
     [request] = result.run_requests
     with psycopg.connect(pg_url, autocommit=True) as conn:  # a separate session
-        rows = dict(conn.execute("SELECT id, status FROM documents").fetchall())
+        rows = dict(conn.execute("SELECT partition_key, status FROM documents").fetchall())
     assert set(partitions) == set(rows) and set(rows.values()) == {"pending"}
     assert request.tags["dagster/asset_partition_range_start"] in rows
     assert request.tags["dagster/asset_partition_range_end"] in rows
@@ -106,7 +108,9 @@ def test_backfills_reuse_work_and_the_embedding_cache(rag_env, embedding_server)
         assert embedding_server.requests == requests
         assert {_metadata(instance, k)["status"] for k in keys} == {"skipped"}
 
-        assert records.request_again(get_engine(settings.database_url), keys) == len(keys)
+        engine = get_engine(settings.database_url)
+        ids = [ref.id for ref in records.refs_by_key(engine, keys).values()]
+        assert records.request_again(engine, ids) == len(keys)
         assert job.execute_in_process(instance=instance, tags=backfill_tags).success
         assert embedding_server.requests == requests
         for key in keys:
@@ -137,10 +141,9 @@ def test_late_and_abandoned_documents_are_reported_parked_and_retried(rag_env, m
     import time
 
     from rag_pipeline import cli
-    from rag_pipeline.defs import sensors
 
     # Lost runs are noticed by age; here the test ages the hand-offs itself.
-    monkeypatch.setattr(sensors, "LOST_AFTER", sensors.REREQUEST_AFTER)
+    monkeypatch.setattr(planning, "LOST_AFTER", planning.REREQUEST_AFTER)
     monkeypatch.setenv("RAG_OVERDUE_SECONDS", "1")
     monkeypatch.setenv("RAG_MAX_ATTEMPTS", "2")
     settings = Settings.from_env()
@@ -152,7 +155,7 @@ def test_late_and_abandoned_documents_are_reported_parked_and_retried(rag_env, m
         assert len(_tick(defs, instance).run_requests) == 1  # attempt 1: its run is lost
         time.sleep(1.5)
         [late] = _tick(defs, instance).asset_events
-        assert (late.check_name, late.partition, late.passed, late.severity.value) == ("indexed_in_time", doc, False, "WARN")
+        assert (late.check_name, late.partition, late.passed, late.severity.value) == ("indexed_in_time", "kb/a.txt", False, "WARN")
         assert "not indexed 1 s after upload" in late.description
         assert _tick(defs, instance).asset_events == []  # reported once, not every tick
         _age_requests(engine)
@@ -177,7 +180,7 @@ def test_late_and_abandoned_documents_are_reported_parked_and_retried(rag_env, m
 
         _, [run] = tick_and_run(defs, instance)
         [fresh] = [e for e in run.get_asset_check_evaluations() if e.check_name == "indexed_in_time"]
-        assert fresh.passed and fresh.partition == doc
+        assert fresh.passed and fresh.partition == "kb/a.txt"
         assert records.get_documents(engine, [doc])[doc].status == records.INDEXED
 
 
@@ -218,33 +221,32 @@ def test_a_ui_backfill_redrives_parked_documents(rag_env):
         _tick(defs, instance)  # registered and requested; its run is lost
         assert [r.id for r in records.park(engine, [doc], 1)] == [doc]  # the dead letter
         # What the UI launches for a backfill of that partition: the parked document is indexed.
-        tags = {"dagster/asset_partition_range_start": doc, "dagster/asset_partition_range_end": doc}
+        tags = {"dagster/asset_partition_range_start": "kb/a.txt", "dagster/asset_partition_range_end": "kb/a.txt"}
         assert defs.resolve_job_def("index_documents").execute_in_process(instance=instance, tags=tags).success
     assert records.get_documents(engine, [doc])[doc].status == records.INDEXED
 
 
 def test_a_document_a_run_still_holds_is_not_parked_and_runs_are_only_asked_when_needed(rag_env, monkeypatch):
-    from rag_pipeline.defs import sensors
 
     monkeypatch.setenv("RAG_MAX_ATTEMPTS", "1")
     doc, engine, defs = _one_upload()
     asked: list[str] = []
     held: set[str] = set()
-    real = sensors.documents_in_active_runs
+    real = orchestrator.documents_in_active_runs
 
     def documents_in_active_runs(instance, partition_order):  # noqa: ANN001, ANN202
         asked.append("runs")
         return real(instance, partition_order) | held
 
-    monkeypatch.setattr(sensors, "documents_in_active_runs", documents_in_active_runs)
-    monkeypatch.setattr(sensors, "LOST_AFTER", sensors.REREQUEST_AFTER)  # aged by the test
+    monkeypatch.setattr(orchestrator, "documents_in_active_runs", documents_in_active_runs)
+    monkeypatch.setattr(planning, "LOST_AFTER", planning.REREQUEST_AFTER)  # aged by the test
     with DagsterInstance.get() as instance:
         first = _tick(defs, instance)  # registered and requested once; its run is lost
         assert asked == ["runs"]
         idle = _tick(defs, instance, cursor=first.cursor)
         assert idle.skip_reason and asked == ["runs"]  # nothing due: runs not asked
         _age_requests(engine)
-        held.add(doc)  # a run (a UI backfill, say) holds it after all
+        held.add("kb/a.txt")  # a run (a UI backfill, say) holds it after all
         assert _tick(defs, instance, cursor=first.cursor).run_requests == []
         assert records.get_documents(engine, [doc])[doc].status == records.PENDING and asked == ["runs"] * 2
         held.clear()

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, build_sensor_context
 
-from rag_pipeline.core import detection, records
+from rag_pipeline.core import detection, planning, records
 from rag_pipeline.core.db import get_engine
 from rag_pipeline.core.identity import document_id
 from rag_pipeline.definitions import build_definitions
-from rag_pipeline.defs import sensors
+from rag_pipeline.defs import orchestrator, sensors
 from rag_pipeline.settings import Settings
 from rag_pipeline_tests.helpers import execute, tick_and_run, write_files
 
@@ -41,7 +41,7 @@ def _tick(defs, instance: DagsterInstance, cursor: str | None = None):  # noqa: 
 
 def _documents(result) -> list[str]:  # noqa: ANN001
     """The documents each index run request covers, in partition order."""
-    return [int(r.tags[sensors.DOCUMENTS_TAG]) for r in result.run_requests if r.job_name == "index_documents"]
+    return [int(r.tags[orchestrator.DOCUMENTS_TAG]) for r in result.run_requests if r.job_name == "index_documents"]
 
 
 class _Lines(logging.Handler):
@@ -90,14 +90,14 @@ def test_a_lost_hand_off_is_handed_out_again_at_the_next_tick(rag_env, monkeypat
         lost = _tick(defs, instance)
         [request] = lost.run_requests
         # Within LOST_AFTER its run may still be on the way: not handed out twice.
-        lost_after = sensors.LOST_AFTER
-        monkeypatch.setattr(sensors, "LOST_AFTER", sensors.REREQUEST_AFTER)
+        lost_after = planning.LOST_AFTER
+        monkeypatch.setattr(planning, "LOST_AFTER", planning.REREQUEST_AFTER)
         assert _tick(defs, instance, cursor=lost.cursor).run_requests == []
-        monkeypatch.setattr(sensors, "LOST_AFTER", lost_after)
-        time.sleep(sensors.LOST_AFTER.total_seconds() + 0.5)
+        monkeypatch.setattr(planning, "LOST_AFTER", lost_after)
+        time.sleep(planning.LOST_AFTER.total_seconds() + 0.5)
         again = _tick(defs, instance, cursor=lost.cursor)
         [retry] = again.run_requests
-        assert retry.tags[sensors.REQUEST_TAG] != request.tags[sensors.REQUEST_TAG]
+        assert retry.tags[orchestrator.REQUEST_TAG] != request.tags[orchestrator.REQUEST_TAG]
         assert _documents(again) == [3]
         assert {r.attempts for r in records.list_documents(engine)} == {2}
         execute(defs, instance, retry)
@@ -119,7 +119,7 @@ def test_documents_of_a_failed_run_are_handed_out_again_soon_after_it_ends(rag_e
         assert {r.attempts for r in records.list_documents(engine)} == {0}  # refunded: not their fault
         # Its run has just ended: Dagster's own run retry may be about to start.
         assert _tick(defs, instance, cursor=first.cursor).run_requests == []
-        monkeypatch.setattr(sensors, "RETRY_AFTER", sensors.RETRY_AFTER * 0)
+        monkeypatch.setattr(planning, "RETRY_AFTER", planning.RETRY_AFTER * 0)
         healed = _tick(defs, instance, cursor=first.cursor)
         [retry] = healed.run_requests
         assert _documents(healed) == [3]
@@ -180,11 +180,11 @@ def test_scattered_changes_are_one_run_that_takes_exactly_them(rag_env):
         write_files(settings.inbox_dir, "kb", {name: files[name] + b" Revised." for name in changed})
         storm, runs = tick_and_run(defs, instance, cursor=first.cursor)
         assert _documents(storm) == [4] and len(runs) == 1
-        ids = {document_id("kb", name) for name in changed}
-        assert set(instance.get_dynamic_partitions("documents")[-4:]) == ids
+        keys = {f"kb/{name}" for name in changed}
+        assert set(instance.get_dynamic_partitions("documents")[-4:]) == keys
         for name in files:
-            key = document_id("kb", name)
-            assert _materializations(instance, key) == (2 if key in ids else 1), name
+            key = f"kb/{name}"
+            assert _materializations(instance, key) == (2 if key in keys else 1), name
         assert {r.status for r in records.list_documents(engine)} == {records.INDEXED}
 
 
@@ -203,6 +203,51 @@ def test_detection_within_a_budget_leaves_the_rest_for_the_next_call(rag_env, bu
         assert found.registered >= 1 and found.waiting == found.to_register - found.registered
     assert len(seen) == len(set(seen)) == 5
     assert detection.detect(engine, settings.inbox_dir, previous_digest=found.listing_digest, budget=budget).new == []
+
+
+def test_a_slow_listing_leaves_the_hashing_its_time(rag_env):
+    """Under a load average of 9 a listing of 100,000 files took 11 s; when the hashing clock
+    also counted the listing, every tick registered one file. The clock starts after it, and a
+    listing slower than the whole target still leaves MIN_HASHING."""
+    from rag_pipeline.core.sources import FolderSource
+
+    class SlowListing(FolderSource):
+        def list(self, **kwargs):  # noqa: ANN003, ANN201
+            time.sleep(0.5)
+            return super().list(**kwargs)
+
+    settings = Settings.from_env()
+    write_files(settings.inbox_dir, "kb", _files(20))
+    engine = get_engine(settings.database_url)
+    found = detection.detect(engine, SlowListing(settings.inbox_dir), budget=detection.Budget(files=100, seconds=0.4))
+    assert (found.registered, found.waiting, len(found.new)) == (20, 0, 20)
+    assert found.seconds["list"] >= 0.5 and set(found.seconds) == {"list", "compare", "hash", "register"}
+    write_files(settings.inbox_dir, "kb", _files(20, start=20))
+    found = detection.detect(
+        engine, SlowListing(settings.inbox_dir), budget=detection.Budget(files=100, seconds=10, target_seconds=0.1)
+    )
+    assert (found.registered, found.waiting) == (20, 0)  # past the target, the floor still hashes
+
+
+def test_overdue_reporting_never_waits_for_a_run_writing_a_document(rag_env):
+    """A run holds its documents' rows through the point upsert (34 s once under load): the
+    sensor's overdue report skips those rows instead of waiting, and reports them later."""
+    import datetime as dt
+
+    settings = Settings.from_env()
+    write_files(settings.inbox_dir, "kb", _files(3))
+    engine = get_engine(settings.database_url)
+    assert len(detection.detect(engine, settings.inbox_dir).new) == 3
+    held = document_id("kb", "f001.txt")
+    later = records.now() + dt.timedelta(hours=1)
+    with engine.connect() as writer:
+        with writer.begin():
+            records.lock_documents(writer, [held])  # as a run's write step does
+            started = time.monotonic()
+            reported = {r.id for r in records.overdue(engine, later, 10)}
+            assert time.monotonic() - started < 5
+            assert reported == {document_id("kb", "f000.txt"), document_id("kb", "f002.txt")}
+    assert [r.id for r in records.overdue(engine, later, 10)] == [held]
 
 
 def test_a_mass_deletion_leaves_search_at_once_and_the_ui_in_slices(rag_env, monkeypatch):

@@ -11,7 +11,7 @@ import numpy as np
 
 from rag_pipeline.core.vectorstore import VectorStore, open_client
 
-DIM, POINTS = 384, 3000
+DIM, POINTS = 384, 1000
 
 
 def test_a_reopened_folder_holds_float32_vectors_answers_the_same_and_takes_new_points(tmp_path: Path):
@@ -34,9 +34,9 @@ def test_a_reopened_folder_holds_float32_vectors_answers_the_same_and_takes_new_
     tracemalloc.stop()
     stacked = store.client._client.collections["c"].vectors[""]
     assert stacked.dtype == np.float32 and stacked.shape == (POINTS, DIM)
-    # qdrant-client's own loader holds every vector as Python floats first: 3,000 x 384 x 24
-    # bytes of float objects alone, 27.6 MB (its traced peak: 49 MB). Compact: 18 MB, the
-    # pickled rows and float32 arrays.
+    # qdrant-client's own loader holds every vector as Python floats first: 1,000 x 384 x 24
+    # bytes of float objects alone, 8.8 MB (at 3,000 points its traced peak was 49 MB).
+    # Compact: 6.1 MB, the pickled rows and float32 arrays.
     assert peak < POINTS * DIM * 24, f"{peak / 2**20:.1f} MB traced while opening"
     assert [[(h.document_id, round(h.score, 5)) for h in store.search(q, k=5)] for q in queries] == before
 
@@ -69,4 +69,44 @@ def test_search_leaves_out_excluded_documents_in_the_query_or_after_it(tmp_path:
     monkeypatch.setattr(vectorstore, "EXCLUDE_IN_QUERY", 2)
     assert [h.document_id for h in store.search(query, k=3, exclude_documents=gone)] == expected
     assert store.search(query, k=3, exclude_documents={f"doc{i}" for i in range(20)}) == []
+    store.close()
+
+
+def test_keyword_scores_of_the_faster_local_scorer_are_upstreams():
+    """core/qdrant_local.py replaces embedded Qdrant's per-point merge of sparse vectors; the
+    scores must be the same, overlap or not."""
+    from qdrant_client.http import models as qm
+    from qdrant_client.local import sparse_distances
+
+    from rag_pipeline.core import qdrant_local, sparse
+
+    rnd = random.Random(5)
+    words = [f"w{i}" for i in range(300)]
+    vectors = []
+    for _ in range(400):
+        v = sparse.document_vector(" ".join(rnd.choices(words, k=rnd.randint(0, 40))))
+        vectors.append(qm.SparseVector(indices=v.indices, values=v.values))
+    for _ in range(20):
+        q = sparse.query_vector(" ".join(rnd.choices(words, k=rnd.randint(1, 6))))
+        query = qm.SparseVector(indices=q.indices, values=[rnd.uniform(0.1, 3) for _ in q.indices])
+        for empty_is_zero in (False, True):
+            expected = sparse_distances.calculate_distance_sparse(query, vectors, empty_is_zero=empty_is_zero)
+            got = qdrant_local.sparse_scores(query, vectors, empty_is_zero=empty_is_zero)
+            assert np.allclose(got, expected, rtol=1e-6) and (np.isinf(got) == np.isinf(expected)).all()
+
+
+def test_embedded_keyword_search_ranks_by_bm25_with_idf(tmp_path: Path):
+    from rag_pipeline.core import sparse
+
+    store = VectorStore(open_client(None, tmp_path / "q"), "c", keyword=True)
+    store.ensure_collection(4)
+    texts = ["common words here and ERR-4012", "common words here", "common words there", "rare zeppelin common"]
+    ids = [str(uuid.UUID(int=i + 1)) for i in range(len(texts))]
+    store.upsert(ids, [[1.0, 0.0, 0.0, float(i)] for i in range(len(texts))],
+                 [{"document_id": f"d{i}", "text": t, "version": "v"} for i, t in enumerate(texts)])
+    hits = store.query(dense=None, keyword=sparse.query_vector("zeppelin common"), k=4, mode="keyword")
+    # "zeppelin" is in one chunk: its IDF outweighs "common", which every chunk has.
+    assert hits[0].document_id == "d3" and len(hits) == 4
+    assert store.query(dense=None, keyword=sparse.query_vector("err-4012"), k=4, mode="keyword")[0].document_id == "d0"
+    assert store.query(dense=None, keyword=sparse.query_vector("nothing matches"), k=4, mode="keyword") == []
     store.close()

@@ -47,9 +47,13 @@ documents = sa.Table(
     # The source's own change token where mtime says nothing (an S3 ETag); NULL for a file,
     # whose token is mtime_ns. Same size and token: the upload is not read again.
     sa.Column("change_token", sa.String(200)),
+    # The Dagster partition key: `kb/path` as a person reads it (core/identity.partition_key).
+    # A name for the UI, derived from (kb, path) like the id; the id stays the identity.
+    sa.Column("partition_key", sa.String(255), nullable=False),
     sa.UniqueConstraint("knowledge_base", "path", name="uq_documents_kb_path"),
     sa.Index("ix_documents_status", "status"),
     sa.Index("ix_documents_request_token", "request_token"),
+    sa.Index("ix_documents_partition_key", "partition_key", unique=True),
 )
 
 document_versions = sa.Table(
@@ -163,7 +167,12 @@ def make_engine(url: str, pool_size: int = 5) -> Engine:
             cur.close()
 
         return engine
-    return sa.create_engine(
+    from rag_pipeline import embedded_pg
+
+    # The default database (no DATABASE_URL) is a server in the data folder: the first
+    # process to connect starts it, the others share it.
+    embedded_pg.ensure_for_url(url)
+    engine = sa.create_engine(
         url,
         pool_size=pool_size,
         max_overflow=0,
@@ -177,6 +186,12 @@ def make_engine(url: str, pool_size: int = 5) -> Engine:
             "application_name": "rag_pipeline",
         },
     )
+    if embedded_pg.data_dir_of(url) is not None:
+        # A long-lived process (daemon, code server) outlives a crash of the server or a
+        # `rag-pipeline stop`: its next connection starts the server again (a file read when
+        # it is running).
+        sa.event.listen(engine, "do_connect", lambda *_: embedded_pg.ensure_for_url(url))
+    return engine
 
 
 def get_engine(url: str, pool_size: int = 5) -> Engine:

@@ -1,9 +1,10 @@
 """What changed in the landing zone (new, changed, deleted), and which documents need a run.
 
 Used by the sensor and by `rag-pipeline run`, so both see uploads the same way, whatever the
-source (`core/sources`). An upload is hashed only when its (size, change token) differs from
+source (`core/sources`). An upload is looked at only when its (size, change token) differs from
 what we recorded (the mtime for a file, the ETag for an object), so a tick over an unchanged
-landing zone is one listing and one query, and an unchanged object is never downloaded.
+landing zone is one listing and one query. A changed file is hashed here; a changed object is
+registered from its listing unread, and downloaded once, by the run.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from rag_pipeline.core import records
 from rag_pipeline.core.batching import batched
 from rag_pipeline.core.db import documents
 from rag_pipeline.core.identity import document_id, sha256_stream
-from rag_pipeline.core.sources import Scan, Source, SourceChanged, SourceError, as_source
+from rag_pipeline.core.sources import SQL_TOKEN_PREFIX, Scan, Source, SourceChanged, SourceError, as_source, owns
 
 
 @dataclass
@@ -38,6 +39,11 @@ class Detection:
     # Files to register that this call left for the next (its budget ran out), and their total.
     waiting: int = 0
     to_register: int = 0
+    # Seconds spent per phase (list, compare, hash, register), for the tick log.
+    seconds: dict[str, float] = field(default_factory=dict)
+    # Deletions the mass-deletion guard holds (`max_delete_fraction`), and why.
+    held_deletions: int = 0
+    held_reason: str = ""
 
     @property
     def registered(self) -> int:
@@ -48,15 +54,23 @@ class Detection:
 class Budget:
     """How much one call registers: a sensor tick must end well inside Dagster's 60 s deadline
     however large the drop, so it hashes and registers at most `files` files for at most
-    `seconds`, and the next tick continues. Partition additions are capped by `files` too
+    `seconds` of hashing, and the next tick continues. The clock starts after the listing: a
+    listing of 100,000 files took 11 s under a load average of 9, and a clock started before it
+    left one file per tick (measured: 80,000 files would have taken 18 days). Partition additions are capped by `files` too
     (Dagster advises at most 25,000 per evaluation)."""
     files: int = 20_000
     seconds: float = 15.0
+    # The whole call aims to end within this: hashing gets what listing and comparing left of
+    # it, never more than `seconds`, never less than `MIN_HASHING` (so a tick on a machine
+    # too loaded to list in time still registers a slice).
+    target_seconds: float = float("inf")
     # Dagster deletes dynamic partitions one statement per key.
     partition_deletes: int = 2_000
     # Check evaluations reported by a tick (overdue, parked): the daemon stores each one alone.
     reports: int = 200
 
+
+MIN_HASHING = 2.0
 
 UNBOUNDED = Budget(files=10**12, seconds=float("inf"), partition_deletes=10**12, reports=10**12)
 
@@ -89,6 +103,13 @@ def _unchanged(prior: records.Known, stat) -> bool:  # noqa: ANN001
     return prior.mtime_ns == stat.mtime_ns
 
 
+def listed_version(stat) -> str:  # noqa: ANN001
+    """The version of an upload registered unread: its size and change token, until the run
+    that reads it records the sha256 of the bytes (`records.resolve_version`)."""
+    digest = hashlib.sha256(f"{stat.size}\x00{stat.token}".encode()).hexdigest()
+    return records.LISTED_PREFIX + digest[: 64 - len(records.LISTED_PREFIX)]
+
+
 def refusal_version(reason: str) -> str:
     """The version recorded for a file refused unread: it has no content hash, and a different
     reason (a link retargeted into a size refusal) is a different version."""
@@ -97,7 +118,7 @@ def refusal_version(reason: str) -> str:
 
 def detect(
     engine: Engine, source: Source | Path, min_age_seconds: float = 0.0, previous_digest: str | None = None,
-    max_file_bytes: int | None = None, *, budget: Budget = UNBOUNDED,
+    max_file_bytes: int | None = None, *, budget: Budget = UNBOUNDED, confirm_deletions: bool = False,
 ) -> Detection:
     """Register what changed in `source` (a folder path is taken as the landing directory),
     within `budget`. With the digest of the previous, fully registered listing, an identical
@@ -107,18 +128,29 @@ def detect(
     Files held back (still settling, not stat-able) hold back only themselves: everything else
     in the listing is registered now. A listing is saved as registered (a non-empty
     `listing_digest`) only when nothing in it is left to look at: no folder unlisted, no file
-    that could not be read, no file left over by the budget."""
-    started = time.monotonic()
+    that could not be read, no file left over by the budget.
+
+    Only the source's own documents are compared with its listing (`sources.owns`: a SQL
+    source's rows carry its name in their change token), so a listing never tombstones another
+    source's documents. A source with `max_delete_fraction` (a SQL source) whose listing loses
+    more than that share of its documents holds those deletions (`held_deletions`,
+    `held_reason`) unless `confirm_deletions`: an empty replica or a broken query looks exactly
+    like a purge."""
+    clock = time.monotonic()
     source = as_source(source)
+    if getattr(source, "incremental", False):
+        # A SQL source with updated_at reads only rows updated since the latest registered.
+        source.since_ns = records.latest_mtime_ns(engine, source.token_prefix)
     listing = source.list(min_age_seconds=min_age_seconds, max_file_bytes=max_file_bytes)
     files = listing.files
     digest = listing_digest(listing)
     result = Detection(problems=listing.problems)
+    clock = lap(result, "list", clock)
     if previous_digest and digest == previous_digest:
         result.unchanged = len(files)
         return result
     complete = not listing.unlisted
-    known = records.known_documents(engine)
+    known = _own_documents(engine, source)
     candidates = []
     for key, stat in files.items():
         prior = known.get(key)
@@ -133,17 +165,24 @@ def detect(
         else:
             candidates.append((key, stat, prior))
     result.to_register = len(candidates)
+    clock = started = lap(result, "compare", clock)
+    spent = sum(result.seconds.values())
+    hashing = min(budget.seconds, max(MIN_HASHING, budget.target_seconds - spent))
+    hashed = getattr(source, "hashed_on_detection", True)
     first_seen: list[tuple[str, str, str, int, int]] = []
     for done, (key, stat, prior) in enumerate(candidates):
         # At least one file per call, whatever the clock says: a slice always makes progress.
-        if done and (done >= budget.files or time.monotonic() - started > budget.seconds):
+        if done and (done >= budget.files or time.monotonic() - started > hashing):
             result.waiting = len(candidates) - done
             complete = False
             break
         try:
-            # Read once, to hash it; the run reads it again only if it is still this version.
-            with source.open(stat.knowledge_base, stat.path, token=stat.token) as fh:
-                version, size = sha256_stream(fh)
+            if hashed:
+                # Read once, to hash it; the run reads it again only if it is still this version.
+                with source.open(stat.knowledge_base, stat.path, token=stat.token) as fh:
+                    version, size = sha256_stream(fh)
+            else:
+                version, size = listed_version(stat), stat.size
         except (SourceError, OSError) as exc:
             if isinstance(exc, SourceError) and not isinstance(exc, SourceChanged):
                 raise  # the source failed, not this upload: the tick fails and nothing is saved
@@ -158,6 +197,7 @@ def detect(
         _record(result, records.register_upload(
             engine, stat.knowledge_base, stat.path, version, size, stat.mtime_ns, change_token=stat.token
         ))
+    clock = lap(result, "hash", clock)
     inserted = records.register_new_uploads(engine, first_seen)
     for kb, path, version, size, mtime_ns, token in first_seen:
         doc_id = document_id(kb, path)
@@ -175,15 +215,42 @@ def detect(
             result.unchanged += 1
         else:
             result.refused[change.document_id] = refusal.reason
-    gone = [
-        prior.id for (kb, path), prior in known.items()
-        if prior.status not in records.GONE and not listing.may_be_present(kb, path)
+    live = [
+        (key, prior) for key, prior in known.items()
+        if prior.status not in records.GONE and owns(source, prior.change_token)
     ]
+    gone = [prior.id for (kb, path), prior in live if not listing.may_be_present(kb, path)]
+    fraction = getattr(source, "max_delete_fraction", None)
+    if gone and fraction is not None and not confirm_deletions and len(gone) > fraction * len(live):
+        result.held_deletions = len(gone)
+        result.held_reason = (
+            f"{source.describe()}: the listing lost {len(gone):,} of {len(live):,} documents, more than "
+            f"max_delete_fraction {fraction:g}; deletions held (a broken query or an empty replica looks like this). "
+            f"If they are meant: rag-pipeline run --confirm-deletions {getattr(source, 'name', '')}".rstrip()
+        )
+        result.problems.append(result.held_reason)
+        gone, complete = [], False
     if len(gone) > budget.files:
         gone, complete = sorted(gone)[: budget.files], False
     result.deleted = records.mark_deleting(engine, gone)
     result.listing_digest = digest if complete else ""
+    lap(result, "register", clock)
     return result
+
+
+def _own_documents(engine: Engine, source: Source) -> dict[tuple[str, str], records.Known]:
+    """The documents `owns(source, ...)` would keep, selected in SQL: with several sources each
+    tick loads only its own source's rows."""
+    prefix = getattr(source, "token_prefix", None)
+    if prefix:
+        return records.known_documents(engine, tokens=prefix)
+    return records.known_documents(engine, not_tokens=SQL_TOKEN_PREFIX)
+
+
+def lap(result: Detection, phase: str, since: float) -> float:
+    now = time.monotonic()
+    result.seconds[phase] = now - since
+    return now
 
 
 def _record(result: Detection, change: records.Change) -> None:

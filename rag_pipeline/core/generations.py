@@ -27,6 +27,7 @@ from sqlalchemy.engine import Engine
 
 from rag_pipeline.core import records
 from rag_pipeline.core.db import documents, index_generations
+from rag_pipeline.core.sparse import KEYWORD_VERSION
 
 if TYPE_CHECKING:  # imported where used (see records.py)
     from qdrant_client import QdrantClient
@@ -47,10 +48,27 @@ class EmbeddingSpec:
     model: str
     dimensions: int | None
     base_url: str | None = None
+    # Keyword (sparse BM25) vectors beside the dense ones: part of the index's configuration,
+    # so turning them on or changing their scheme builds a new generation, like a new model.
+    keyword: bool = False
+
+    @property
+    def dense_fingerprint(self) -> str:
+        """What the dense vectors depend on: the embedding cache's key (keyword vectors are
+        computed from the text at write time, so a new keyword scheme re-embeds nothing)."""
+        return f"{self.provider}:{self.model}:{self.dimensions}"
 
     @property
     def fingerprint(self) -> str:
-        return f"{self.provider}:{self.model}:{self.dimensions}"
+        return self.dense_fingerprint + (KEYWORD_SUFFIX if self.keyword else "")
+
+
+KEYWORD_SUFFIX = f"+{KEYWORD_VERSION}"
+
+
+def dense_part(fingerprint: str) -> str:
+    """An index configuration's fingerprint without its keyword scheme."""
+    return fingerprint.removesuffix(KEYWORD_SUFFIX)
 
 
 def collection_name(alias: str, embedding: str) -> str:
@@ -77,7 +95,8 @@ class Generation:
 def _generation(row: sa.Row) -> Generation:
     return Generation(
         row.alias, row.embedding, row.collection,
-        EmbeddingSpec(row.provider, row.model, row.dimensions, row.base_url), row.state,
+        EmbeddingSpec(row.provider, row.model, row.dimensions, row.base_url, row.embedding.endswith(KEYWORD_SUFFIX)),
+        row.state,
     )
 
 
@@ -172,9 +191,9 @@ def serving_collection(client: QdrantClient, alias: str) -> str | None:
 def _spec_of(fingerprint: str, known: EmbeddingSpec | None) -> EmbeddingSpec:
     if known is not None and fingerprint == known.fingerprint:
         return known
-    provider, _, rest = fingerprint.partition(":")
+    provider, _, rest = dense_part(fingerprint).partition(":")
     model, _, dims = rest.rpartition(":")  # model names may hold ':' (ollama's "name:tag")
-    return EmbeddingSpec(provider, model, int(dims) if dims.isdigit() else None)
+    return EmbeddingSpec(provider, model, int(dims) if dims.isdigit() else None, keyword=fingerprint.endswith(KEYWORD_SUFFIX))
 
 
 def adopt_legacy(engine: Engine, client: QdrantClient, alias: str, current: EmbeddingSpec | None = None) -> None:

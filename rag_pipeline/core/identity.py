@@ -22,6 +22,47 @@ def document_id(knowledge_base: str, relative_path: str) -> str:
     return str(uuid.uuid5(_NAMESPACE, f"doc\x00{knowledge_base}\x00{relative_path}"))
 
 
+# Partition keys: what a person reads and filters on in the Dagster UI. Dagster 1.13 refuses
+# keys holding "..." or control characters (`INVALID_PARTITION_SUBSTRINGS`: "..." is its range
+# syntax); its UI splits a partition selection on "," and reads "[", "]" and "*" as range and
+# wildcard syntax (a key with a comma cannot be selected for a backfill), and "|" joins the
+# dimensions of a multi-partition key; leading or trailing spaces are trimmed by that parser.
+# Keys are also run tags and rows of unique btree indexes in PostgreSQL (an entry over ~2.7 KB
+# fails), so they are bounded.
+MAX_PARTITION_KEY = 200
+_KEY_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f,\[\]*|]")
+_FALLBACK_TAIL = re.compile(r"~[0-9a-f]{12}$")
+
+
+def partition_key(knowledge_base: str, relative_path: str) -> str:
+    """The document's partition key: `kb/path` when Dagster can hold it as it is, else a
+    sanitized `kb/path` (the tail kept when too long) ending in `~` and 12 hex digits of a hash
+    of the pair: stable, still readable, and never equal to a plain key (no plain key ends that
+    way). The document id stays the identity; the key is a name for the UI."""
+    key = f"{knowledge_base}/{relative_path}"
+    if (
+        len(key) <= MAX_PARTITION_KEY and key == key.strip() and "..." not in key
+        and not _KEY_FORBIDDEN.search(key) and not _FALLBACK_TAIL.search(key) and _utf8(key)
+    ):
+        return key
+    raw = f"{knowledge_base}\x00{relative_path}".encode("utf-8", "surrogatepass")
+    digest = hashlib.sha256(raw).hexdigest()[:12]
+    clean = relative_path.encode("utf-8", "replace").decode("utf-8")  # lone surrogates of undecodable names
+    clean = re.sub(r"\.{3,}", "_", _KEY_FORBIDDEN.sub("_", clean)).strip()
+    room = MAX_PARTITION_KEY - len(knowledge_base) - 1 - len(digest) - 1
+    if len(clean) > room:
+        clean = "\u2026" + clean[-(room - 1):].lstrip()  # the file name is the part people look for
+    return f"{knowledge_base}/{clean}~{digest}"
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def chunk_id(doc_id: str, version: str, chunker: str, index: int) -> str:
     """Also the Qdrant point id: a point can only ever stand for this exact chunk. The chunker
     is part of it, so re-chunking a version builds new points beside the ones being served."""

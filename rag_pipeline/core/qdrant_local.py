@@ -9,10 +9,18 @@ process that writes opens the folder, so this is most of a run's memory at a few
 documents. A Qdrant server (QDRANT_URL) keeps its points out of our processes altogether.
 
 Only the points handed to the loader change; what is stored on disk does not.
+
+Keyword (sparse) search: qdrant-client's local mode scores a sparse query against every point
+with a pure-Python merge of the two sorted index lists, asserting both sorted first, for every
+point: ~1 s per query at 2,000 chunks, twice per hybrid query. `sparse_scores` gives the same
+scores (float32 dot product over the shared indices; -inf, or 0 for the queries that ask, where
+nothing is shared) by finding each of the query's few terms in the point's sorted indices by
+bisection.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from typing import Any, Iterable
 
 import numpy as np
@@ -24,6 +32,27 @@ def _compact(vector: Any) -> Any:
     if isinstance(vector, list) and vector and isinstance(vector[0], float):
         return np.asarray(vector, dtype=np.float32)
     return vector
+
+
+def sparse_scores(query: Any, vectors: list, empty_is_zero: bool = False) -> np.ndarray:
+    """What qdrant-client's `calculate_distance_sparse` returns, without its per-point merge:
+    each of the query's few terms is found by bisection in the point's sorted indices (C code),
+    and nothing is kept between queries (a per-point dict was faster still, but cost ~5 KB a
+    point: 500 MB at 100,000 chunks)."""
+    terms = list(zip(query.indices, query.values))
+    missing = np.float32(0.0) if empty_is_zero else np.float32("-inf")
+    scores = np.empty(len(vectors), dtype=np.float32)
+    for n, vector in enumerate(vectors):
+        indices = vector.indices
+        size = len(indices)
+        total, shared = 0.0, False
+        for index, value in terms:
+            at = bisect_left(indices, index)
+            if at < size and indices[at] == index:
+                total += value * vector.values[at]
+                shared = True
+        scores[n] = total if shared else missing
+    return scores
 
 
 def install() -> bool:
@@ -51,5 +80,7 @@ def install() -> bool:
             yield point
 
     persistence.CollectionPersistence.load = compact_load
+    if hasattr(local_collection, "calculate_distance_sparse"):
+        local_collection.calculate_distance_sparse = sparse_scores
     _installed = True
     return True

@@ -6,6 +6,7 @@ document's version, so a step working on a superseded version can never overwrit
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Container, Iterable, Mapping, Sequence
@@ -15,7 +16,7 @@ from sqlalchemy.engine import Engine
 
 from rag_pipeline.core.batching import batched
 from rag_pipeline.core.db import chunks, document_versions, documents
-from rag_pipeline.core.identity import document_id
+from rag_pipeline.core.identity import document_id, partition_key
 from rag_pipeline.core.parsing import ParsedDocument
 
 if TYPE_CHECKING:
@@ -30,6 +31,9 @@ DELETING, DELETED = "deleting", "deleted"
 GONE = (DELETING, DELETED)
 # The version of a file refused without being read (it has no content hash).
 REFUSED_PREFIX = "refused:"
+# The version of an upload registered from its listing, unread (an object: size and ETag); the
+# run that reads it replaces it with the sha256 of the bytes (`resolve_version`).
+LISTED_PREFIX = "listed:"
 
 
 def now() -> dt.datetime:
@@ -60,13 +64,38 @@ class Change:
     kind: str  # "new" | "changed" | "unchanged"
 
 
-def known_documents(engine: Engine) -> dict[tuple[str, str], Known]:
+def known_documents(
+    engine: Engine, *, tokens: str | None = None, not_tokens: str | None = None,
+) -> dict[tuple[str, str], Known]:
+    """Every registered document, or one source's: `tokens`, those whose change token starts
+    with it (a SQL source's rows); `not_tokens`, those whose token does not (the landing zone's).
+    A source's tick then holds its own documents only, not every source's."""
     query = sa.select(
         documents.c.knowledge_base, documents.c.path, documents.c.id, documents.c.version,
         documents.c.size_bytes, documents.c.mtime_ns, documents.c.status, documents.c.change_token,
     )
+    if tokens is not None:
+        query = query.where(documents.c.change_token.startswith(tokens, autoescape=True))
+    if not_tokens is not None:
+        query = query.where(
+            documents.c.change_token.is_(None) | ~documents.c.change_token.startswith(not_tokens, autoescape=True)
+        )
     with engine.connect() as conn:
         return {(r[0], r[1]): Known(*r[2:]) for r in conn.execute(query)}
+
+
+def latest_mtime_ns(engine: Engine, token_prefix: str) -> int | None:
+    """The latest time registered for documents whose change token starts with `token_prefix`
+    (a SQL source's rows: their updated_at), the watermark of its incremental listing."""
+    # Refusals are registered whatever the tick's budget, so they could be ahead of rows a
+    # budget left for the next tick; rows are registered in updated_at order (`sql.py`).
+    query = sa.select(sa.func.max(documents.c.mtime_ns)).where(
+        documents.c.change_token.startswith(token_prefix, autoescape=True),
+        ~documents.c.version.startswith(REFUSED_PREFIX),
+    )
+    with engine.connect() as conn:
+        value = conn.execute(query).scalar()
+    return int(value) if value else None
 
 
 def register_upload(
@@ -82,8 +111,8 @@ def register_upload(
     status, error = (PENDING, None) if refusal is None else (FAILED, refusal[:2000])
     with engine.begin() as conn:
         insert = insert_for(conn, documents).values(
-            id=doc_id, knowledge_base=knowledge_base, path=path, version=version,
-            size_bytes=size_bytes, mtime_ns=mtime_ns, change_token=change_token, status=status, error=error, attempts=0,
+            id=doc_id, knowledge_base=knowledge_base, path=path, partition_key=partition_key(knowledge_base, path),
+            version=version, size_bytes=size_bytes, mtime_ns=mtime_ns, change_token=change_token, status=status, error=error, attempts=0,
             detected_at=ts, updated_at=ts, registered_at=ts, revision=1,
         ).on_conflict_do_nothing().returning(documents.c.id)
         # No conflict target: the id is derived from (kb, path), so a concurrent writer can trip
@@ -118,7 +147,7 @@ def register_new_uploads(engine: Engine, uploads: Sequence[tuple]) -> set[str]:
         return set()
     ts = now()
     values = [
-        dict(id=document_id(kb, path), knowledge_base=kb, path=path, version=version, size_bytes=size,
+        dict(id=document_id(kb, path), knowledge_base=kb, path=path, partition_key=partition_key(kb, path), version=version, size_bytes=size,
              mtime_ns=mtime, change_token=token[0] if token else None, status=PENDING, attempts=0, detected_at=ts,
              updated_at=ts, registered_at=ts, revision=1)
         for kb, path, version, size, mtime, *token in uploads
@@ -129,6 +158,47 @@ def register_new_uploads(engine: Engine, uploads: Sequence[tuple]) -> set[str]:
         # 2,000-row VALUES list was compiled anew every time: 24 s for 20,000 first uploads.
         insert = insert_for(conn, documents).on_conflict_do_nothing().returning(documents.c.id)
         return {r[0] for r in conn.execute(insert, values)}
+
+
+@dataclass(frozen=True)
+class DocumentRef:
+    """How a document is named: its id (the identity of rows and points), its partition key
+    (the UI's name for it) and the knowledge base and path it came from."""
+    id: str
+    partition_key: str
+    knowledge_base: str
+    path: str
+    status: str = PENDING
+
+    @property
+    def name(self) -> str:
+        return f"{self.knowledge_base}/{self.path}"
+
+
+_REF_COLUMNS = (documents.c.id, documents.c.partition_key, documents.c.knowledge_base, documents.c.path, documents.c.status)
+
+
+def refs_by_id(engine: Engine, doc_ids: Iterable[str]) -> dict[str, DocumentRef]:
+    """{document id: its names}, in bounded statements."""
+    out: dict[str, DocumentRef] = {}
+    with engine.connect() as conn:
+        for part in batched(dict.fromkeys(doc_ids)):
+            out.update((r.id, DocumentRef(*r)) for r in conn.execute(sa.select(*_REF_COLUMNS).where(documents.c.id.in_(part))))
+    return out
+
+
+def refs_by_key(engine: Engine, keys: Iterable[str]) -> dict[str, DocumentRef]:
+    """{partition key: the document it names}. A key that is a document id is found too: the
+    partition keys of an index built before readable keys, still named by runs in flight."""
+    out: dict[str, DocumentRef] = {}
+    with engine.connect() as conn:
+        for part in batched(dict.fromkeys(keys)):
+            query = sa.select(*_REF_COLUMNS).where(documents.c.partition_key.in_(part) | documents.c.id.in_(part))
+            wanted = set(part)
+            for r in conn.execute(query):
+                ref = DocumentRef(*r)
+                out.update((k, ref) for k in (ref.partition_key, ref.id) if k in wanted)
+    return out
 
 
 def mark_deleting(engine: Engine, doc_ids: Sequence[str]) -> list[str]:
@@ -231,8 +301,11 @@ def _pending_again(ts: dt.datetime) -> dict:
     # Pending again if it had failed or is being rebuilt for a new configuration: the next
     # steps work on pending documents only. One taken up by a run the sensor did not hand it
     # to (a backfill) is stamped requested: in hand now, so the sensor must not hand it out.
+    # A pending document keeps its "waiting: ..." reason until it is indexed: during an
+    # outage each new run parses before it fails again, and status must not blink empty.
     return dict(
-        status=PENDING, error=None, updated_at=ts,
+        status=PENDING, updated_at=ts,
+        error=sa.case((documents.c.status == PENDING, documents.c.error), else_=None),
         requested_at=sa.case((documents.c.status == PENDING, documents.c.requested_at), else_=ts),
     )
 
@@ -267,6 +340,60 @@ def load_sections(engine: Engine, pairs: Sequence[tuple[str, str]]) -> dict[str,
     return out
 
 
+@dataclass(frozen=True)
+class Layout:
+    """Where a version's sections start in its extracted text (the sections joined by a blank
+    line, as stored), and what its parser declared about it."""
+
+    section_starts: list[int]
+    info: dict[str, str]
+    sections: list[str]
+    parser: str = ""
+
+    @property
+    def record_metadata(self) -> dict[str, str]:
+        """A SQL row's declared metadata columns (`parsing/rows.py` keeps them in its info)."""
+        if self.parser != "record":
+            return {}
+        return {k: v for k, v in self.info.items() if k != "encoding"}
+
+
+def load_layouts(db: Engine | sa.Connection, pairs: Sequence[tuple[str, str]]) -> dict[str, Layout]:
+    """{document id: Layout} of these (document, version) pairs, in one query per slice; on
+    the caller's connection when it holds one (the write step, inside its locked transaction)."""
+    out: dict[str, Layout] = {}
+    columns = (document_versions.c.document_id, document_versions.c.sections, document_versions.c.parser,
+               document_versions.c.info)
+    with (db.connect() if isinstance(db, Engine) else contextlib.nullcontext(db)) as conn:
+        for part in batched(pairs):
+            query = sa.select(*columns).where(
+                sa.tuple_(document_versions.c.document_id, document_versions.c.version).in_(part)
+            )
+            for doc_id, sections, parser, info in conn.execute(query):
+                starts, at = [], 0
+                for section in sections:
+                    starts.append(at)
+                    at += len(section["text"]) + 2  # the "\n\n" between sections in document_versions.text
+                out[doc_id] = Layout(
+                    starts, {str(k): str(v) for k, v in (info or {}).items()}, [section["text"] for section in sections],
+                    parser or "",
+                )
+    return out
+
+
+def chunk_spans(
+    engine: Engine, doc_id: str, version: str, chunker: str, first: int, last: int,
+) -> list[tuple[int, int, int, int]]:
+    """(chunk index, section, char start, char end) of a chunk set's chunks first..last."""
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(
+            sa.select(chunks.c.chunk_index, chunks.c.section, chunks.c.char_start, chunks.c.char_end)
+            .where((chunks.c.document_id == doc_id) & (chunks.c.version == version) & (chunks.c.chunker == chunker)
+                   & chunks.c.chunk_index.between(first, last))
+            .order_by(chunks.c.chunk_index)
+        )]
+
+
 def record_failure(engine: Engine, doc_id: str, version: str, reason: str) -> bool:
     with engine.begin() as conn:
         result = conn.execute(
@@ -275,6 +402,30 @@ def record_failure(engine: Engine, doc_id: str, version: str, reason: str) -> bo
             .values(status=FAILED, error=reason[:2000], updated_at=now())
         )
         return result.rowcount == 1
+
+
+def resolve_version(engine: Engine, doc_id: str, *, listed: str, version: str, config: str) -> str | None:
+    """The run read the upload registered as `listed` (conditionally on its change token) and
+    hashed it: record the hash as its version. Compare-and-set on `listed`: None if the
+    document moved on meanwhile (a newer upload registered, or deleted), else its status now.
+    Bytes already indexed with `config` (re-uploaded identical, under another ETag) are indexed
+    again at once: there is nothing to rebuild."""
+    same = (documents.c.indexed_version == version) & (documents.c.indexed_config == config)
+    with engine.begin() as conn:
+        row = conn.execute(
+            documents.update()
+            .where((documents.c.id == doc_id) & (documents.c.version == listed) & documents.c.status.not_in(GONE))
+            .values(
+                version=version,
+                status=sa.case((same, INDEXED), else_=documents.c.status),
+                error=sa.case((same, None), else_=documents.c.error),
+                requested_at=sa.case((same, None), else_=documents.c.requested_at),
+                request_token=sa.case((same, None), else_=documents.c.request_token),
+                updated_at=now(),
+            )
+            .returning(documents.c.status)
+        ).first()
+        return None if row is None else row.status
 
 
 def replace_chunk_sets(engine: Engine, versions: Mapping[str, str], frame: pd.DataFrame, chunker: str) -> set[str]:
@@ -298,7 +449,10 @@ def replace_chunk_sets(engine: Engine, versions: Mapping[str, str], frame: pd.Da
         return set(live)
 
 
-CHUNK_FIELDS = ["chunk_id", "document_id", "version", "chunk_index", "text", "token_count", "page", "heading", "chunker"]
+CHUNK_FIELDS = [
+    "chunk_id", "document_id", "version", "chunk_index", "text", "token_count", "page", "heading", "chunker",
+    "section", "char_start", "char_end",
+]
 
 
 def load_chunks(engine: Engine, pairs: Iterable[tuple[str, str]], chunker: str) -> pd.DataFrame:
@@ -414,6 +568,14 @@ def documents_in(engine: Engine, *statuses: str) -> list[str]:
         return [r[0] for r in conn.execute(sa.select(documents.c.id).where(documents.c.status.in_(statuses)))]
 
 
+def partition_keys_in(engine: Engine, *statuses: str) -> set[str]:
+    """The partition keys of documents in `statuses`, and their ids (the keys of an index built
+    before readable keys, until the sensor has moved them)."""
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(documents.c.partition_key, documents.c.id).where(documents.c.status.in_(statuses)))
+        return {name for row in rows for name in row}
+
+
 def request_again(engine: Engine, doc_ids: Sequence[str] | None = None, status: str | None = None) -> int:
     """Make documents pending again, with a fresh attempt budget: those named, or all in
     `status` (`rag-pipeline retry` re-drives the failed ones; the audit's repair, the
@@ -493,7 +655,7 @@ def due(
     attempts: tuple[int, int | None] = (0, None),
 ) -> list[sa.Row]:
     """Up to `limit` documents in `status` due for a hand-off (never handed out, or released),
-    oldest registration first: (id, attempts). Hand-offs without a token (made before tokens
+    oldest registration first: (id, attempts, partition_key). Hand-offs without a token (made before tokens
     existed, or a backfill's own) are due once older than `legacy_before`. `take_all`: every
     document in `status`, handed out or not (`rag-pipeline run` is an explicit "now").
     `attempts`: only documents handed out at least, and fewer than, so many times."""
@@ -510,7 +672,7 @@ def due(
             if legacy_before is not None else sa.false()
         cond &= documents.c.requested_at.is_(None) | untokened
     query = (
-        sa.select(documents.c.id, documents.c.attempts)
+        sa.select(documents.c.id, documents.c.attempts, documents.c.partition_key)
         .where(cond)
         .order_by(documents.c.registered_at, documents.c.id)
         .limit(limit)
@@ -551,6 +713,10 @@ def overdue(engine: Engine, older_than: dt.datetime, limit: int) -> list[sa.Row]
     query = (
         sa.select(documents.c.id, documents.c.registered_at, documents.c.error)
         .where(cond).order_by(documents.c.registered_at, documents.c.id).limit(limit)
+        # A run writing a document holds its row through the point upsert (34 s once, under
+        # load, with embedded Qdrant): its lateness is reported on a later tick instead of the
+        # sensor waiting. SQLite has no row locks, and the clause is left out there.
+        .with_for_update(skip_locked=True)
     )
     with engine.begin() as conn:
         rows = list(conn.execute(query))
@@ -568,7 +734,7 @@ def list_documents(engine: Engine, knowledge_base: str | None = None) -> list[sa
     query = sa.select(
         documents.c.id, documents.c.knowledge_base, documents.c.path, documents.c.status,
         documents.c.version, documents.c.indexed_version, documents.c.error, documents.c.chunk_count,
-        documents.c.attempts, documents.c.updated_at, documents.c.indexed_at,
+        documents.c.attempts, documents.c.updated_at, documents.c.indexed_at, documents.c.partition_key,
     ).where(documents.c.status != DELETED).order_by(documents.c.knowledge_base, documents.c.path)
     if knowledge_base:
         query = query.where(documents.c.knowledge_base == knowledge_base)

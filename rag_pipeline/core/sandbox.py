@@ -1,7 +1,8 @@
 """Third-party parsers run in a child process with a time limit and a memory cap.
 
-pypdf, python-docx and BeautifulSoup are large parsers of hostile input: a crafted file can make
-one loop for minutes or inflate to gigabytes. In the run's own process that would stall or kill
+pypdf, pdfium, python-docx, python-pptx, openpyxl, Pillow, Tesseract and BeautifulSoup are
+large parsers of hostile input: a crafted file can make one loop for minutes or inflate to
+gigabytes. In the run's own process that would stall or kill
 every document in the batch. In the child, the file fails with a reason naming the limit, the
 child is replaced, and the batch goes on. Our own linear parsers (text, Markdown) and pandas'
 C tokenizer (CSV, JSON) stay in-process: for them a process hop would cost more than it guards.
@@ -21,6 +22,7 @@ import json
 import os
 import resource
 import selectors
+import signal
 import struct
 import subprocess
 import sys
@@ -29,8 +31,12 @@ from typing import BinaryIO
 
 from rag_pipeline.core.parsing import Limits, ParsedDocument, ParseError, Section, parse_bytes, parser_key
 
-ISOLATED = frozenset({".pdf", ".docx", ".html", ".htm"})
+ISOLATED = frozenset({
+    ".pdf", ".docx", ".pptx", ".xlsx", ".eml", ".html", ".htm", ".png", ".jpg", ".jpeg", ".tif", ".tiff",
+})
 _LEN = struct.Struct(">Q")
+READY = b"ready"
+STARTUP_SECONDS = 120
 
 
 class _ChildGone(Exception):
@@ -111,19 +117,36 @@ class ParserSandbox:
 
     def _start(self) -> subprocess.Popen:
         if self._child is None or self._child.poll() is not None:
-            self._child = subprocess.Popen(
+            self._child = child = subprocess.Popen(
                 [sys.executable, "-m", "rag_pipeline.core.sandbox", str(self.limits.parse_memory_mb)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True,
-                # One thread per numeric library in the child: it parses one file at a time.
-                env={**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"},
+                # Its own process group: OCR runs Tesseract as a grandchild, which must die with it.
+                start_new_session=True,
+                # One thread per numeric library (and Tesseract) in the child: it parses one
+                # file at a time.
+                env={**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "OMP_THREAD_LIMIT": "1"},
             )
+            # The child says when its imports are done: a file's clock starts after that (the
+            # parsers' imports take seconds on a loaded machine, and are no file's fault).
+            with selectors.DefaultSelector() as selector:
+                selector.register(child.stdout, selectors.EVENT_READ)
+                ready = selector.select(STARTUP_SECONDS)
+            try:
+                if not ready or _read_frame(child.stdout) != READY:
+                    raise EOFError
+            except (EOFError, OSError) as exc:
+                self._discard()
+                raise ParseError(f"the parser process did not start within {STARTUP_SECONDS} s") from exc
         return self._child
 
     def _discard(self) -> None:
         child, self._child = self._child, None
         if child is not None:
             self.restarts += 1
-            child.kill()  # a hung parser never returns: it is killed, not asked to stop
+            try:  # a hung parser never returns: it is killed, not asked to stop
+                os.killpg(child.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             child.wait()
             for stream in (child.stdin, child.stdout):
                 stream.close()
@@ -166,9 +189,10 @@ def _serve(memory_mb: int) -> None:
     stdout = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    for module in ("bs4", "docx", "pypdf"):
+    for module in ("bs4", "docx", "pypdf", "pptx", "openpyxl", "pandas", "PIL.Image", "pypdfium2", "pytesseract"):
         importlib.import_module(module)
     _cap_memory(memory_mb)
+    _write_frame(stdout, READY)
     while True:
         try:
             header = json.loads(_read_frame(stdin))

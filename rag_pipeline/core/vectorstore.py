@@ -9,23 +9,29 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Collection, Iterator, Sequence
+from typing import Any, Collection, Iterator, Mapping, Sequence
 
 import numpy as np
 from qdrant_client import QdrantClient
 from qdrant_client.http import models as qm
 
-from rag_pipeline.core import qdrant_local
+from rag_pipeline.core import qdrant_local, sparse
 
 # Excluded documents sent to Qdrant as a filter, at most; more are filtered from the hits.
 EXCLUDE_IN_QUERY = 1_000
-PAYLOAD_INDEXES = ("knowledge_base", "document_id", "version", "chunker")
+PAYLOAD_INDEXES = ("knowledge_base", "document_id", "version", "chunker", "file_type", "folders")
+MODES = ("hybrid", "dense", "keyword")
+# Candidates each of dense and keyword search contributes to the fusion: RRF needs more than
+# the k shown, or a chunk ranked 12th by both would never be seen.
+FUSION_CANDIDATES = 50
+# Dense hits below this share nothing with the query (the offline embedder scores an unrelated
+# chunk 0; a semantic model never scores a related one this low): filler, not a candidate, or
+# RRF would rank it beside real keyword hits.
+DENSE_FLOOR = 0.0005
 # Above this many document ids, a scroll of embedded Qdrant reads every point (see points_of).
 LOCAL_FILTER_MAX_VALUES = 16
-
-qdrant_local.install()
 
 
 class VectorStoreError(Exception):
@@ -43,6 +49,9 @@ def open_client(
         return QdrantClient(url=url, api_key=api_key, timeout=int(timeout))
     assert path is not None
     path.mkdir(parents=True, exist_ok=True)
+    # This process is about to load the folder's every point: as float32 arrays, less than
+    # half the memory (core/qdrant_local.py). A server keeps its points out of our processes.
+    qdrant_local.install()
     # Embedded Qdrant allows one process per folder, and that is what serializes the runs'
     # writers: a second one waits here (sleeping, a claim every 0.2 s at most) until the first
     # closes its client, which the writing step does as soon as its Qdrant work is done.
@@ -75,16 +84,64 @@ class Hit:
     version: str
     page: int | None
     heading: str | None
+    # The score of each mode that found the point ("hybrid", "dense", "keyword"); a mode
+    # missing is one whose candidates did not include it.
+    scores: dict[str, float] = field(default_factory=dict)
+    start: int | None = None  # offsets of `text` in the document's extracted text
+    end: int | None = None
+    indexed_at: str | None = None
+    file_type: str | None = None
+    title: str | None = None
+    meta: dict[str, str] = field(default_factory=dict)
+    chunker: str | None = None
+
+
+@dataclass(frozen=True)
+class SearchFilter:
+    """What a search is confined to; every field given must hold."""
+
+    knowledge_base: str | None = None
+    # A folder within the knowledge base ("policies/hr", "policies/hr/") or one file's path.
+    path_prefix: str | None = None
+    file_types: tuple[str, ...] = ()  # extensions without the dot: ("pdf", "md")
+    metadata: Mapping[str, str] = field(default_factory=dict)  # what the parser declared (e-mail headers...)
+
+    def conditions(self) -> list:
+        must: list = []
+        if self.knowledge_base:
+            must.append(_match("knowledge_base", self.knowledge_base))
+        prefix = (self.path_prefix or "").strip("/")
+        if prefix:
+            folder = _match("folders", prefix + "/")
+            if self.path_prefix.endswith("/"):
+                must.append(folder)
+            else:
+                must.append(qm.Filter(should=[folder, _match("source_path", prefix)]))
+        if self.file_types:
+            types = sorted({t.lower().lstrip(".") for t in self.file_types})
+            must.append(qm.FieldCondition(key="file_type", match=qm.MatchAny(any=types)))
+        for key, value in sorted(self.metadata.items()):
+            must.append(_match(f"meta.{key}", str(value)))
+        return must
 
 
 def _match(key: str, value: str) -> qm.FieldCondition:
     return qm.FieldCondition(key=key, match=qm.MatchValue(value=value))
 
 
+def is_embedded(client: QdrantClient) -> bool:
+    """An in-process client (`path=`): one process per folder, no concurrent queries."""
+    return type(client._client).__name__ == "QdrantLocal"
+
+
 class VectorStore:
-    def __init__(self, client: QdrantClient, collection: str) -> None:
+    def __init__(self, client: QdrantClient, collection: str, *, keyword: bool = False) -> None:
         self.client = client
         self.collection = collection
+        # Whether points written get a keyword (sparse) vector, and a collection created here
+        # the sparse vector to hold it.
+        self.keyword = keyword
+        self._has_keyword: bool | None = None
         # Embedded Qdrant is not safe for concurrent writers in one process; a server is, and
         # the lock costs it nothing measurable.
         self._lock = threading.RLock()
@@ -104,31 +161,59 @@ class VectorStore:
                     f"embedder produces {dimensions}; use another RAG_COLLECTION or re-embed"
                 )
             return
+        self._has_keyword = self.keyword
         self.client.create_collection(
             self.collection,
             vectors_config=qm.VectorParams(size=dimensions, distance=qm.Distance.COSINE),
+            # IDF computed by Qdrant from the collection's own points: BM25's corpus half.
+            sparse_vectors_config=(
+                {sparse.SPARSE_VECTOR: qm.SparseVectorParams(modifier=qm.Modifier.IDF)} if self.keyword else None
+            ),
         )
-        if not self._is_local:
+        if not self.is_local:
             for field in PAYLOAD_INDEXES:
                 self.client.create_payload_index(
                     self.collection, field, field_schema=qm.PayloadSchemaType.KEYWORD
                 )
 
+    def ensure_payload_indexes(self, fields: Sequence[str]) -> None:
+        """Keyword indexes on metadata fields (`meta.project`), once per field and client; the
+        embedded folder has none and filters by scanning."""
+        done = self.__dict__.setdefault("_indexed", set())
+        todo = [f for f in fields if f not in done]
+        if not todo or self.is_local:
+            done.update(todo)
+            return
+        with self._lock:
+            existing = set((self.client.get_collection(self.collection).payload_schema or {}).keys())
+            for field in todo:
+                if field not in existing:
+                    self.client.create_payload_index(self.collection, field, field_schema=qm.PayloadSchemaType.KEYWORD)
+        done.update(todo)
+
     @property
-    def _is_local(self) -> bool:
-        return type(self.client._client).__name__ == "QdrantLocal"
+    def is_local(self) -> bool:
+        return is_embedded(self.client)
 
     def exists(self) -> bool:
         return self.client.collection_exists(self.collection)
 
     def upsert(self, ids: Sequence[str], vectors: Sequence[Sequence[float]], payloads: Sequence[dict[str, Any]], batch: int = 256) -> None:
+        """Points with these dense vectors and payloads; with `keyword`, each also gets the
+        keyword vector of its payload's `text`."""
         for start in range(0, len(ids), batch):
-            points = qm.Batch(
-                ids=list(ids[start : start + batch]),
-                # Lists or float32 arrays in; the client validates lists of floats.
-                vectors=np.asarray(vectors[start : start + batch], dtype=np.float32).tolist(),
-                payloads=list(payloads[start : start + batch]),
-            )
+            # Lists or float32 arrays in; the client validates lists of floats.
+            dense = np.asarray(vectors[start : start + batch], dtype=np.float32).tolist()
+            part = list(payloads[start : start + batch])
+            # A collection built without a sparse vector (an index adopted from before them) takes
+            # dense vectors only; its replacement will have both.
+            if self.keyword and self.has_keyword_vectors():
+                keyword = [sparse.document_vector(p.get("text", "")) for p in part]
+                dense = {  # type: ignore[assignment]
+                    "": dense,
+                    sparse.SPARSE_VECTOR: [qm.SparseVector(indices=kv.indices, values=kv.values) for kv in keyword],
+                }
+            points = qm.Batch(ids=list(ids[start : start + batch]), vectors=dense, payloads=part)
             with self._lock:
                 self.client.upsert(self.collection, points=points, wait=True)
 
@@ -155,7 +240,7 @@ class VectorStore:
             return out
         wanted = set(document_ids)
         flt: qm.Filter | None = qm.Filter(must=[qm.FieldCondition(key="document_id", match=qm.MatchAny(any=sorted(wanted)))])
-        if self._is_local and len(wanted) > LOCAL_FILTER_MAX_VALUES:
+        if self.is_local and len(wanted) > LOCAL_FILTER_MAX_VALUES:
             # Embedded Qdrant has no payload index: it tests every point against every listed
             # id. For a run's 500 documents in a 16,500-point collection that took 3.3 s; one
             # pass over all points, matched here against a set, 0.3 s.
@@ -205,15 +290,48 @@ class VectorStore:
             if offset is None:
                 return
 
+    def has_keyword_vectors(self) -> bool:
+        """Whether the collection holds keyword vectors (an index built before them does not:
+        it is searched dense until its replacement is complete)."""
+        if self._has_keyword is None:
+            if not self.exists():
+                return False
+            with self._lock:
+                params = self.client.get_collection(self.collection).config.params
+            self._has_keyword = sparse.SPARSE_VECTOR in (params.sparse_vectors or {})
+        return self._has_keyword
+
     def search(
         self, vector: Sequence[float], k: int = 5, knowledge_base: str | None = None,
-        exclude_documents: Collection[str] = (),
+        exclude_documents: Collection[str] = (), where: Mapping[str, str] | None = None,
     ) -> list[Hit]:
-        """Top-k points; `exclude_documents` are left out (deleted files whose points are still
-        waiting for their purge run: a deletion leaves search at the tick that sees it)."""
+        """Top-k points by the dense vector alone (see `query`)."""
+        return self.query(
+            dense=vector, k=k, mode="dense", where=SearchFilter(knowledge_base=knowledge_base),
+            exclude_documents=exclude_documents, dense_floor=None,
+        )
+
+    def query(
+        self, *, dense: Sequence[float] | None, keyword: sparse.SparseVector | None = None, k: int = 5,
+        mode: str = "hybrid", where: SearchFilter | None = None, exclude_documents: Collection[str] = (),
+        dense_floor: float | None = DENSE_FLOOR,
+    ) -> list[Hit]:
+        """Top-k points in `mode`: `dense`, `keyword`, or `hybrid` (both, fused by reciprocal
+        rank in Qdrant: one query with two prefetches). Each hit carries the score of every
+        mode that ranked it among its candidates. `exclude_documents` are left out (deleted
+        files whose points are still waiting for their purge run: a deletion leaves search at
+        the tick that sees it)."""
+        if mode not in MODES:
+            raise ValueError(f"unknown search mode {mode!r}; expected one of {', '.join(MODES)}")
         if not self.exists():
             return []
-        must = [qm.FieldCondition(key="knowledge_base", match=qm.MatchValue(value=knowledge_base))] if knowledge_base else None
+        if mode != "dense" and not self.has_keyword_vectors():
+            mode = "dense"
+        if mode == "keyword" and (keyword is None or not len(keyword)):
+            return []  # a query of stop words only matches nothing by keyword
+        if mode == "hybrid" and (keyword is None or not len(keyword)):
+            mode = "dense"
+        must = (where or SearchFilter()).conditions()
         # A few excluded documents go into the query; after a mass deletion the hits are
         # filtered here instead (embedded Qdrant tests each point against the whole list).
         in_query = len(exclude_documents) <= EXCLUDE_IN_QUERY
@@ -221,28 +339,72 @@ class VectorStore:
             [qm.FieldCondition(key="document_id", match=qm.MatchAny(any=list(exclude_documents)))]
             if exclude_documents and in_query else None
         )
-        flt = qm.Filter(must=must, must_not=must_not) if must or must_not else None
+        flt = qm.Filter(must=must or None, must_not=must_not) if must or must_not else None
         excluded = frozenset(() if in_query else exclude_documents)
         limit = k
         while True:
-            with self._lock:
-                points = self.client.query_points(
-                    self.collection, query=list(vector), query_filter=flt, limit=limit, with_payload=True
-                ).points
+            points, scores = self._ranked(dense, keyword, mode, flt, limit, dense_floor)
             kept = [p for p in points if (p.payload or {}).get("document_id") not in excluded]
             if len(kept) >= k or len(points) < limit:
-                return [_hit(p) for p in kept[:k]]
+                return [_hit(p, {m: s[p.id] for m, s in scores.items() if p.id in s}) for p in kept[:k]]
             limit *= 4
 
+    def _ranked(
+        self, dense: Sequence[float] | None, keyword: sparse.SparseVector | None, mode: str, flt: qm.Filter | None,
+        limit: int, floor: float | None,
+    ) -> tuple[list[qm.ScoredPoint], dict[str, dict[Any, float]]]:
+        """The ranked points of `mode`, and each mode's scores by point id."""
+        sparse_query = (
+            qm.SparseVector(indices=keyword.indices, values=keyword.values) if keyword is not None else None
+        )
+        if mode == "dense":
+            with self._lock:
+                points = self.client.query_points(
+                    self.collection, query=list(dense), query_filter=flt, limit=limit, with_payload=True,
+                    score_threshold=floor,
+                ).points
+            return points, {"dense": {p.id: p.score for p in points}}
+        if mode == "keyword":
+            with self._lock:
+                points = self.client.query_points(
+                    self.collection, query=sparse_query, using=sparse.SPARSE_VECTOR, query_filter=flt, limit=limit,
+                    with_payload=True,
+                ).points
+            return points, {"keyword": {p.id: p.score for p in points}}
+        candidates = max(FUSION_CANDIDATES, limit)
+        # One round trip: the fused ranking, and each side's own ranking for the per-mode scores.
+        requests = [
+            qm.QueryRequest(
+                prefetch=[
+                    qm.Prefetch(query=list(dense), filter=flt, limit=candidates, score_threshold=floor),
+                    qm.Prefetch(query=sparse_query, using=sparse.SPARSE_VECTOR, filter=flt, limit=candidates),
+                ],
+                query=qm.FusionQuery(fusion=qm.Fusion.RRF), filter=flt, limit=limit, with_payload=True,
+            ),
+            qm.QueryRequest(
+                query=list(dense), filter=flt, limit=candidates, with_payload=False, score_threshold=floor,
+            ),
+            qm.QueryRequest(query=sparse_query, using=sparse.SPARSE_VECTOR, filter=flt, limit=candidates, with_payload=False),
+        ]
+        with self._lock:
+            fused, by_dense, by_keyword = self.client.query_batch_points(self.collection, requests=requests)
+        return fused.points, {
+            "hybrid": {p.id: p.score for p in fused.points},
+            "dense": {p.id: p.score for p in by_dense.points},
+            "keyword": {p.id: p.score for p in by_keyword.points},
+        }
 
     def close(self) -> None:
         self.client.close()
 
 
-def _hit(point: qm.ScoredPoint) -> Hit:
+def _hit(point: qm.ScoredPoint, scores: dict[str, float] | None = None) -> Hit:
     p = point.payload or {}
     return Hit(
         score=float(point.score), document_id=p.get("document_id", ""), chunk_index=int(p.get("chunk_index", -1)),
         knowledge_base=p.get("knowledge_base", ""), path=p.get("source_path", ""), text=p.get("text", ""),
         version=p.get("version", ""), page=p.get("page"), heading=p.get("heading"),
+        scores={m: float(v) for m, v in (scores or {}).items()}, start=p.get("start"), end=p.get("end"),
+        indexed_at=p.get("indexed_at"), file_type=p.get("file_type"), title=p.get("title"), meta=dict(p.get("meta") or {}),
+        chunker=p.get("chunker"),
     )

@@ -20,14 +20,16 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     BackfillPolicy,
+    Failure,
     MaterializeResult,
     MetadataValue,
-    asset,
 )
+from dagster import asset as dagster_asset
 
 from rag_pipeline.core import generations, records
 from rag_pipeline.core.audit import audit_documents
 from rag_pipeline.defs.checks import INDEXED_IN_TIME, document_check, evaluate_per_document
+from rag_pipeline.defs.failures import record_failed_documents
 from rag_pipeline.defs.partitions import documents_partitions, partition_keys_read_once
 from rag_pipeline.defs.resources import (
     ChunkerResource,
@@ -41,8 +43,19 @@ from rag_pipeline.defs.resources import (
 if TYPE_CHECKING:
     from rag_pipeline.core.pipeline import Outcome
 
-# single_run backfills are what make a UI backfill one run per batch instead of one per document.
-warnings.filterwarnings("ignore", category=BetaWarning, message=".*backfill_policy.*")
+
+def asset(**kwargs):  # noqa: ANN003, ANN201
+    """Dagster's @asset, without its warning that single_run backfills are beta: they are what
+    make a UI backfill one run per batch instead of one per document. Silenced for these
+    definitions only, not for the rest of the process."""
+
+    def decorate(fn):  # noqa: ANN001, ANN202
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=BetaWarning, message=".*backfill_policy.*")
+            return dagster_asset(**kwargs)(fn)
+
+    return decorate
+
 
 GROUP = "ingestion"
 COMMON = dict(
@@ -54,8 +67,34 @@ COMMON = dict(
 )
 
 
+class StepDocuments:
+    """The documents of a step's partition range: ids for the core, and for each the key the
+    run names it by (a run created before readable keys names documents by id) and its file."""
+
+    def __init__(self, context: AssetExecutionContext, engine) -> None:  # noqa: ANN001
+        keys = context.partition_keys
+        refs = records.refs_by_key(engine, keys)
+        self.by_id: dict[str, tuple[str, records.DocumentRef]] = {refs[k].id: (k, refs[k]) for k in keys if k in refs}
+        self.ids = list(self.by_id)
+        missing = [k for k in keys if k not in refs]
+        if missing:
+            context.log.warning(f"{len(missing)} partition(s) name no document, e.g. {missing[0]!r}")
+
+    def key(self, doc_id: str) -> str:
+        return self.by_id[doc_id][0]
+
+    def naming(self, doc_id: str) -> dict:
+        doc = self.by_id[doc_id][1]
+        return {"knowledge_base": doc.knowledge_base, "path": doc.path, "document_id": doc.id}
+
+
+def _documents(context: AssetExecutionContext, engine) -> StepDocuments:  # noqa: ANN001
+    # Before any work: a database that cannot be read here fails the step with nothing to note.
+    return StepDocuments(context, engine)
+
+
 @contextmanager
-def waiting_on_failure(context: AssetExecutionContext, engine) -> Iterator[None]:  # noqa: ANN001
+def waiting_on_failure(context: AssetExecutionContext, engine, doc_ids: Sequence[str]) -> Iterator[None]:  # noqa: ANN001
     """A step that fails as a whole leaves its documents pending with the reason; if the
     infrastructure was at fault, the attempt is not held against them."""
     try:
@@ -63,11 +102,34 @@ def waiting_on_failure(context: AssetExecutionContext, engine) -> Iterator[None]
     except Exception as exc:
         from rag_pipeline.core import faults
 
+        failure = one_line_failure(context, exc)
         try:
-            records.note_wait(engine, context.partition_keys, faults.describe(exc), faults.is_infrastructure(exc))
+            # The error's own words with its kind ("SourceUnavailable: ..."), unless the line says more.
+            explained = failure is not None and failure.description not in str(exc)
+            reason = failure.description if explained else faults.describe(exc)
+            records.note_wait(engine, doc_ids, reason, faults.is_infrastructure(exc))
         except Exception:  # the database may be what failed
             context.log.warning("could not record the failure against the documents", exc_info=True)
-        raise
+        raise failure or exc
+
+
+def one_line_failure(context: AssetExecutionContext, exc: Exception) -> Failure | None:
+    """A setting or service at fault fails the step with the one line naming it (the UI's
+    failure message, and `rag-pipeline run`'s), the traceback kept in the step's debug log."""
+    import traceback
+
+    from rag_pipeline.diagnose import explain
+
+    line = explain(
+        exc, database_url=getattr(getattr(context.resources, "db", None), "url", None),
+        qdrant_url=getattr(getattr(context.resources, "vector_store", None), "url", None),
+    )
+    if line is None:
+        return None
+    context.log.debug("".join(traceback.format_exception(exc)))
+    failure = Failure(description=line)
+    failure.__suppress_context__ = True  # the line is the message; the traceback is in the log
+    return failure
 
 
 def _run_started(context: AssetExecutionContext):  # noqa: ANN202
@@ -75,24 +137,46 @@ def _run_started(context: AssetExecutionContext):  # noqa: ANN202
     return run_started_at(context.instance, context.run.run_id)
 
 
-def _report(context: AssetExecutionContext, outcomes: Sequence["Outcome"]) -> dict:
+def _report(context: AssetExecutionContext, docs: StepDocuments, outcomes: Sequence["Outcome"]) -> dict:
     with partition_keys_read_once(context.instance):
-        return _report_each(context, outcomes)
+        return _report_each(context, docs, outcomes)
 
 
-def _report_each(context: AssetExecutionContext, outcomes: Sequence["Outcome"]) -> dict:
+def _report_each(context: AssetExecutionContext, docs: StepDocuments, outcomes: Sequence["Outcome"]) -> dict:
+    from rag_pipeline.core.pipeline import Status  # see the module docstring
+
     counts: dict[str, int] = {}
+    reported = set()
     for o in outcomes:
         counts[o.status] = counts.get(o.status, 0) + 1
-        meta = {"status": o.status, "version": o.version or ""}
-        if o.reason:
-            meta["reason"] = o.reason
+        # The reason ahead of the document's own figures (the step's figures, shared by the
+        # range, come first: Dagster merges them in before a partition's own).
+        meta = {"reason": o.reason} if o.reason else {}
+        meta.update({**docs.naming(o.document_id), "status": str(o.status), "version": o.version or ""})
         for key, value in o.metrics.items():
             meta[key] = MetadataValue.md(value) if key == "preview" and value else value
-        context.add_asset_metadata(meta, partition_key=o.document_id)
-        if o.status == "failed":
-            context.log.warning(f"document {o.document_id} failed: {o.reason}")
-    return {f"documents_{k}": v for k, v in sorted(counts.items())}
+        context.add_asset_metadata(meta, partition_key=docs.key(o.document_id))
+        reported.add(o.document_id)
+        if o.status == Status.FAILED:
+            context.log.warning(f"document {docs.by_id[o.document_id][1].name} failed: {o.reason}")
+    # Every partition's materialization names its file, whatever the step made of it.
+    for doc_id in docs.ids:
+        if doc_id not in reported:
+            context.add_asset_metadata(docs.naming(doc_id), partition_key=docs.key(doc_id))
+    return {f"documents_{k}": v for k, v in sorted(counts.items())}  # a Status formats as its value
+
+
+def _failed_documents(context: AssetExecutionContext, engine, docs: StepDocuments) -> None:  # noqa: ANN001
+    """After the step's materializations are stored: the documents of the range that are
+    failed (refused or parsed badly here or in an earlier step, parked, over a limit) are
+    marked failed on this asset (defs/failures.py), so the UI shows them red, not
+    materialized. Each step marks its own asset: a step that never runs (its run failed before
+    it) stored no materialization to override."""
+    rows = records.get_documents(engine, docs.ids)
+    failed = [(docs.key(d), r.error or "failed") for d, r in rows.items() if r.status == records.FAILED]
+    record_failed_documents(
+        context.instance, failed, [context.asset_key], job_name=context.run.job_name, failed_in_run=context.run.run_id,
+    )
 
 
 @asset(
@@ -109,13 +193,18 @@ def source_document(
     from rag_pipeline.core import pipeline  # see the module docstring
 
     config = pipeline.index_config(chunker.config, embedder.fingerprint)
-    with waiting_on_failure(context, db.engine):
-        outcomes = pipeline.extract(
-            db.engine, inbox.source, context.partition_keys, config, inbox.limits, _run_started(context)
+    docs = _documents(context, db.engine)
+    with waiting_on_failure(context, db.engine, docs.ids):
+        step = pipeline.extract(
+            db.engine, inbox.source, docs.ids, config=config, limits=inbox.limits, started_at=_run_started(context)
         )
-    results = {o.document_id: (o.status == "processed", o.reason or "parsed") for o in outcomes if o.status in ("processed", "failed")}
-    yield from evaluate_per_document(context, "parsed", results, AssetCheckSeverity.WARN)
-    yield MaterializeResult(metadata={"source": inbox.source.describe(), **_report(context, outcomes)})
+    results = {
+        o.document_id: (o.status == pipeline.Status.PROCESSED, o.reason or "parsed")
+        for o in step.outcomes if o.status in (pipeline.Status.PROCESSED, pipeline.Status.FAILED)
+    }
+    yield from evaluate_per_document(context, "parsed", results, docs.by_id, AssetCheckSeverity.WARN)
+    yield MaterializeResult(metadata={**step.metrics, **_report(context, docs, step.outcomes)})
+    _failed_documents(context, db.engine, docs)
 
 
 @asset(
@@ -133,17 +222,21 @@ def source_document(
 )
 def document_chunks(
     context: AssetExecutionContext, db: DatabaseResource, inbox: InboxResource, chunker: ChunkerResource
-) -> MaterializeResult:
+):
     from rag_pipeline.core import pipeline  # see the module docstring
 
-    with waiting_on_failure(context, db.engine):
-        outcomes = pipeline.chunk(
-            db.engine, context.partition_keys, chunker.config, inbox.max_chunks, _run_started(context)
+    docs = _documents(context, db.engine)
+    with waiting_on_failure(context, db.engine, docs.ids):
+        step = pipeline.chunk(
+            db.engine, docs.ids, chunker=chunker.config, max_chunks=inbox.max_chunks, started_at=_run_started(context)
         )
     limit = chunker.config.max_tokens
-    over = {o.document_id: o.metrics["max_chunk_tokens"] for o in outcomes if o.metrics.get("max_chunk_tokens", 0) > limit}
-    return MaterializeResult(
-        metadata={**_report(context, outcomes), "chunker": chunker.config.fingerprint},
+    over = {
+        docs.key(o.document_id): o.metrics["max_chunk_tokens"]
+        for o in step.outcomes if o.metrics.get("max_chunk_tokens", 0) > limit
+    }
+    yield MaterializeResult(
+        metadata={**_report(context, docs, step.outcomes), **step.metrics},
         check_results=[
             AssetCheckResult(
                 check_name="chunks_within_token_limit", passed=not over,
@@ -152,6 +245,7 @@ def document_chunks(
             )
         ],
     )
+    _failed_documents(context, db.engine, docs)
 
 
 @asset(
@@ -165,23 +259,26 @@ def document_chunks(
 )
 def chunk_vectors(
     context: AssetExecutionContext, db: DatabaseResource, embedder: EmbedderResource, chunker: ChunkerResource,
-) -> MaterializeResult:
+):
     from rag_pipeline.core import pipeline  # see the module docstring
 
-    with waiting_on_failure(context, db.engine):
+    docs = _documents(context, db.engine)
+    with waiting_on_failure(context, db.engine, docs.ids):
         model = embedder.get()
-        _, outcomes = pipeline.compute_vectors(
-            db.engine, model, context.partition_keys, chunker.config, embedder.fingerprint, embedder.batch_size,
-            _run_started(context), embedder.in_flight,
+        step = pipeline.compute_vectors(
+            db.engine, docs.ids, embedder=model, chunker=chunker.config, embedding=embedder.fingerprint,
+            batch_size=embedder.batch_size, started_at=_run_started(context), requests=embedder.in_flight,
         )
-    run = next((o.metrics for o in outcomes if "embedding_calls_in_run" in o.metrics), {})
-    return MaterializeResult(
+    yield MaterializeResult(
         metadata={
-            **_report(context, outcomes), "model": model.model,
-            "embedding_calls": run.get("embedding_calls_in_run", 0), "texts_embedded": run.get("texts_embedded_in_run", 0),
-            "cache_hits": sum(o.metrics.get("cache_hits", 0) for o in outcomes),
+            **_report(context, docs, step.outcomes), "model": model.model,
+            "embedding_calls": step.metrics.get("embedding_calls_in_run", 0),
+            "texts_embedded": step.metrics.get("texts_embedded_in_run", 0),
+            "embed_seconds": step.metrics.get("embed_seconds_batch", 0.0),
+            "cache_hits": sum(o.metrics.get("cache_hits", 0) for o in step.outcomes),
         },
     )
+    _failed_documents(context, db.engine, docs)
 
 
 @asset(
@@ -208,35 +305,39 @@ def document_embeddings(
 ):
     from rag_pipeline.core import pipeline  # see the module docstring
 
-    with waiting_on_failure(context, db.engine):
+    docs = _documents(context, db.engine)
+    with waiting_on_failure(context, db.engine, docs.ids):
         computed = pipeline.cached_vectors(
-            db.engine, context.partition_keys, chunker.config, embedder.fingerprint, embedder.dimensions,
+            db.engine, docs.ids, chunker=chunker.config, embedding=embedder.fingerprint, dimensions=embedder.dimensions,
         )
     # The embedded folder is held from here to release(): the next run's writer waits for it,
     # not for this step's reporting (a thousand check evaluations took as long as the write
     # itself at 5,000 documents, while every other run queued behind them).
     try:
-        with waiting_on_failure(context, db.engine):
+        with waiting_on_failure(context, db.engine, docs.ids):
             store = vector_store.for_embedding(db.engine, embedder.spec)
-            outcomes = pipeline.write_points(db.engine, store, computed)
+            step = pipeline.write_points(db.engine, store, computed)
         # After a change of embedding model, search moves to the new collection once the last
         # document is re-embedded (one alias update), and the old collection is dropped.
         promotion = generations.promote_if_complete(db.engine, vector_store.client, vector_store.collection, embedder.fingerprint)
-        touched = [o.document_id for o in outcomes if o.status == "processed"]
+        indexed = step.with_status(pipeline.Status.PROCESSED)
+        touched = [o.document_id for o in indexed]
         problems = audit_documents(db.engine, store, touched).problems()
     finally:
         vector_store.release()
     if promotion.switched:
         context.log.info(f"search now reads {promotion.serving}; dropped {promotion.dropped or 'nothing'}")
     yield from evaluate_per_document(
-        context, "points_match_chunks", {d: (d not in problems, problems.get(d, "points match chunk rows")) for d in touched}
+        context, "points_match_chunks", {d: (d not in problems, problems.get(d, "points match chunk rows")) for d in touched},
+        docs.by_id,
     )
     yield from evaluate_per_document(
         context, INDEXED_IN_TIME,
-        {o.document_id: (True, f"indexed {o.metrics['seconds_since_upload']:.0f} s after upload")
-         for o in outcomes if o.status == "processed"},
+        {o.document_id: (True, f"indexed {o.metrics['seconds_since_upload']:.0f} s after upload") for o in indexed},
+        docs.by_id,
     )
     yield MaterializeResult(metadata={
-        **_report(context, outcomes), "collection": store.collection, "search_reads": promotion.serving,
+        **_report(context, docs, step.outcomes), **step.metrics, "search_reads": promotion.serving,
         "switched_search": promotion.switched, "documents_left_to_reembed": promotion.waiting_for,
     })
+    _failed_documents(context, db.engine, docs)

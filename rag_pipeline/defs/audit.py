@@ -21,8 +21,9 @@ from dagster import (
 )
 from pydantic import Field
 
-from rag_pipeline.core import generations
+from rag_pipeline.core import generations, records
 from rag_pipeline.core.audit import audit_all, audit_documents, repair
+from rag_pipeline.defs.checks import naming
 from rag_pipeline.defs.resources import DatabaseResource, EmbedderResource, VectorStoreResource
 
 
@@ -44,13 +45,15 @@ def audit_points(
         # reads looks broken. Only what a second, per-document look confirms is reported.
         confirmed = audit_documents(db.engine, store, [d for d in problems if d]).problems()
         problems = {d: p for d, p in problems.items() if not d or d in confirmed}
+    named = records.refs_by_id(db.engine, [d for d in problems if d])
     for doc_id, problem in problems.items():
-        if not doc_id:  # points that name no document: counted below, no partition to mark
+        doc = named.get(doc_id)
+        if doc is None:  # points that name no document: counted below, no partition to mark
             continue
         context.log_event(AssetCheckEvaluation(
             asset_key=AssetKey("document_embeddings"), check_name="points_match_chunks", passed=False,
-            severity=AssetCheckSeverity.ERROR, description=problem, partition=doc_id,
-            metadata={"document_id": doc_id, "found_by": "audit"},
+            severity=AssetCheckSeverity.ERROR, description=f"{doc.name}: {problem}", partition=doc.partition_key,
+            metadata={**naming(doc), "found_by": "audit"},
         ))
     repaired = repair(db.engine, store, report) if config.repair and problems else {}
     switch = generations.promote_if_complete if config.repair or not problems else generations.status

@@ -11,8 +11,8 @@ def purge_deleted_documents(context: OpExecutionContext, db: DatabaseResource, v
     from rag_pipeline.core import pipeline  # pandas, qdrant-client: not in the code server
 
     doc_ids = records.documents_in(db.engine, records.DELETING)
-    outcomes = pipeline.purge(db.engine, vector_store.live(db.engine), doc_ids)
-    purged = [o.document_id for o in outcomes if o.status == "processed"]
+    step = pipeline.purge(db.engine, vector_store.live(db.engine), doc_ids)
+    purged = [o.document_id for o in step.with_status(pipeline.Status.PROCESSED)]
     context.log.info(f"purged {len(purged)} deleted document(s)")
     context.add_output_metadata({"purged": len(purged), "documents": purged[:100]})
 

@@ -3,6 +3,9 @@
 Each opens what it needs lazily and closes it at teardown, so a run or a sensor tick never
 leaves a connection or a client behind. Secrets arrive as EnvVar and are never shown.
 
+Each is built from the settings (`rag_pipeline.settings`) by its `from_settings`: the settings
+model holds every default, variable name and validation, so the fields here have none.
+
 The embedding and vector-store libraries are imported when a client is first built: the code
 server, which evaluates the sensor and never embeds or writes, then holds no openai,
 qdrant-client or pandas (about 100 MB; see ARCHITECTURE.md, "Code server").
@@ -10,11 +13,13 @@ qdrant-client or pandas (about 100 MB; see ARCHITECTURE.md, "Code server").
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+import os
+from typing import TYPE_CHECKING, Any, Optional, Union
 
-from dagster import ConfigurableResource, DagsterInstance, InitResourceContext
+from dagster import ConfigurableResource, DagsterInstance, EnvVar, InitResourceContext
 from pydantic import Field, PrivateAttr
 from sqlalchemy.engine import Engine
 
@@ -30,6 +35,14 @@ if TYPE_CHECKING:
 
     from rag_pipeline.core.embedding import Embedder
     from rag_pipeline.core.vectorstore import VectorStore
+    from rag_pipeline.settings import Settings
+
+
+def _secret(settings: Settings, field: str) -> Union[EnvVar, str, None]:
+    # As an EnvVar the value stays out of the UI and run config (only the variable's name shows);
+    # that needs the value to be the environment's, which every process of the deployment reads.
+    value, name = getattr(settings, field), settings.env_name(field)
+    return EnvVar(name) if value is not None and os.environ.get(name) == value else value
 
 
 class DatabaseResource(ConfigurableResource):
@@ -39,6 +52,10 @@ class DatabaseResource(ConfigurableResource):
     pool_size: int = Field(default=5, description="Connections this process may hold at most.")
 
     _heartbeat: Optional[Heartbeat] = PrivateAttr(default=None)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "DatabaseResource":
+        return cls(url=_secret(settings, "database_url"))
 
     @property
     def engine(self) -> Engine:
@@ -60,25 +77,38 @@ class DatabaseResource(ConfigurableResource):
 class EmbedderResource(ConfigurableResource):
     """Embeddings: offline hashing, any OpenAI-compatible endpoint, or a local model."""
 
-    provider: str = "hash"
-    model: str = "hash-ngrams-v1"
-    dimensions: Optional[int] = 384
+    provider: str
+    model: str
+    dimensions: Optional[int]
     api_key: Optional[str] = None
     base_url: Optional[str] = None
-    batch_size: int = 128
-    timeout_seconds: float = Field(default=60.0, description="Per request; a timeout is retried.")
-    max_retries: int = Field(default=6, description="The openai client's retries (429/5xx/timeouts, with backoff).")
+    batch_size: int
+    timeout_seconds: float = Field(description="Per request; a timeout is retried.")
+    max_retries: int = Field(description="The openai client's retries (429/5xx/timeouts, with backoff).")
     concurrency: int = Field(
-        default=2, description="Runs embedding at once: the slots of the rag_embedding_endpoint pool when it is created."
+        description="Runs embedding at once: the slots of the rag_embedding_endpoint pool when it is created."
     )
     requests_in_flight: int = Field(
-        default=2, description="Batches an embedding step has at the endpoint at once (OpenAI-compatible endpoints only).",
+        description="Batches an embedding step has at the endpoint at once (OpenAI-compatible endpoints only).",
+    )
+    keyword_vectors: bool = Field(
+        default=True, description="BM25 keyword vectors beside the dense ones (part of the index configuration).",
     )
     _embedder: Any = PrivateAttr(default=None)  # an Embedder, once built
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "EmbedderResource":
+        return cls(
+            provider=settings.embedder, model=settings.embedding_model, dimensions=settings.embedding_dimensions,
+            api_key=_secret(settings, "openai_api_key"), base_url=settings.openai_base_url,
+            batch_size=settings.embed_batch_size, timeout_seconds=settings.embed_timeout_seconds,
+            max_retries=settings.embed_max_retries, concurrency=settings.embed_concurrency,
+            requests_in_flight=settings.embed_requests, keyword_vectors=settings.keyword_vectors,
+        )
+
     @property
     def spec(self) -> EmbeddingSpec:
-        return EmbeddingSpec(self.provider, self.model, self.dimensions, self.base_url)
+        return EmbeddingSpec(self.provider, self.model, self.dimensions, self.base_url, self.keyword_vectors)
 
     @property
     def fingerprint(self) -> str:
@@ -125,12 +155,18 @@ class VectorStoreResource(ConfigurableResource):
     path: Optional[str] = None
     api_key: Optional[str] = None
     collection: str = Field(
-        default="rag_chunks",
         description="The alias search reads; each embedding configuration has its own collection behind it.",
     )
     timeout_seconds: float = 30.0
     _client: Any = PrivateAttr(default=None)  # a QdrantClient, once opened
     _opened_at: Optional[dt.datetime] = PrivateAttr(default=None)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "VectorStoreResource":
+        return cls(
+            url=settings.qdrant_url, path=None if settings.qdrant_url else str(settings.qdrant_path),
+            api_key=_secret(settings, "qdrant_api_key"), collection=settings.collection,
+        )
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
         # When this run took its configuration: an index generation retired after it was
@@ -149,7 +185,8 @@ class VectorStoreResource(ConfigurableResource):
         """The collection vectors of `spec` are written to (registered on first use)."""
         from rag_pipeline.core.vectorstore import VectorStore
 
-        return VectorStore(self.client, generations.for_writing(engine, self.client, self.collection, spec, self._opened_at).collection)
+        generation = generations.for_writing(engine, self.client, self.collection, spec, self._opened_at)
+        return VectorStore(self.client, generation.collection, keyword=spec.keyword)
 
     def live(self, engine: Engine) -> list[VectorStore]:
         """Every collection search reads now or after a pending switch (deletions go to all)."""
@@ -173,28 +210,28 @@ class InboxResource(ConfigurableResource):
     """The landing zone (a folder, or a bucket when `url` is set) and the limits applied to what
     arrives there. Our own resource, not dagster-aws's S3Resource: the source is plain core code
     that the CLI and scripts build without Dagster, and its client is built on first use, so
-    the code server of a folder deployment never imports boto3 (ARCHITECTURE.md, "Decisions")."""
+    the code server of a folder deployment never imports boto3 (ARCHITECTURE.md, "Decisions").
+    When uploads are handed out is the sensor's policy (`core.planning.Policy`), not this."""
 
     path: str
     url: Optional[str] = Field(
         default=None, description="s3://BUCKET/PREFIX (RAG_INBOX_URL): uploads in a bucket; credentials from AWS_*.",
     )
-    max_file_bytes: int = Field(default=Limits.max_file_bytes, description="Larger uploads are refused unread.")
-    max_pages: int = Field(default=Limits.max_pages, description="PDFs with more pages are refused.")
-    max_chunks: int = Field(default=Limits.max_chunks, description="Documents making more chunks are refused.")
-    max_unpacked_bytes: int = Field(
-        default=Limits.max_unpacked_bytes, description="A .docx unpacking to more is refused as a zip bomb."
+    sources_file: Optional[str] = Field(
+        default=None, description="RAG_SOURCES_FILE: SQL sources (and the landing zone) declared in YAML.",
     )
-    parse_timeout_seconds: float = Field(
-        default=Limits.parse_timeout_seconds, description="PDF/DOCX/HTML parsing time per file (0: no child process)."
-    )
-    parse_memory_mb: int = Field(default=Limits.parse_memory_mb, description="Memory a PDF/DOCX/HTML parse may take.")
-    docs_per_run: int = 2500
-    settle_seconds: float = Field(
-        default=1.0, description="A file modified this recently is still being written: picked up on a later tick."
-    )
-    overdue_seconds: float = Field(default=120.0, description="A document not indexed this long after upload is reported.")
-    max_attempts: int = Field(default=3, description="Runs a document version is handed to before it is parked.")
+    s3_connect_timeout_seconds: float
+    s3_read_timeout_seconds: float
+    max_file_bytes: int = Field(description="Larger uploads are refused unread.")
+    max_pages: int = Field(description="PDFs with more pages are refused.")
+    max_chunks: int = Field(description="Documents making more chunks are refused.")
+    max_unpacked_bytes: int = Field(description="A .docx unpacking to more is refused as a zip bomb.")
+    parse_timeout_seconds: float = Field(description="PDF/DOCX/HTML parsing time per file (0: no child process).")
+    parse_memory_mb: int = Field(description="Memory a PDF/DOCX/HTML parse may take.")
+    max_rows: int = Field(description="Workbooks with more rows are refused.")
+    max_image_pixels: int = Field(description="Images declaring more pixels are refused unread (pixel bombs).")
+    ocr: str = Field(description="auto: OCR images and PDF pages without text; off: refuse them.")
+    ocr_languages: str = Field(description="Tesseract languages, e.g. eng+deu.")
 
     _source: Any = PrivateAttr(default=None)
 
@@ -204,29 +241,43 @@ class InboxResource(ConfigurableResource):
 
     @property
     def source(self):  # noqa: ANN201
-        """The landing zone as a `core.sources.Source` (one client per resource instance)."""
-        from rag_pipeline.core.sources import open_source
+        """Every source as a `core.sources.SourceSet` (one client per resource instance): it
+        lists the landing zone, and reads each document from the source that holds it."""
+        from rag_pipeline.core.sources import build_source_set
 
         if self._source is None:
-            self._source = open_source(url=self.url, folder=self.root)
+            self._source = build_source_set(
+                sources_file=self.sources_file, url=self.url, folder=self.root,
+                timeouts=(self.s3_connect_timeout_seconds, self.s3_read_timeout_seconds),
+            )
         return self._source
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "InboxResource":
+        return cls(
+            path=str(settings.inbox_dir), url=settings.inbox_url,
+            sources_file=str(settings.sources_file) if settings.sources_file else None,
+            s3_connect_timeout_seconds=settings.s3_connect_timeout_seconds,
+            s3_read_timeout_seconds=settings.s3_read_timeout_seconds, **dataclasses.asdict(settings.limits),
+        )
 
     def describe(self) -> str:
         return self.url or f"folder {self.path}"
 
     @property
     def limits(self) -> Limits:
-        return Limits(
-            self.max_file_bytes, self.max_pages, self.max_chunks, self.max_unpacked_bytes,
-            self.parse_timeout_seconds, self.parse_memory_mb,
-        )
+        return Limits(**{f.name: getattr(self, f.name) for f in dataclasses.fields(Limits)})
 
 
 class ChunkerResource(ConfigurableResource):
     """Token-aware chunking; changing these re-chunks (and re-embeds) documents."""
 
-    max_tokens: int = 400
-    overlap: int = 60
+    max_tokens: int
+    overlap: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "ChunkerResource":
+        return cls(max_tokens=settings.chunk_tokens, overlap=settings.chunk_overlap)
 
     @property
     def config(self) -> ChunkerConfig:

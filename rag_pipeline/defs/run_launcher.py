@@ -11,10 +11,10 @@ import time
 from typing import Any, Mapping
 
 from dagster import DefaultRunLauncher, Field, IntSource, StringSource
-from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
-from dagster._serdes import ConfigurableClassData
 
 from rag_pipeline.core.db import open_engine
+from rag_pipeline.defs import tuning
+from rag_pipeline.defs.dagster_internals import CheckRunHealthResult, ConfigurableClassData, WorkerStatus
 from rag_pipeline.core.heartbeat import INTERVAL_SECONDS, last_beat
 
 
@@ -27,6 +27,8 @@ class HeartbeatRunLauncher(DefaultRunLauncher):
         start_grace_seconds: int = 120,
     ) -> None:
         super().__init__(inst_data=inst_data)
+        # The daemon and the webserver, which create runs, build this launcher from dagster.yaml.
+        tuning.install()
         self.database_url = database_url
         # Several missed beats, so a loaded machine or a database blip is not a death.
         self.stale_after_seconds = max(stale_after_seconds, int(3 * INTERVAL_SECONDS))

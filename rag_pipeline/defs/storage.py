@@ -37,15 +37,24 @@ from contextlib import contextmanager, nullcontext
 from typing import Any, ContextManager, Iterator, Mapping, Sequence
 
 from dagster import DagsterEventType, Field, IntSource
-from dagster._core.events.log import EventLogEntry
-from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
-from dagster._core.storage.event_log.schema import AssetCheckExecutionsTable, SqlEventLogStorageTable
-from dagster._record import copy
-from dagster._serdes import ConfigurableClassData, serialize_value
 from dagster_postgres.event_log import PostgresEventLogStorage
+from dagster_postgres.run_storage import PostgresRunStorage
+from dagster_postgres.schedule_storage import PostgresScheduleStorage
 from dagster_postgres.utils import create_pg_engine, get_token_provider_from_config, pg_config, pg_url_from_config
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
+
+from rag_pipeline import embedded_pg
+from rag_pipeline.defs import tuning
+from rag_pipeline.defs.dagster_internals import (
+    AssetCheckExecutionRecordStatus,
+    AssetCheckExecutionsTable,
+    ConfigurableClassData,
+    EventLogEntry,
+    SqlEventLogStorageTable,
+    copy,
+    serialize_value,
+)
 
 # Tables that gain rows per document and are then looked up by key, per document.
 PER_DOCUMENT_TABLES = ("asset_check_executions", "event_logs", "asset_event_tags", "dynamic_partitions")
@@ -94,6 +103,11 @@ class PooledPostgresEventLogStorage(PostgresEventLogStorage):
         claim_recheck_seconds: float = 0.5,
         check_batch_size: int = 1000,
     ) -> None:
+        # Every process that stores a run's events or creates runs builds this storage (from
+        # dagster.yaml): the Dagster settings our runs need go in with it (defs/tuning.py).
+        tuning.install()
+        # On the data folder's embedded server (the default), the first process starts it.
+        embedded_pg.ensure_for_url(postgres_url)
         # Before the parent's __init__, which may store nothing but does call our overrides.
         self._held_checks: list[EventLogEntry] = []
         self._held_lock = threading.RLock()
@@ -233,6 +247,27 @@ class PooledPostgresEventLogStorage(PostgresEventLogStorage):
             claim_recheck_seconds=config_value.get("claim_recheck_seconds", 0.5),
             check_batch_size=config_value.get("check_batch_size", 1000),
         )
+
+
+class _EmbeddedServerFirst:
+    """Starts the data folder's embedded server, if the storage's URL names one, before
+    dagster-postgres's storage connects: any process may be the first to open the instance
+    (`dagster dev`, the daemon, a run worker). The config is dagster-postgres's own."""
+
+    @classmethod
+    def from_config_value(cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]):  # noqa: ANN206
+        embedded_pg.ensure_for_url(pg_url_from_config(config_value))
+        # The parent builds a plain dagster-postgres storage; `inst_data` still names this
+        # class, so every process the instance is handed to (run workers) starts the server too.
+        return super().from_config_value(inst_data, config_value)  # type: ignore[misc]
+
+
+class EmbeddedPostgresRunStorage(_EmbeddedServerFirst, PostgresRunStorage):
+    """dagster-postgres's run storage on the embedded server."""
+
+
+class EmbeddedPostgresScheduleStorage(_EmbeddedServerFirst, PostgresScheduleStorage):
+    """dagster-postgres's schedule storage on the embedded server."""
 
 
 def _held_back(event: EventLogEntry) -> bool:

@@ -24,8 +24,13 @@ from rag_pipeline.core.parsing.base import (
     over_file_limit,
     storable,
 )
+from rag_pipeline.core.parsing.images import parse_image
+from rag_pipeline.core.parsing.mail import parse_eml
 from rag_pipeline.core.parsing.office import parse_docx
 from rag_pipeline.core.parsing.pdf import parse_pdf
+from rag_pipeline.core.parsing.rows import parse_row
+from rag_pipeline.core.parsing.sheets import parse_xlsx
+from rag_pipeline.core.parsing.slides import parse_pptx
 from rag_pipeline.core.parsing.tables import parse_delimited, parse_json, parse_json_lines, parse_tsv
 from rag_pipeline.core.parsing.text import parse_html, parse_markdown, parse_text
 
@@ -44,27 +49,46 @@ PARSERS: dict[str, Parser] = {
     ".htm": parse_html,
     ".pdf": parse_pdf,
     ".docx": parse_docx,
+    ".pptx": parse_pptx,
+    ".xlsx": parse_xlsx,
+    ".eml": parse_eml,
+    ".png": parse_image,
+    ".jpg": parse_image,
+    ".jpeg": parse_image,
+    ".tif": parse_image,
+    ".tiff": parse_image,
     ".csv": parse_delimited,
     ".tsv": parse_tsv,
     ".json": parse_json,
     ".jsonl": parse_json_lines,
     ".ndjson": parse_json_lines,
+    # A SQL source's rendered row (`core/sources/sql.py` names its documents so); not a
+    # file type anyone uploads, so not listed among the supported ones.
+    ".record": parse_row,
 }
-SUPPORTED_EXTENSIONS = frozenset(PARSERS)
+SUPPORTED_EXTENSIONS = frozenset(PARSERS) - {".record"}
+
+
+# Office files are zips told apart by their main part.
+_OFFICE_PARTS = {"word/document.xml": ".docx", "ppt/presentation.xml": ".pptx", "xl/workbook.xml": ".xlsx"}
+_IMAGE_SIGNATURES = {b"\x89PNG\r\n\x1a\n": ".png", b"\xff\xd8\xff": ".jpg", b"II*\x00": ".tif", b"MM\x00*": ".tif"}
 
 
 def sniff(data: bytes, suffix: str) -> str | None:
     """The parser key for content whose name doesn't say, only where the content is unambiguous:
-    PDF and DOCX have signatures; a name with no extension holding clean UTF-8 is plain text.
-    Anything else under an unknown extension is refused rather than guessed."""
+    PDF, office zips and images have signatures; a name with no extension holding clean UTF-8 is
+    plain text. Anything else under an unknown extension is refused rather than guessed."""
     if data[:1024].lstrip().startswith(b"%PDF-"):
         return ".pdf"
     if data.startswith(b"PK\x03\x04"):
         try:
-            if "word/document.xml" in zipfile.ZipFile(io.BytesIO(data)).namelist():
-                return ".docx"
+            names = set(zipfile.ZipFile(io.BytesIO(data)).namelist())
         except (zipfile.BadZipFile, ValueError, EOFError):
             return None
+        return next((key for part, key in _OFFICE_PARTS.items() if part in names), None)
+    for signature, key in _IMAGE_SIGNATURES.items():
+        if data.startswith(signature):
+            return key
     if not suffix and not looks_binary(data):
         try:
             data.decode("utf-8")

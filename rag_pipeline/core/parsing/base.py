@@ -45,6 +45,13 @@ class Limits:
     max_unpacked_bytes: int = 200 * MIB  # RAG_MAX_UNPACKED_BYTES
     parse_timeout_seconds: float = 120.0  # RAG_PARSE_TIMEOUT_SECONDS
     parse_memory_mb: int = 2048  # RAG_PARSE_MEMORY_MB (0: no cap)
+    # Rows a workbook may hold over all its sheets.
+    max_rows: int = 1_000_000  # RAG_MAX_ROWS
+    # Pixels an image may decode to: a 50 KB PNG can declare 2 gigapixels (the pixel bomb).
+    max_image_pixels: int = 100_000_000  # RAG_MAX_IMAGE_PIXELS
+    # "auto": OCR images, and PDF pages without a text layer; "off": refuse them instead.
+    ocr: str = "auto"  # RAG_OCR
+    ocr_languages: str = "eng"  # RAG_OCR_LANGUAGES (Tesseract's codes, joined by "+")
 
 
 def size_words(n: int) -> str:

@@ -49,15 +49,24 @@ def _heading_level(paragraph) -> int | None:  # noqa: ANN001
     return int(match.group(1)) if match else None
 
 
-def parse_docx(data: bytes, limits: Limits) -> ParsedDocument:
+def open_office(data: bytes, limits: Limits, *, kind: str, application: str, main_part: str) -> zipfile.ZipFile:
+    """An Office Open XML file's zip, checked before any parser sees it: not an OLE container
+    (what Office writes for a password-protected file, and the pre-2007 formats), not a zip
+    bomb, and holding the main part of its kind (`kind`: DOCX, PPTX or XLSX)."""
     if data.startswith(OLE_MAGIC):
+        legacy = kind.lower()[:-1]
         raise ParseError(
-            "encrypted or legacy Word file: password-protected .docx and old .doc files are OLE "
-            "containers; save it as an unprotected .docx"
+            f"encrypted or legacy {application} file: password-protected .{kind.lower()} and old .{legacy} files "
+            f"are OLE containers; save it as an unprotected .{kind.lower()}"
         )
-    archive = check_zip(data, limits, "DOCX")
-    if "word/document.xml" not in archive.namelist():
-        raise ParseError("corrupt DOCX: it has no word/document.xml (not a Word document?)")
+    archive = check_zip(data, limits, kind)
+    if main_part not in archive.namelist():
+        raise ParseError(f"corrupt {kind}: it has no {main_part} (not a {application} file?)")
+    return archive
+
+
+def parse_docx(data: bytes, limits: Limits) -> ParsedDocument:
+    open_office(data, limits, kind="DOCX", application="Word", main_part="word/document.xml")
 
     import docx  # heavy import, only when needed
     from docx.table import Table

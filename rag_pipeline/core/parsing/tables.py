@@ -36,7 +36,7 @@ def render_records(frame: pd.DataFrame) -> str:
     columns = [" ".join(str(c).split()) for c in frame.columns]
     paragraphs = []
     for row in frame.itertuples(index=False, name=None):
-        lines = [f"{name}: {text}" for name, text in zip(columns, map(_cell, row)) if text]
+        lines = [f"{name}: {text}" if name else text for name, text in zip(columns, map(_cell, row)) if text]
         if lines:
             paragraphs.append("\n".join(lines))
     return "\n\n".join(paragraphs)

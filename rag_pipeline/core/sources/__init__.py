@@ -21,8 +21,13 @@ from rag_pipeline.core.inbox import FileStat, Refusal, Scan, ingest, open_inside
 
 __all__ = [
     "FileStat", "Refusal", "Scan", "Source", "FolderSource", "SourceError", "SourceUnavailable",
-    "SourceMisconfigured", "SourceChanged", "as_source", "open_source", "stream_size",
+    "SourceMisconfigured", "SourceChanged", "SourceSet", "SQL_TOKEN_PREFIX", "as_source", "open_source",
+    "build_source_set", "owns", "source_for", "stream_size",
 ]
+
+# Change tokens of rows from SQL sources start with this and the source's name (`sql.py`): a
+# file's token is None and an object's a quoted ETag, so the token tells whose document it is.
+SQL_TOKEN_PREFIX = "sql:"
 
 
 class SourceError(Exception):
@@ -47,6 +52,14 @@ class SourceChanged(SourceError):
 
 @runtime_checkable
 class Source(Protocol):
+    # Whether detection reads a new or changed upload to hash it. A local file: yes, so a file
+    # touched but unchanged costs no run. An object: no, it is registered from its listing
+    # (size and ETag) and the run's conditional read is the only download.
+    hashed_on_detection: bool
+    # How many uploads the extract step reads ahead of the parser: a bucket's round trips
+    # otherwise leave the parser idle; a local file needs none.
+    concurrent_reads: int
+
     def list(self, *, min_age_seconds: float = 0.0, max_file_bytes: int | None = None) -> Scan:
         """Everything the source holds, with refusals, problems and what is held back; reads no
         content. Raises SourceError if the source cannot be listed at all."""
@@ -58,6 +71,10 @@ class Source(Protocol):
     def describe(self) -> str:
         """Where uploads land, for logs and the UI (never a credential)."""
 
+    def probe(self) -> None:
+        """One cheap request: raises SourceError if the landing zone cannot be used now
+        (`rag-pipeline status` says so on one line)."""
+
     def upload(self, paths: list[Path], *, knowledge_base: str = DEFAULT_KB) -> list[tuple[str, str, str]]:
         """`rag-pipeline ingest`: copy files or folders in, each appearing only when complete."""
 
@@ -65,6 +82,9 @@ class Source(Protocol):
 class FolderSource:
     """The landing directory (`core/inbox.py`): the change token is the mtime in nanoseconds,
     kept in `documents.mtime_ns` as before; reads never leave the folder."""
+
+    hashed_on_detection = True
+    concurrent_reads = 1
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -79,6 +99,11 @@ class FolderSource:
     def describe(self) -> str:
         return f"folder {self.root}"
 
+    def probe(self) -> None:
+        # A folder not made yet is an empty landing zone (ingest creates it), not a fault.
+        if self.root.exists() and not (self.root.is_dir() and os.access(self.root, os.R_OK | os.X_OK)):
+            raise SourceMisconfigured(f"{self.root}: not a readable folder; check RAG_INBOX_DIR")
+
     def upload(self, paths: list[Path], *, knowledge_base: str = DEFAULT_KB) -> list[tuple[str, str, str]]:
         return ingest(paths, self.root, knowledge_base)
 
@@ -91,16 +116,91 @@ def as_source(source: Source | Path | str) -> Source:
     return source
 
 
-def open_source(*, url: str | None, folder: Path) -> Source:
+def open_source(*, url: str | None, folder: Path, timeouts: tuple[float, float]) -> Source:
     """The landing zone the settings name: `RAG_INBOX_URL` (s3://BUCKET/PREFIX) when set, else
-    the folder `RAG_INBOX_DIR`."""
+    the folder `RAG_INBOX_DIR`. `timeouts`: a bucket's (connect, read) seconds per request."""
     if not url:
         return FolderSource(folder)
     if url.startswith("s3://"):
         from rag_pipeline.core.sources.s3 import S3Source
 
-        return S3Source(url=url)
+        return S3Source(url=url, timeouts=timeouts)
     raise SourceMisconfigured(f"RAG_INBOX_URL must be s3://BUCKET/PREFIX, got {url!r}")
+
+
+class SourceSet:
+    """The landing zone and the declared SQL sources as one source for the run's reads: a
+    document is read from the source its change token names (`sql:<name>:`), else from the
+    landing zone. Listing is per source (each has its sensor); this lists the landing zone."""
+
+    def __init__(self, landing: Source, sql: "dict[str, Source] | None" = None,
+                 errors: "dict[str, str] | None" = None) -> None:
+        self.landing = landing
+        self.sql = dict(sql or {})
+        # Sources the sources file declares but that cannot be used: their documents wait.
+        self.errors = dict(errors or {})
+        self.hashed_on_detection = getattr(landing, "hashed_on_detection", True)
+        self.concurrent_reads = getattr(landing, "concurrent_reads", 1)
+
+    def route(self, token: str | None) -> Source:
+        if token and token.startswith(SQL_TOKEN_PREFIX):
+            name = token[len(SQL_TOKEN_PREFIX):].split(":", 1)[0]
+            if name in self.sql:
+                return self.sql[name]
+            raise SourceMisconfigured(
+                self.errors.get(name) or f"source '{name}' is no longer declared in RAG_SOURCES_FILE"
+            )
+        return self.landing
+
+    def list(self, *, min_age_seconds: float = 0.0, max_file_bytes: int | None = None) -> Scan:
+        return self.landing.list(min_age_seconds=min_age_seconds, max_file_bytes=max_file_bytes)
+
+    def open(self, knowledge_base: str, path: str, *, token: str | None = None) -> BinaryIO:
+        return self.route(token).open(knowledge_base, path, token=token)
+
+    def describe(self) -> str:
+        return self.landing.describe()
+
+    def probe(self) -> None:
+        self.landing.probe()
+
+    def upload(self, paths: list[Path], *, knowledge_base: str = DEFAULT_KB) -> list[tuple[str, str, str]]:
+        return self.landing.upload(paths, knowledge_base=knowledge_base)
+
+
+def source_for(source: Source, token: str | None) -> Source:
+    """The source that holds a document registered with `token`."""
+    route = getattr(source, "route", None)
+    return route(token) if route is not None else source
+
+
+def owns(source: Source, token: str | None) -> bool:
+    """Whether a document registered with `token` is `source`'s: a listing tombstones only its
+    own documents. A landing zone owns everything that is not a SQL source's row."""
+    decide = getattr(source, "owns", None)
+    if decide is not None:
+        return decide(token)
+    return not (token or "").startswith(SQL_TOKEN_PREFIX)
+
+
+def build_source_set(
+    *, sources_file: Path | str | None, url: str | None, folder: Path, timeouts: tuple[float, float],
+) -> SourceSet:
+    """The landing zone and SQL sources `sources_file` declares (RAG_SOURCES_FILE); the landing
+    zone of `url` / `folder` (RAG_INBOX_URL / RAG_INBOX_DIR) when it declares none. Nothing
+    connects here."""
+    from rag_pipeline.core.sources import catalog
+    from rag_pipeline.core.sources.sql import SqlSource
+
+    declared = catalog.load(sources_file)
+    spec = declared.landing
+    if spec is None:
+        landing = open_source(url=url, folder=folder, timeouts=timeouts)
+    elif isinstance(spec, catalog.FolderSpec):
+        landing = FolderSource(Path(spec.path).expanduser())
+    else:
+        landing = open_source(url=spec.url, folder=folder, timeouts=timeouts)
+    return SourceSet(landing, {s.name: SqlSource(s) for s in declared.sql}, declared.errors)
 
 
 def stream_size(stream: BinaryIO) -> int:

@@ -10,8 +10,12 @@ imports this module only when the landing zone is a bucket.
 
 from __future__ import annotations
 
+import datetime as dt
+import email.utils
 import os
+import re
 import threading
+from xml.etree import ElementTree
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -39,10 +43,15 @@ def parse_url(url: str) -> tuple[str, str]:
 
 class S3Source:
     """Uploads in a bucket. The change token is the ETag: an object listed with the size and
-    ETag recorded is never downloaded; a read is conditional on the ETag registered."""
+    ETag recorded is never downloaded; a new or changed one is registered unread, and the
+    run's read, conditional on the ETag registered, is its only download."""
 
-    def __init__(self, *, url: str, client: Any = None) -> None:
+    hashed_on_detection = False
+    concurrent_reads = 8  # botocore's connection pool holds 10
+
+    def __init__(self, *, url: str, client: Any = None, timeouts: tuple[float, float] = (5.0, 30.0)) -> None:
         self.url = url
+        self.timeouts = timeouts  # (connect, read) seconds: RAG_S3_CONNECT/READ_TIMEOUT_SECONDS
         self.bucket, self.prefix = parse_url(url)
         self._client = client
         self._lock = threading.Lock()
@@ -50,11 +59,17 @@ class S3Source:
     def describe(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}"
 
+    def probe(self) -> None:
+        try:
+            self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
+        except Exception as exc:
+            raise self.translate(exc, "list") from None
+
     @property
     def client(self) -> Any:
         with self._lock:
             if self._client is None:
-                self._client = make_client()
+                self._client = make_client(connect_timeout=self.timeouts[0], read_timeout=self.timeouts[1])
             return self._client
 
     def key(self, knowledge_base: str, path: str) -> str:
@@ -191,12 +206,13 @@ class _Body:
         self.close()
 
 
-def make_client() -> Any:
+def make_client(*, connect_timeout: float, read_timeout: float) -> Any:
     """An S3 client from the standard AWS configuration. Retries: botocore's standard mode
     (exponential backoff with jitter on throttling, 5xx and connection errors), AWS_MAX_ATTEMPTS
-    attempts (default 5); short connect and read timeouts so an outage fails a call in seconds.
-    With a custom endpoint (MinIO, SeaweedFS) path-style addressing: their hostnames rarely
-    resolve per bucket."""
+    attempts (default 5); short connect and read timeouts (our settings) so an outage fails a
+    call in seconds. With a custom endpoint (MinIO, SeaweedFS) path-style addressing: their
+    hostnames rarely resolve per bucket. The AWS_* variables are AWS's own configuration, read
+    here only to give botocore other defaults than its own, as boto3 would read them itself."""
     import boto3
     from botocore.config import Config
 
@@ -204,14 +220,63 @@ def make_client() -> Any:
     config = Config(
         retries={"mode": os.environ.get("AWS_RETRY_MODE") or "standard",
                  "max_attempts": int(os.environ.get("AWS_MAX_ATTEMPTS") or 5)},
-        connect_timeout=float(os.environ.get("RAG_S3_CONNECT_TIMEOUT_SECONDS") or 5),
-        read_timeout=float(os.environ.get("RAG_S3_READ_TIMEOUT_SECONDS") or 30),
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
         s3={"addressing_style": "path"} if custom else None,
     )
+    import botocore.session
+
+    session = botocore.session.get_session()
+    # botocore parses every timestamp with dateutil's general-purpose parser: 0.45 ms per key,
+    # 45 of 75 s of listing 100,000 objects (profiled). S3 writes ISO 8601 in listings, which
+    # the standard library reads directly; anything else still goes to botocore's parser.
+    session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=_timestamp)
     try:
-        return boto3.session.Session().client("s3", config=config)
+        client = boto3.session.Session(botocore_session=session).client("s3", config=config)
     except Exception as exc:
         raise _client_error(exc) from None
+    client.meta.events.register("before-parse.s3.ListObjectsV2", _lean_listing, unique_id=_LEAN_LISTING)
+    return client
+
+
+_LEAN_LISTING = "rag-pipeline-lean-listing"
+_CONTENTS = re.compile(rb"<Contents>.*?</Contents>", re.S)
+
+
+def _lean_listing(response_dict: dict, customized_response_dict: dict, **_: Any) -> None:
+    """A listing page's objects, read with the standard library's C XML parser into the four
+    fields we use; botocore then parses only the rest of the page (continuation token, counts).
+    Its generic parser walked every field of every object through the service model: 17 of 37
+    s of a 100,000-object listing (profiled). Error responses are left to botocore; keys are
+    still URL-decoded by botocore's own handler, which runs after this on the merged result."""
+    body = response_dict.get("body")
+    if response_dict.get("status_code") != 200 or not body:
+        return
+    root = ElementTree.fromstring(body)
+    ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+    key, size, etag, modified = f"{ns}Key", f"{ns}Size", f"{ns}ETag", f"{ns}LastModified"
+    contents = [
+        {"Key": obj.findtext(key), "Size": int(obj.findtext(size) or 0), "ETag": obj.findtext(etag) or "",
+         "LastModified": _timestamp(obj.findtext(modified) or "")}
+        for obj in root.iterfind(f"{ns}Contents")
+    ]
+    if contents:
+        customized_response_dict["Contents"] = contents
+        response_dict["body"] = _CONTENTS.sub(b"", body)
+
+
+def _timestamp(value: str) -> dt.datetime:
+    # Listings say ISO 8601, headers (GetObject, HeadObject) RFC 7231 dates.
+    try:
+        return dt.datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        pass
+    try:
+        return email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        from botocore.utils import parse_timestamp
+
+        return parse_timestamp(value)
 
 
 def _client_error(exc: BaseException) -> BaseException:

@@ -1,0 +1,49 @@
+"""Every use of Dagster's private API is in one module, and an upgrade that changes the upstream
+code an override was written against fails here, naming the override to review."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from rag_pipeline.defs import dagster_internals
+from rag_pipeline.defs.dagster_internals import OVERRIDES, WRITTEN_AGAINST, Override
+
+PACKAGE = Path(dagster_internals.__file__).resolve().parents[1]
+
+
+def test_no_other_module_imports_dagster_internals():
+    private = re.compile(r"^\s*(from|import)\s+dagster\._", re.M)
+    offenders = [
+        str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
+        if p.name != "dagster_internals.py" and private.search(p.read_text())
+    ]
+    assert offenders == [], f"import dagster._* through rag_pipeline/defs/dagster_internals.py: {offenders}"
+
+
+def test_the_upstream_code_of_every_override_is_the_code_it_was_written_against():
+    # Installed or not (another test in this worker may have installed it), the check reads
+    # upstream's code: CI once compared our replacement's source against upstream's hash.
+    dagster_internals.install_pool_wait()
+    assert dagster_internals.pool_wait_installed()
+    drifted = dagster_internals.drifted()
+    assert drifted == [], "\n".join(
+        f"{o.target} changed since Dagster {WRITTEN_AGAINST} (sha256 now {h}): review {o.ours} "
+        f"(it buys: {o.gain}), then record the new hash in OVERRIDES" for o, h in drifted
+    )
+
+
+def test_a_changed_or_missing_upstream_is_reported():
+    real = OVERRIDES[0]
+    changed = Override(real.target, "0" * 64, real.ours, real.gain)
+    gone = Override("dagster._core.utils:no_such_function", "0" * 64, "nothing", "nothing")
+    assert changed.current_sha256() == real.sha256 != changed.sha256
+    assert gone.current_sha256() is None
+
+
+@pytest.mark.parametrize("override", OVERRIDES, ids=lambda o: o.target.rsplit(":", 1)[1])
+def test_every_override_says_what_it_buys_and_where_it_lives(override):
+    assert re.fullmatch(r"[0-9a-f]{64}", override.sha256)
+    assert override.gain and override.ours
