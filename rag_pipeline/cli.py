@@ -470,8 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hybrid (dense and keyword fused), dense or keyword (default: RAG_SEARCH_MODE, hybrid)")
     p.add_argument("--path", metavar="PREFIX", help="only this folder (policies/hr) or file of the knowledge base")
     p.add_argument("--type", action="append", metavar="EXT", help="only files of this type (pdf, md...); repeatable")
-    p.add_argument("--meta", action="append", metavar="KEY=VALUE",
-                   help="only documents whose parser declared this (e-mail headers: --meta from=a@b.c); repeatable")
+    p.add_argument("--meta", "--where", dest="meta", action="append", metavar="KEY=VALUE",
+                   help="only documents with this metadata: a SQL source's declared column (--where project=OPS) "
+                   "or what a parser declared (e-mail headers: --where from=a@b.c); repeatable")
     p.add_argument("--context", type=int, default=0, metavar="N",
                    help="give each hit's text with N neighbouring chunks either side, merged per document")
     p.add_argument("--context-tokens", type=int, default=2000, metavar="T",

@@ -83,7 +83,7 @@ def build_definitions(settings: Settings | None = None) -> Definitions:
         sql_names = [n for n in declared.names() if n != landing and not _is_landing(declared, n)]
         sensors = source_sensor_defs(
             interval_seconds=settings.sensor_interval_seconds, policy=settings.policy,
-            landing_name=landing, sql_names=sql_names,
+            landing_name=landing, sql_names=sql_names, sql_reads={s.name: catalog.reads(s) for s in declared.sql},
         )
     return Definitions(
         assets=versioned_assets(settings),

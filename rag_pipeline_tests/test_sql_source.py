@@ -3,6 +3,7 @@ the pipeline over several sources (issue 16)."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import uuid
 from pathlib import Path
@@ -144,7 +145,7 @@ def _docs(settings) -> dict[tuple[str, str], str]:  # noqa: ANN001
 
 @pytest.mark.slow  # seven runs and searches: 12 s alone on 2 cores
 def test_rows_sync_across_sources_with_same_ids_in_other_kbs(
-    rag_env, pg_url: str, tmp_path: Path, embedding_server, monkeypatch,
+    rag_env, pg_url: str, tmp_path: Path, embedding_server, monkeypatch, capsys,
 ):
     """A PostgreSQL table, a SQLite table with the same ids in another knowledge base and a
     folder file: one `run` indexes all; row updates, deletions and inserts are exactly what the
@@ -188,6 +189,12 @@ def test_rows_sync_across_sources_with_same_ids_in_other_kbs(
             assert hits[0].metadata == {"encoding": "utf-8", "project": "DEV", "status": "closed"}
             hits = searcher.search("printer VPN", k=10, knowledge_base="support", metadata={"project": "OPS", "status": "open"}).hits
             assert {h.citation.path for h in hits} == {"tickets/1", "tickets/2"}
+        # The CLI, as the issue's operator types it: --where on a declared column.
+        from rag_pipeline.cli import main as cli_main
+
+        capsys.readouterr()
+        assert cli_main(["search", "printer VPN", "--kb", "support", "--where", "project=OPS", "--json", "-k", "10"]) == 0
+        assert {h["path"] for h in json.loads(capsys.readouterr().out)} == {"tickets/1", "tickets/2"}
 
         with psycopg.connect(source_db, autocommit=True) as conn:
             conn.execute("UPDATE tickets SET body = 'The VPN drops every hour since Tuesday.' WHERE id = 2")
@@ -294,6 +301,9 @@ def test_each_sql_source_has_its_sensor_and_rows_are_partitions_between_ticks(ra
         assert _docs(settings) == {("support", f"tickets/{i}"): "indexed" for i in (1, 2, 3)}
         idle, runs = _tick_sql(defs, instance, "tickets", first.cursor)
         assert not runs and "no changes in sql source tickets (table tickets on sqlite:" in idle.skip_reason.skip_message
+        # The UI counts the source's rows on every idle tick and says what the sensor reads.
+        assert "(3 rows unchanged)" in idle.skip_reason.skip_message
+        assert "Reads table tickets: id id, text title, body" in defs.resolve_sensor_def("tickets_sensor").description
         with sqlite3.connect(tmp_path / "t.db") as conn:
             conn.execute("UPDATE tickets SET status = 'closed' WHERE id = 1")
             conn.execute("DELETE FROM tickets WHERE id = 2")

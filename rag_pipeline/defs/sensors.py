@@ -8,7 +8,7 @@ import json
 import threading
 import time
 import zlib
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from dagster import DefaultSensorStatus, SensorDefinition, SensorEvaluationContext, SensorResult, sensor
 
@@ -139,7 +139,7 @@ def _inbox_sensor(
     })
     if idle and not found.new and not found.changed and not found.deleted:
         return SensorResult(
-            skip_reason=f"no changes in {where} ({found.unchanged} files unchanged"
+            skip_reason=f"no changes in {where} ({found.unchanged:,} {getattr(source, 'unit', 'files')} unchanged"
             + (f", {len(found.problems)} problem(s) in the sensor log" if found.problems else "") + ")",
             cursor=cursor, asset_events=[check_evaluation(r) for r in plan.check_events],
         )
@@ -162,16 +162,21 @@ def _inbox_sensor(
 
 def source_sensor_defs(
     *, interval_seconds: int, policy: planning.Policy, landing_name: str, sql_names: Sequence[str],
+    sql_reads: Mapping[str, str] | None = None,
 ) -> list[SensorDefinition]:
     """One sensor per declared source, named for it: `<name>_sensor` (the landing zone of the
     environment keeps `inbox_sensor`)."""
     sensors = [inbox_sensor_def(interval_seconds=interval_seconds, policy=policy, name=f"{landing_name}_sensor")]
     for source_name in sql_names:
-        sensors.append(_sql_sensor_def(source_name, interval_seconds=interval_seconds, policy=policy))
+        sensors.append(_sql_sensor_def(
+            source_name, interval_seconds=interval_seconds, policy=policy, reads=(sql_reads or {}).get(source_name),
+        ))
     return sensors
 
 
-def _sql_sensor_def(source_name: str, *, interval_seconds: int, policy: planning.Policy) -> SensorDefinition:
+def _sql_sensor_def(
+    source_name: str, *, interval_seconds: int, policy: planning.Policy, reads: str | None = None
+) -> SensorDefinition:
     def sql_sensor(
         context: SensorEvaluationContext, db: DatabaseResource, inbox: InboxResource, embedder: EmbedderResource
     ) -> SensorResult:
@@ -183,7 +188,8 @@ def _sql_sensor_def(source_name: str, *, interval_seconds: int, policy: planning
         minimum_interval_seconds=interval_seconds,
         default_status=DefaultSensorStatus.RUNNING,
         description=f"Watches the SQL source '{source_name}' (RAG_SOURCES_FILE): each row is a document "
-        f"(path {source_name}/<id>); registers new, changed and deleted rows and requests their runs.",
+        f"(path {source_name}/<id>); registers new, changed and deleted rows and requests their runs."
+        + (f" Reads {reads}." if reads else "") + " Each idle tick counts the rows it found unchanged.",
         tags={"rag/source": source_name},
     )(sql_sensor)
 

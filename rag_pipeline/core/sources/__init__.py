@@ -59,6 +59,8 @@ class Source(Protocol):
     # How many uploads the extract step reads ahead of the parser: a bucket's round trips
     # otherwise leave the parser idle; a local file needs none.
     concurrent_reads: int
+    # What one upload is called in the sensor's messages ("files", "objects", "rows").
+    unit: str
 
     def list(self, *, min_age_seconds: float = 0.0, max_file_bytes: int | None = None) -> Scan:
         """Everything the source holds, with refusals, problems and what is held back; reads no
@@ -85,6 +87,7 @@ class FolderSource:
 
     hashed_on_detection = True
     concurrent_reads = 1
+    unit = "files"
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -141,6 +144,7 @@ class SourceSet:
         self.errors = dict(errors or {})
         self.hashed_on_detection = getattr(landing, "hashed_on_detection", True)
         self.concurrent_reads = getattr(landing, "concurrent_reads", 1)
+        self.unit = getattr(landing, "unit", "files")
 
     def route(self, token: str | None) -> Source:
         if token and token.startswith(SQL_TOKEN_PREFIX):

@@ -162,6 +162,18 @@ class Catalog:
         return [s.name for s in self.sources] + [n for n in self.errors if n and not n.startswith("#")]
 
 
+def reads(spec: SqlSpec) -> str:
+    """What a SQL source reads, for the UI (never its URL, which may hold a password)."""
+    what = f"table {spec.table}" if spec.table else "a query"
+    kb = f"column {spec.knowledge_base.column}" if isinstance(spec.knowledge_base, ColumnRef) else spec.knowledge_base
+    parts = [f"{what}: id {spec.id}, text {', '.join(spec.text)}, knowledge base {kb}"]
+    if spec.metadata:
+        parts.append(f"metadata {', '.join(spec.metadata)}")
+    if spec.updated_at:
+        parts.append(f"incremental by {spec.updated_at}")
+    return "; ".join(parts)
+
+
 def expand(value: str, environ: Mapping[str, str]) -> str:
     """`${VAR}` replaced from the environment: secrets stay out of the file."""
     def one(match: re.Match) -> str:

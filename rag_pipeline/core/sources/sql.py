@@ -102,6 +102,7 @@ class SqlSource:
     # run's read, compared with the listed hash, records the version.
     hashed_on_detection = False
     concurrent_reads = 1
+    unit = "rows"
 
     def __init__(self, spec: SqlSpec) -> None:
         self.spec = spec
