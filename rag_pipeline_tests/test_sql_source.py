@@ -238,18 +238,25 @@ def test_the_guard_holds_a_purge_until_confirmed_and_a_bad_source_leaves_the_oth
 
     url = sqlite_tickets(tmp_path / "t.db")
     lite = sqlite_tickets(tmp_path / "crm.db", [(1, "CRM", "Invoice dispute", "Customer disputes invoice 77.", "open")])
-    sources = write_sources(tmp_path / "sources.yml", "sources:\n" + sql_entry("tickets", url) + sql_entry("crm", lite, kb="sales"))
+    # A source whose rows routinely all go away turns the guard off with a fraction of 1.
+    memo = sqlite_tickets(tmp_path / "memo.db", [(1, "MEMO", "Office closed", "The office is closed on Friday.", "open")])
+    sources = write_sources(tmp_path / "sources.yml", "sources:\n" + sql_entry("tickets", url) + sql_entry("crm", lite, kb="sales")
+                            + sql_entry("memo", memo, kb="memos", extra="    max_delete_fraction: 1.0\n"))
     monkeypatch.setenv("RAG_SOURCES_FILE", str(sources))
     settings = Settings.from_env()
     (settings.inbox_dir / "handbook").mkdir(parents=True)
     (settings.inbox_dir / "handbook" / "leave.txt").write_text("Annual leave carries over up to five days.")
-    assert run_pending(settings)["indexed"] == 5
+    assert run_pending(settings)["indexed"] == 6
 
-    # An emptied table looks exactly like a broken replica: held, said why, nothing deleted.
+    # An emptied table looks exactly like a broken replica: held, said why, nothing deleted
+    # (but the memo source's only row goes, as its fraction allows).
     with sqlite3.connect(tmp_path / "t.db") as conn:
         conn.execute("DELETE FROM tickets WHERE id <> 1")
+    with sqlite3.connect(tmp_path / "memo.db") as conn:
+        conn.execute("DELETE FROM tickets")
     summary = run_pending(settings)
-    assert summary["deleted"] == 0 and summary["held_deletions"] == 2
+    assert summary["deleted"] == 1 and summary["held_deletions"] == 2
+    assert ("memos", "memo/1") not in _docs(settings)
     assert any("max_delete_fraction 0.5" in p and "--confirm-deletions tickets" in p for p in summary["problems"])
     assert _docs(settings)[("support", "tickets/2")] == "indexed"
     summary = run_pending(settings, confirm_deletions=["tickets"])
