@@ -457,3 +457,15 @@ def test_each_source_loads_only_its_own_documents(pg_url: str):
     assert paths(records.known_documents(engine, tokens=token_prefix("a_b"))) == ["a_b/1"]
     assert paths(records.known_documents(engine, not_tokens="sql:")) == ["a.txt", "b.txt"]
     assert len(records.known_documents(engine)) == 4
+
+
+def test_each_source_hands_out_under_its_own_token_prefix():
+    """A sensor releases only hand-offs whose token carries its prefix: prefixes are distinct
+    per name (80 bits of a hash) and leave a token within its 40-character column."""
+    from rag_pipeline.core.planning import new_token
+    from rag_pipeline.defs.sensors import source_token_prefix
+
+    names = [f"source_{i}" for i in range(20_000)]
+    prefixes = {source_token_prefix(n) for n in names}
+    assert len(prefixes) == len(names) and source_token_prefix(None) not in prefixes
+    assert max(len(new_token(p)) for p in prefixes | {source_token_prefix("x" * 200)}) <= 40

@@ -7,7 +7,6 @@ import hashlib
 import json
 import threading
 import time
-import zlib
 from typing import Mapping, Sequence
 
 from dagster import DefaultSensorStatus, SensorDefinition, SensorEvaluationContext, SensorResult, sensor
@@ -42,10 +41,12 @@ _PLANNING = threading.Lock()
 
 
 def source_token_prefix(source_name: str | None) -> str:
-    """The hand-off token prefix of a source's sensor (tokens are at most 40 characters)."""
+    """The hand-off token prefix of a source's sensor (tokens are at most 40 characters, so not
+    the name itself). 80 bits of its hash: two sources whose prefixes collided would release
+    each other's hand-offs, which a 32-bit checksum over many names made possible."""
     if source_name is None:
         return "sensor"
-    return f"src{zlib.crc32(source_name.encode()):08x}"
+    return "src" + hashlib.sha256(source_name.encode()).hexdigest()[:20]
 
 
 def problem_digests(problems: Sequence[str]) -> list[str]:
