@@ -243,7 +243,8 @@ def _flat(hit) -> dict:  # noqa: ANN001
         "score": round(hit.score, 4), "document_id": hit.document_id, "knowledge_base": c.knowledge_base,
         "path": c.path, "chunk_index": c.chunk_index, "page": c.page, "heading": c.heading, "text": hit.text,
         "start": c.start, "end": c.end, "version": c.version, "indexed_at": c.indexed_at, "scores": hit.scores,
-        "file_type": hit.file_type, **({"context": hit.context} if hit.context is not None else {}),
+        "file_type": hit.file_type, "title": hit.title, "metadata": hit.metadata,
+        **({"context": hit.context} if hit.context is not None else {}),
     }
 
 

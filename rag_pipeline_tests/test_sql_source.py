@@ -194,7 +194,9 @@ def test_rows_sync_across_sources_with_same_ids_in_other_kbs(
 
         capsys.readouterr()
         assert cli_main(["search", "printer VPN", "--kb", "support", "--where", "project=OPS", "--json", "-k", "10"]) == 0
-        assert {h["path"] for h in json.loads(capsys.readouterr().out)} == {"tickets/1", "tickets/2"}
+        shown = json.loads(capsys.readouterr().out)
+        assert {h["path"] for h in shown} == {"tickets/1", "tickets/2"}
+        assert {h["metadata"]["project"] for h in shown} == {"OPS"}  # a UI shows the row's columns with the hit
 
         with psycopg.connect(source_db, autocommit=True) as conn:
             conn.execute("UPDATE tickets SET body = 'The VPN drops every hour since Tuesday.' WHERE id = 2")
