@@ -373,6 +373,16 @@ def settings_table() -> str:
     return "\n".join(rows)
 
 
+def _landing_folder(settings: Settings) -> Path:
+    """The landing folder, created when it is the data folder's own `inbox`: that one missing is
+    merely empty (a first run that reads only SQL sources must not report it every time). A
+    folder set elsewhere and missing stays a problem: an unmounted volume must not read as
+    every upload deleted."""
+    if settings.inbox_url is None and settings.inbox_dir == settings.data_dir / "inbox":
+        settings.inbox_dir.mkdir(parents=True, exist_ok=True)
+    return settings.inbox_dir
+
+
 def open_source(settings: Settings):  # noqa: ANN201
     """The landing zone outside Dagster (CLI, scripts): the bucket of RAG_INBOX_URL, else the
     folder RAG_INBOX_DIR."""
@@ -381,7 +391,7 @@ def open_source(settings: Settings):  # noqa: ANN201
     if settings.sources_file:
         return open_sources(settings).landing  # the file may declare the landing zone
     return _open(
-        url=settings.inbox_url, folder=settings.inbox_dir,
+        url=settings.inbox_url, folder=_landing_folder(settings),
         timeouts=(settings.s3_connect_timeout_seconds, settings.s3_read_timeout_seconds),
     )
 
@@ -392,7 +402,7 @@ def open_sources(settings: Settings):  # noqa: ANN201
     from rag_pipeline.core.sources import build_source_set
 
     return build_source_set(
-        sources_file=settings.sources_file, url=settings.inbox_url, folder=settings.inbox_dir,
+        sources_file=settings.sources_file, url=settings.inbox_url, folder=_landing_folder(settings),
         timeouts=(settings.s3_connect_timeout_seconds, settings.s3_read_timeout_seconds),
     )
 

@@ -471,3 +471,20 @@ def test_each_source_hands_out_under_its_own_token_prefix():
     prefixes = {source_token_prefix(n) for n in names}
     assert len(prefixes) == len(names) and source_token_prefix(None) not in prefixes
     assert max(len(new_token(p)) for p in prefixes | {source_token_prefix("x" * 200)}) <= 40
+
+
+def test_the_default_landing_folder_missing_is_empty_but_a_set_one_missing_is_a_problem(tmp_path: Path, monkeypatch):
+    """A first run reading only SQL sources does not report the data folder's own inbox every
+    time; a RAG_INBOX_DIR that is missing (an unmounted volume) still is, and deletes nothing."""
+    from rag_pipeline.settings import Settings, open_sources
+
+    monkeypatch.setenv("RAG_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("DATABASE_URL", "sqlite:///" + str(tmp_path / "x.db"))
+    monkeypatch.delenv("RAG_INBOX_DIR", raising=False)
+    monkeypatch.delenv("RAG_INBOX_URL", raising=False)
+    scan = open_sources(Settings.from_env()).landing.list()
+    assert scan.problems == [] and scan.unlisted == [] and (tmp_path / "data" / "inbox").is_dir()
+    monkeypatch.setenv("RAG_INBOX_DIR", str(tmp_path / "mnt" / "uploads"))
+    scan = open_sources(Settings.from_env()).landing.list()
+    assert scan.problems == [f"{tmp_path / 'mnt' / 'uploads'}: the landing directory does not exist"]
+    assert scan.unlisted == [""] and not (tmp_path / "mnt").exists()
