@@ -93,12 +93,12 @@ class S3Source:
         # ever half-written: no settling wait, and no clock skew between us and the server.
         result = Scan({}, [], set(), [])
         reader = _EntryReader(self.prefix, result, max_file_bytes)
-        memory = (str(getattr(self.client.meta, "endpoint_url", "")), self.bucket, self.prefix)
-        with _SPLITS_LOCK:
-            splits = _SPLITS.get(memory, ())
         page_ends: list[str] = []
         listed = 0
         try:
+            memory = (str(getattr(self.client.meta, "endpoint_url", "")), self.bucket, self.prefix)
+            with _SPLITS_LOCK:
+                splits = _SPLITS.get(memory, ())
             for contents in self._ranges(splits):
                 reader.read(contents)
                 # Every PAGE-th key, for the next listing's ranges: one request each if unchanged.
