@@ -454,7 +454,11 @@ def _read_plain_page(body: bytes) -> tuple[list[dict], bytes] | None:
     return contents, b"".join(rest)
 
 
+_CONTENTS = re.compile(rb"<Contents>.*?</Contents>", re.S)
+
+
 def _parse_page(body: bytes) -> tuple[list[dict], bytes]:
+    # Any well-formed listing, with the standard library's C XML parser.
     root = ElementTree.fromstring(body)
     ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
     key, size, etag, modified = f"{ns}Key", f"{ns}Size", f"{ns}ETag", f"{ns}LastModified"
@@ -464,9 +468,6 @@ def _parse_page(body: bytes) -> tuple[list[dict], bytes]:
         for obj in root.iterfind(f"{ns}Contents")
     ]
     return contents, _CONTENTS.sub(b"", body) if contents else body
-
-
-_CONTENTS = re.compile(rb"<Contents>.*?</Contents>", re.S)
 
 
 def _botocore_200_check() -> Any:
