@@ -131,7 +131,7 @@ RANGED = {
 def _raw_keys(source: S3Source) -> list[str]:
     with s3._SPLITS_LOCK:
         splits = s3._SPLITS.get((source.client.meta.endpoint_url, source.bucket, source.prefix), ())
-    return [obj["Key"] for page in source._ranges(splits) for obj in page]
+    return [obj["Key"] for page in source._ranges(splits=splits) for obj in page]
 
 
 def _same(a, b) -> None:  # noqa: ANN001

@@ -92,14 +92,14 @@ class S3Source:
         # An object appears only once its upload completed (S3 writes are atomic), so nothing is
         # ever half-written: no settling wait, and no clock skew between us and the server.
         result = Scan({}, [], set(), [])
-        reader = _EntryReader(self.prefix, result, max_file_bytes)
+        reader = _EntryReader(prefix=self.prefix, result=result, max_file_bytes=max_file_bytes)
         page_ends: list[str] = []
         listed = 0
         try:
             memory = (str(getattr(self.client.meta, "endpoint_url", "")), self.bucket, self.prefix)
             with _SPLITS_LOCK:
                 splits = _SPLITS.get(memory, ())
-            for contents in self._ranges(splits):
+            for contents in self._ranges(splits=splits):
                 reader.read(contents)
                 # Every PAGE-th key, for the next listing's ranges: one request each if unchanged.
                 index = PAGE - 1 - listed % PAGE
@@ -113,7 +113,7 @@ class S3Source:
             _SPLITS[memory] = tuple(page_ends)
         return result
 
-    def _ranges(self, splits: Sequence[str]) -> Iterator[list[dict]]:
+    def _ranges(self, *, splits: Sequence[str]) -> Iterator[list[dict]]:
         """The objects under the prefix in key order, a range's at a time. The previous
         listing's page ends split the key space into ranges (StartAfter its start, up to and
         including its end) listed concurrently: 100 sequential round trips were 9 of the 10 s
@@ -123,7 +123,7 @@ class S3Source:
         bounds: list[str | None] = [None, *splits, None]
         ranges = list(zip(bounds[:-1], bounds[1:]))
         if len(ranges) == 1:
-            yield from self._list_range(None, None)
+            yield from self._list_range(start=None, end=None)
             return
         # At most `ahead` ranges listed and not yet read: memory stays a few pages whatever the
         # bucket holds.
@@ -133,20 +133,20 @@ class S3Source:
             todo = iter(ranges)
             try:
                 for start, end in itertools.islice(todo, ahead):
-                    pending.append(pool.submit(self._collect_range, start, end))
+                    pending.append(pool.submit(self._collect_range, start=start, end=end))
                 while pending:
                     pages = pending.popleft().result()
                     for start, end in itertools.islice(todo, 1):
-                        pending.append(pool.submit(self._collect_range, start, end))
+                        pending.append(pool.submit(self._collect_range, start=start, end=end))
                     yield from pages
             finally:
                 for future in pending:
                     future.cancel()
 
-    def _collect_range(self, start: str | None, end: str | None) -> list[list[dict]]:
-        return list(self._list_range(start, end))
+    def _collect_range(self, *, start: str | None, end: str | None) -> list[list[dict]]:
+        return list(self._list_range(start=start, end=end))
 
-    def _list_range(self, start: str | None, end: str | None) -> Iterator[list[dict]]:
+    def _list_range(self, *, start: str | None, end: str | None) -> Iterator[list[dict]]:
         """Pages of the objects with keys after `start` up to and including `end` (None: from
         the first, to the last). Continued by token, never by StartAfter again: the token is
         how every server continues a listing."""
@@ -251,7 +251,7 @@ class _EntryReader:
     """A listing's objects into a Scan. Per folder, the knowledge base and the checks on its
     segments are worked out once: at 100,000 objects each per-object step counts."""
 
-    def __init__(self, prefix: str, result: Scan, max_file_bytes: int | None) -> None:
+    def __init__(self, *, prefix: str, result: Scan, max_file_bytes: int | None) -> None:
         self.prefix, self.result, self.max_file_bytes = prefix, result, max_file_bytes
         self.bad_kbs: set[str] = set()
         # folder -> (ignored, knowledge base, its name is valid, an empty/'.'/'..' segment)
