@@ -523,18 +523,23 @@ def sensor_tick(workdir: Path, db_url: str, n_files: int, landing: Landing) -> d
     settings = Settings.from_env(env)
     landing.write({f"d{i // 1000:03d}/f{i:06d}.txt": b"x%d" % i for i in range(n_files)})
     engine = open_engine(settings.database_url)
-    source = open_source(settings)
     # The runs requested here are never launched: the ticks below see them as in progress (as
     # the daemon's would), not as lost.
     planning.LOST_AFTER = planning.REREQUEST_AFTER
+    readable = False
     with DagsterInstance.get() as instance:
         orchestrator = DagsterOrchestrator(instance)
 
         def evaluate(**kwargs):  # noqa: ANN003, ANN202
-            return planning.evaluate_inbox(
-                orchestrator, engine, source, settings.policy, max_file_bytes=settings.max_file_bytes,
-                budget=sensors.TICK_BUDGET, **kwargs,
+            nonlocal readable
+            # As the sensor: its source is built anew each tick (its resources are), and the
+            # partition keys are checked for migration until its cursor says they are readable.
+            plan = planning.evaluate_inbox(
+                orchestrator, engine, open_source(settings), settings.policy, max_file_bytes=settings.max_file_bytes,
+                budget=sensors.TICK_BUDGET, migrate_keys=not readable, **kwargs,
             )
+            readable = readable or not plan.migrating
+            return plan
 
         started = time.perf_counter()
         plan = evaluate()
