@@ -434,6 +434,7 @@ def test_sensor_and_runs_name_the_bucket(rag_env, s3_server, s3_bucket, monkeypa
         assert _metadata(instance, "kb/notes/bees.txt", "source_document")["source"] == where
         idle, _ = tick_and_run(defs, instance, cursor=result.cursor)
         assert idle.skip_reason.skip_message.startswith(f"no changes in {where}")
+        assert " objects unchanged" in idle.skip_reason.skip_message
 
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
         refused, runs = tick_and_run(build_definitions(Settings.from_env()), instance, cursor=result.cursor)

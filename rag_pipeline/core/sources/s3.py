@@ -60,6 +60,7 @@ class S3Source:
 
     hashed_on_detection = False
     concurrent_reads = 8  # botocore's connection pool holds 10
+    unit = "objects"
     list_workers = 8  # concurrent ListObjectsV2 requests, within the same pool
 
     def __init__(self, *, url: str, client: Any = None, timeouts: tuple[float, float] = (5.0, 30.0)) -> None:
