@@ -17,7 +17,8 @@ import numpy as np
 from qdrant_client import QdrantClient
 from qdrant_client.http import models as qm
 
-from rag_pipeline.core import qdrant_local, sparse
+from rag_pipeline.core import qdrant_edge_store, sparse
+from rag_pipeline.core.qdrant_edge_store import EdgeClient, StoreBusy
 
 # Excluded documents sent to Qdrant as a filter, at most; more are filtered from the hits.
 EXCLUDE_IN_QUERY = 1_000
@@ -30,8 +31,6 @@ FUSION_CANDIDATES = 50
 # chunk 0; a semantic model never scores a related one this low): filler, not a candidate, or
 # RRF would rank it beside real keyword hits.
 DENSE_FLOOR = 0.0005
-# Above this many document ids, a scroll of embedded Qdrant reads every point (see points_of).
-LOCAL_FILTER_MAX_VALUES = 16
 
 
 class VectorStoreError(Exception):
@@ -44,33 +43,74 @@ def open_client(
     api_key: str | None = None,
     timeout: float = 30.0,
     lock_wait: float = 900.0,
-) -> QdrantClient:
+    *,
+    legacy: Path | None = None,
+) -> QdrantClient | EdgeClient:
+    """A Qdrant server by `url`, else the embedded store (Qdrant Edge) in the folder `path`.
+
+    `legacy` is where qdrant-client's local mode kept the embedded index before (`<data>/qdrant`):
+    a store opened for the first time copies it (see `open_embedded`)."""
     if url:
         return QdrantClient(url=url, api_key=api_key, timeout=int(timeout))
     assert path is not None
+    return open_embedded(path, lock_wait=lock_wait, legacy=legacy)
+
+
+def open_embedded(path: Path, *, lock_wait: float = 900.0, legacy: Path | None = None) -> EdgeClient:
+    if qdrant_edge_store.is_legacy_folder(path):
+        raise VectorStoreError(
+            f"{path} is an embedded Qdrant folder of qdrant-client's local mode, which this version no "
+            f"longer opens; copy it into a new folder with `rag-pipeline vectors migrate --from {path}` "
+            "(into QDRANT_PATH, so point QDRANT_PATH at a new folder first)"
+        )
     path.mkdir(parents=True, exist_ok=True)
-    # This process is about to load the folder's every point: as float32 arrays, less than
-    # half the memory (core/qdrant_local.py). A server keeps its points out of our processes.
-    qdrant_local.install()
-    # Embedded Qdrant allows one process per folder, and that is what serializes the runs'
-    # writers: a second one waits here (sleeping, a claim every 0.2 s at most) until the first
-    # closes its client, which the writing step does as soon as its Qdrant work is done.
+    # One process per folder, and that is what serializes the runs' writers: a second one waits
+    # here (sleeping, a claim every 0.2 s at most) until the first closes its client, which the
+    # writing step does as soon as its Qdrant work is done.
     deadline = time.monotonic() + lock_wait
     delay, waited = 0.02, False
     while True:
         try:
-            return QdrantClient(path=str(path))
-        except RuntimeError as exc:
-            if "already accessed" not in str(exc) or time.monotonic() > deadline:
+            client = EdgeClient(path)
+            break
+        except StoreBusy as exc:
+            if time.monotonic() > deadline:
                 raise VectorStoreError(
-                    f"embedded Qdrant folder {path} is busy in another process; "
+                    f"embedded vector store {path} is busy in another process; "
                     "set QDRANT_URL to a Qdrant server for concurrent access"
                 ) from exc
             if not waited:
-                logging.getLogger(__name__).info("waiting for embedded Qdrant folder %s (open in another process)", path)
+                logging.getLogger(__name__).info("waiting for embedded vector store %s (open in another process)", path)
                 waited = True
             time.sleep(delay)
             delay = min(delay * 2, 0.2)
+    if not qdrant_edge_store.is_store(path):
+        try:
+            _first_open(client, legacy)
+        except BaseException:
+            client.close()
+            raise
+    return client
+
+
+def _first_open(client: EdgeClient, legacy: Path | None) -> None:
+    # Automatic, once: local mode read its whole folder into every process that opened it, so
+    # copying it costs about one such open plus a few seconds of Edge writes, and every open after
+    # it is ~0.3 s. Under the store's lock, so a second process waits and then finds it done.
+    if legacy is None or not qdrant_edge_store.is_legacy_folder(legacy):
+        client.initialise()
+        return
+    log = logging.getLogger(__name__)
+    log.warning("copying the embedded Qdrant folder %s (qdrant-client local mode) into %s (Qdrant Edge)", legacy, client.path)
+    try:
+        copied = qdrant_edge_store.migrate_legacy(legacy, client)
+    except RuntimeError as exc:
+        raise VectorStoreError(
+            f"could not copy the embedded Qdrant folder {legacy} into {client.path}: {exc}; "
+            f"retry with `rag-pipeline vectors migrate` once no process of an older version has it open"
+        ) from exc
+    client.initialise({"migrated_from": str(legacy), "collections": copied})
+    log.warning("copied %s; %s is no longer read and can be deleted", ", ".join(f"{n} ({c} points)" for n, c in copied.items()) or "no collections", legacy)
 
 
 @dataclass
@@ -129,9 +169,9 @@ def _match(key: str, value: str) -> qm.FieldCondition:
     return qm.FieldCondition(key=key, match=qm.MatchValue(value=value))
 
 
-def is_embedded(client: QdrantClient) -> bool:
-    """An in-process client (`path=`): one process per folder, no concurrent queries."""
-    return type(client._client).__name__ == "QdrantLocal"
+def is_embedded(client: QdrantClient | EdgeClient) -> bool:
+    """The in-process store (Qdrant Edge): one process per folder."""
+    return isinstance(client, EdgeClient)
 
 
 class VectorStore:
@@ -170,18 +210,14 @@ class VectorStore:
                 {sparse.SPARSE_VECTOR: qm.SparseVectorParams(modifier=qm.Modifier.IDF)} if self.keyword else None
             ),
         )
-        if not self.is_local:
-            for field in PAYLOAD_INDEXES:
-                self.client.create_payload_index(
-                    self.collection, field, field_schema=qm.PayloadSchemaType.KEYWORD
-                )
+        for field in PAYLOAD_INDEXES:
+            self.client.create_payload_index(self.collection, field, field_schema=qm.PayloadSchemaType.KEYWORD)
 
     def ensure_payload_indexes(self, fields: Sequence[str]) -> None:
-        """Keyword indexes on metadata fields (`meta.project`), once per field and client; the
-        embedded folder has none and filters by scanning."""
+        """Keyword indexes on metadata fields (`meta.project`), once per field and client."""
         done = self.__dict__.setdefault("_indexed", set())
         todo = [f for f in fields if f not in done]
-        if not todo or self.is_local:
+        if not todo:
             done.update(todo)
             return
         with self._lock:
@@ -190,10 +226,6 @@ class VectorStore:
                 if field not in existing:
                     self.client.create_payload_index(self.collection, field, field_schema=qm.PayloadSchemaType.KEYWORD)
         done.update(todo)
-
-    @property
-    def is_local(self) -> bool:
-        return is_embedded(self.client)
 
     def exists(self) -> bool:
         return self.client.collection_exists(self.collection)
@@ -239,12 +271,7 @@ class VectorStore:
         if not document_ids or not self.exists():
             return out
         wanted = set(document_ids)
-        flt: qm.Filter | None = qm.Filter(must=[qm.FieldCondition(key="document_id", match=qm.MatchAny(any=sorted(wanted)))])
-        if self.is_local and len(wanted) > LOCAL_FILTER_MAX_VALUES:
-            # Embedded Qdrant has no payload index: it tests every point against every listed
-            # id. For a run's 500 documents in a 16,500-point collection that took 3.3 s; one
-            # pass over all points, matched here against a set, 0.3 s.
-            flt, page = None, max(page, 8192)
+        flt = qm.Filter(must=[qm.FieldCondition(key="document_id", match=qm.MatchAny(any=sorted(wanted)))])
         offset = None
         while True:
             with self._lock:
@@ -333,7 +360,7 @@ class VectorStore:
             mode = "dense"
         must = (where or SearchFilter()).conditions()
         # A few excluded documents go into the query; after a mass deletion the hits are
-        # filtered here instead (embedded Qdrant tests each point against the whole list).
+        # filtered here instead (a query carrying thousands of ids is slow to send and match).
         in_query = len(exclude_documents) <= EXCLUDE_IN_QUERY
         must_not = (
             [qm.FieldCondition(key="document_id", match=qm.MatchAny(any=list(exclude_documents)))]
