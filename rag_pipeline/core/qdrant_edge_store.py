@@ -38,6 +38,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import math
 import os
 import shutil
 import uuid
@@ -534,6 +535,20 @@ def _qm_vector(vector: Any) -> Any:
     return list(vector)
 
 
+def _payload(value: Any) -> Any:
+    # NaN and infinities become null, as qdrant-client's JSON encoding sends them to a server
+    # (pandas gives NaN for a missing page number); Edge refuses them.
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _payload(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_payload(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):  # numpy scalars
+        return _payload(value.item())
+    return value
+
+
 def _edge_points(points: Any) -> Iterable[qe.Point]:
     if isinstance(points, qm.Batch):
         ids = points.ids
@@ -544,10 +559,10 @@ def _edge_points(points: Any) -> Iterable[qe.Point]:
         else:
             per_point = list(vectors)
         for pid, vector, payload in zip(ids, per_point, payloads):
-            yield qe.Point(_edge_id(pid), _edge_vector(vector), payload)
+            yield qe.Point(_edge_id(pid), _edge_vector(vector), _payload(payload))
         return
     for p in points:
-        yield qe.Point(_edge_id(p.id), _edge_vector(p.vector), p.payload)
+        yield qe.Point(_edge_id(p.id), _edge_vector(p.vector), _payload(p.payload))
 
 
 # -- migration from qdrant-client's local mode ----------------------------------------------

@@ -56,7 +56,8 @@ def open_client(
     return open_embedded(path, lock_wait=lock_wait, legacy=legacy)
 
 
-def open_embedded(path: Path, *, lock_wait: float = 900.0, legacy: Path | None = None) -> EdgeClient:
+def open_embedded(path: Path | str, *, lock_wait: float = 900.0, legacy: Path | str | None = None) -> EdgeClient:
+    path, legacy = Path(path), Path(legacy) if legacy is not None else None
     if qdrant_edge_store.is_legacy_folder(path):
         raise VectorStoreError(
             f"{path} is an embedded Qdrant folder of qdrant-client's local mode, which this version no "
