@@ -534,7 +534,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address the webserver listens on (default: %(default)s)")
     p.add_argument("-p", "--port", type=int, default=3000, help="webserver port (default: %(default)s)")
     p = verb("vectors", cmd_vectors)
-    p.add_argument("action", choices=("migrate", "optimize"))
+    p.add_argument("action", choices=("migrate", "optimize"),
+                   help="migrate: copy an older version's embedded Qdrant folder into the store; optimize: merge segments, vacuum")
     p.add_argument("--from", dest="source", metavar="FOLDER",
                    help="migrate: the older folder (default: <data>/qdrant when QDRANT_PATH is not set)")
     p.add_argument("--hnsw", action="store_true", help="optimize: also build the HNSW graph of each collection")
