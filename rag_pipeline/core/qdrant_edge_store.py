@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import qdrant_edge as qe
-from qdrant_client.http import models as qm
+from rag_pipeline.core import edge_models as em
 
 STORE_FILE = "store.json"
 ALIASES_FILE = "aliases.json"
@@ -59,16 +59,21 @@ NO_AUTO_INDEX_KB = 100_000_000
 # Qdrant's own default (Edge and server), used when an HNSW build is asked for.
 HNSW_THRESHOLD_KB = 10_000
 
-_DISTANCES = {
-    qm.Distance.COSINE: qe.Distance.Cosine, qm.Distance.DOT: qe.Distance.Dot,
-    qm.Distance.EUCLID: qe.Distance.Euclid, qm.Distance.MANHATTAN: qe.Distance.Manhattan,
-}
+_DISTANCES = {"Cosine": qe.Distance.Cosine, "Dot": qe.Distance.Dot, "Euclid": qe.Distance.Euclid, "Manhattan": qe.Distance.Manhattan}
 _SCHEMAS = {
-    qm.PayloadSchemaType.KEYWORD: qe.PayloadSchemaType.Keyword, qm.PayloadSchemaType.INTEGER: qe.PayloadSchemaType.Integer,
-    qm.PayloadSchemaType.FLOAT: qe.PayloadSchemaType.Float, qm.PayloadSchemaType.BOOL: qe.PayloadSchemaType.Bool,
-    qm.PayloadSchemaType.TEXT: qe.PayloadSchemaType.Text, qm.PayloadSchemaType.DATETIME: qe.PayloadSchemaType.Datetime,
-    qm.PayloadSchemaType.UUID: qe.PayloadSchemaType.Uuid, qm.PayloadSchemaType.GEO: qe.PayloadSchemaType.Geo,
+    "keyword": qe.PayloadSchemaType.Keyword, "integer": qe.PayloadSchemaType.Integer, "float": qe.PayloadSchemaType.Float,
+    "bool": qe.PayloadSchemaType.Bool, "text": qe.PayloadSchemaType.Text, "datetime": qe.PayloadSchemaType.Datetime,
+    "uuid": qe.PayloadSchemaType.Uuid, "geo": qe.PayloadSchemaType.Geo,
 }
+
+
+def _kind(obj: Any) -> str:
+    # Requests come as edge_models or as qdrant-client's models: the same names and fields.
+    return type(obj).__name__
+
+
+def _value(x: Any) -> Any:
+    return getattr(x, "value", x)  # an enum member of either, or its plain value
 
 
 class StoreBusy(RuntimeError):
@@ -77,6 +82,9 @@ class StoreBusy(RuntimeError):
 
 class EdgeError(RuntimeError):
     pass
+
+
+_DONE = em.UpdateResult(operation_id=0, status=em.UpdateStatus.COMPLETED)
 
 
 def is_store(path: Path) -> bool:
@@ -223,11 +231,11 @@ class EdgeClient:
         self._check_open()
         return self._exists(self._real(collection_name))
 
-    def get_collections(self) -> qm.CollectionsResponse:
+    def get_collections(self) -> em.CollectionsResponse:
         self._check_open()
         root = self.path / COLLECTIONS
         names = sorted(p.name for p in root.iterdir() if (p / "edge_config.json").is_file())
-        return qm.CollectionsResponse(collections=[qm.CollectionDescription(name=n) for n in names])
+        return em.CollectionsResponse(collections=[em.CollectionDescription(name=n) for n in names])
 
     def create_collection(
         self, collection_name: str, vectors_config: Any = None, sparse_vectors_config: Any = None, **kwargs: Any,
@@ -240,9 +248,9 @@ class EdgeClient:
         dense: dict[str, qe.EdgeVectorParams] = {}
         items = vectors_config.items() if isinstance(vectors_config, dict) else [("", vectors_config)] if vectors_config else []
         for name, params in items:
-            dense[name] = qe.EdgeVectorParams(size=params.size, distance=_DISTANCES[params.distance])
+            dense[name] = qe.EdgeVectorParams(size=params.size, distance=_DISTANCES[_value(params.distance)])
         sparse = {
-            name: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf if params.modifier == qm.Modifier.IDF else None)
+            name: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf if _value(params.modifier) == "idf" else None)
             for name, params in (sparse_vectors_config or {}).items()
         }
         path = self._collection_dir(collection_name)
@@ -273,44 +281,44 @@ class EdgeClient:
         shutil.rmtree(trash, ignore_errors=True)
         return True
 
-    def get_collection(self, collection_name: str) -> qm.CollectionInfo:
+    def get_collection(self, collection_name: str) -> em.CollectionInfo:
         name = self._real(collection_name)
         shard = self._shard(name)
         stored = self._config(name)
         info = shard.info()
         dense = {
-            n: qm.VectorParams(size=v["size"], distance=qm.Distance(v["distance"]))
+            n: em.VectorParams(size=v["size"], distance=em.Distance(v["distance"]))
             for n, v in (stored.get("vectors") or {}).items()
         }
         sparse = {
-            n: qm.SparseVectorParams(modifier=qm.Modifier.IDF if s.get("modifier") == "idf" else None)
+            n: em.SparseVectorParams(modifier=em.Modifier.IDF if s.get("modifier") == "idf" else None)
             for n, s in (stored.get("sparse_vectors") or {}).items()
         }
         schema = {
-            key: qm.PayloadIndexInfo(data_type=qm.PayloadSchemaType(str(index.data_type).rsplit(".", 1)[-1].lower()),
+            key: em.PayloadIndexInfo(data_type=em.PayloadSchemaType(str(index.data_type).rsplit(".", 1)[-1].lower()),
                                      points=index.points)
             for key, index in info.payload_schema.items()
         }
-        # Only what callers read is filled in; the rest of a server's answer has no meaning here.
-        return qm.CollectionInfo.model_construct(
-            status=qm.CollectionStatus.GREEN, points_count=info.points_count, segments_count=info.segments_count,
+        # What callers read of a server's answer; the rest has no meaning here.
+        return em.CollectionInfo(
+            status=em.CollectionStatus.GREEN, points_count=info.points_count, segments_count=info.segments_count,
             indexed_vectors_count=info.indexed_vectors_count, payload_schema=schema,
-            config=qm.CollectionConfig.model_construct(params=qm.CollectionParams.model_construct(
+            config=em.CollectionConfig(params=em.CollectionParams(
                 vectors=dense[""] if list(dense) == [""] else dense, sparse_vectors=sparse or None,
             )),
         )
 
-    def create_payload_index(self, collection_name: str, field_name: str, field_schema: Any = None, **kwargs: Any) -> qm.UpdateResult:
-        schema = field_schema if isinstance(field_schema, qm.PayloadSchemaType) else qm.PayloadSchemaType(field_schema or "keyword")
-        self._shard(collection_name).update(qe.UpdateOperation.create_field_index(field_name, _SCHEMAS[schema]))
-        return qm.UpdateResult(operation_id=0, status=qm.UpdateStatus.COMPLETED)
+    def create_payload_index(self, collection_name: str, field_name: str, field_schema: Any = None, **kwargs: Any) -> em.UpdateResult:
+        schema = _SCHEMAS[_value(field_schema or "keyword")]
+        self._shard(collection_name).update(qe.UpdateOperation.create_field_index(field_name, schema))
+        return _DONE
 
     # -- aliases -----------------------------------------------------------------------------
 
-    def get_aliases(self, **kwargs: Any) -> qm.CollectionsAliasesResponse:
+    def get_aliases(self, **kwargs: Any) -> em.CollectionsAliasesResponse:
         self._check_open()
-        return qm.CollectionsAliasesResponse(aliases=[
-            qm.AliasDescription(alias_name=a, collection_name=c) for a, c in sorted(self._aliases.items())
+        return em.CollectionsAliasesResponse(aliases=[
+            em.AliasDescription(alias_name=a, collection_name=c) for a, c in sorted(self._aliases.items())
         ])
 
     def update_collection_aliases(self, change_aliases_operations: Sequence[Any], **kwargs: Any) -> bool:
@@ -318,16 +326,16 @@ class EdgeClient:
         self._check_open()
         aliases = dict(self._aliases)
         for op in change_aliases_operations:
-            if isinstance(op, qm.CreateAliasOperation):
+            if _kind(op) == "CreateAliasOperation":
                 if not self._exists(op.create_alias.collection_name):
                     raise EdgeError(f"Collection {op.create_alias.collection_name} not found")
                 if self._exists(op.create_alias.alias_name):
                     raise EdgeError(f"Collection with name `{op.create_alias.alias_name}` already exists")
                 aliases[op.create_alias.alias_name] = op.create_alias.collection_name
-            elif isinstance(op, qm.DeleteAliasOperation):
+            elif _kind(op) == "DeleteAliasOperation":
                 if aliases.pop(op.delete_alias.alias_name, None) is None:
                     raise EdgeError(f"Alias {op.delete_alias.alias_name} does not exist")
-            elif isinstance(op, qm.RenameAliasOperation):
+            elif _kind(op) == "RenameAliasOperation":
                 old, new = op.rename_alias.old_alias_name, op.rename_alias.new_alias_name
                 if old not in aliases:
                     raise EdgeError(f"Alias {old} does not exist")
@@ -340,18 +348,18 @@ class EdgeClient:
 
     # -- points ------------------------------------------------------------------------------
 
-    def upsert(self, collection_name: str, points: Any, wait: bool = True, **kwargs: Any) -> qm.UpdateResult:
+    def upsert(self, collection_name: str, points: Any, wait: bool = True, **kwargs: Any) -> em.UpdateResult:
         shard = self._shard(collection_name)
         shard.update(qe.UpdateOperation.upsert_points(list(_edge_points(points))))
         self._dirty.add(self._real(collection_name))
-        return qm.UpdateResult(operation_id=0, status=qm.UpdateStatus.COMPLETED)
+        return _DONE
 
-    def delete(self, collection_name: str, points_selector: Any, wait: bool = True, **kwargs: Any) -> qm.UpdateResult:
+    def delete(self, collection_name: str, points_selector: Any, wait: bool = True, **kwargs: Any) -> em.UpdateResult:
         shard = self._shard(collection_name)
-        if isinstance(points_selector, qm.PointIdsList):
+        if _kind(points_selector) == "PointIdsList":
             op = qe.UpdateOperation.delete_points([_edge_id(i) for i in points_selector.points])
-        elif isinstance(points_selector, (qm.FilterSelector, qm.Filter)):
-            flt = points_selector.filter if isinstance(points_selector, qm.FilterSelector) else points_selector
+        elif _kind(points_selector) in ("FilterSelector", "Filter"):
+            flt = points_selector.filter if _kind(points_selector) == "FilterSelector" else points_selector
             op = qe.UpdateOperation.delete_points_by_filter(edge_filter(flt))
         elif isinstance(points_selector, (list, tuple)):
             op = qe.UpdateOperation.delete_points([_edge_id(i) for i in points_selector])
@@ -359,42 +367,42 @@ class EdgeClient:
             raise EdgeError(f"unsupported points selector {type(points_selector).__name__}")
         shard.update(op)
         self._dirty.add(self._real(collection_name))
-        return qm.UpdateResult(operation_id=0, status=qm.UpdateStatus.COMPLETED)
+        return _DONE
 
     def scroll(
-        self, collection_name: str, scroll_filter: qm.Filter | None = None, limit: int = 10, offset: Any = None,
+        self, collection_name: str, scroll_filter: Any = None, limit: int = 10, offset: Any = None,
         with_payload: Any = True, with_vectors: Any = False, **kwargs: Any,
-    ) -> tuple[list[qm.Record], int | str | None]:
+    ) -> tuple[list[em.Record], int | str | None]:
         records, next_offset = self._shard(collection_name).scroll(qe.ScrollRequest(
             offset=_edge_id(offset) if offset is not None else None, limit=limit, filter=edge_filter(scroll_filter),
             with_payload=_with_payload(with_payload), with_vector=with_vectors,
         ))
         return (
-            [qm.Record(id=_point_id(r.id), payload=r.payload, vector=_qm_vector(r.vector)) for r in records],
+            [em.Record(id=_point_id(r.id), payload=r.payload, vector=_qm_vector(r.vector)) for r in records],
             _point_id(next_offset) if next_offset is not None else None,
         )
 
-    def count(self, collection_name: str, count_filter: qm.Filter | None = None, exact: bool = True, **kwargs: Any) -> qm.CountResult:
-        return qm.CountResult(count=self._shard(collection_name).count(qe.CountRequest(exact=True, filter=edge_filter(count_filter))))
+    def count(self, collection_name: str, count_filter: Any = None, exact: bool = True, **kwargs: Any) -> em.CountResult:
+        return em.CountResult(count=self._shard(collection_name).count(qe.CountRequest(exact=True, filter=edge_filter(count_filter))))
 
     def query_points(
         self, collection_name: str, query: Any = None, using: str | None = None, prefetch: Any = None,
-        query_filter: qm.Filter | None = None, limit: int = 10, offset: int | None = None, with_payload: Any = True,
+        query_filter: Any = None, limit: int = 10, offset: int | None = None, with_payload: Any = True,
         with_vectors: Any = False, score_threshold: float | None = None, **kwargs: Any,
-    ) -> qm.QueryResponse:
-        request = qm.QueryRequest(
-            query=_qm_query(query), using=using, prefetch=prefetch, filter=query_filter, limit=limit, offset=offset,
+    ) -> em.QueryResponse:
+        request = em.QueryRequest(
+            query=query, using=using, prefetch=prefetch, filter=query_filter, limit=limit, offset=offset,
             with_payload=with_payload, with_vector=with_vectors, score_threshold=score_threshold,
         )
         [points] = self.query_batch_points(collection_name, requests=[request])
         return points
 
-    def query_batch_points(self, collection_name: str, requests: Sequence[qm.QueryRequest], **kwargs: Any) -> list[qm.QueryResponse]:
+    def query_batch_points(self, collection_name: str, requests: Sequence[Any], **kwargs: Any) -> list[em.QueryResponse]:
         # One planned batch: the segments are read once for all of them.
         results = self._shard(collection_name).query_batch(qe.QueryBatchRequest([_edge_request(r) for r in requests]))
         return [
-            qm.QueryResponse(points=[
-                qm.ScoredPoint(id=_point_id(p.id), version=p.version, score=p.score, payload=p.payload, vector=_qm_vector(p.vector))
+            em.QueryResponse(points=[
+                em.ScoredPoint(id=_point_id(p.id), version=p.version, score=p.score, payload=p.payload, vector=_qm_vector(p.vector))
                 for p in points
             ])
             for points in results
@@ -404,36 +412,23 @@ class EdgeClient:
 # -- translation ----------------------------------------------------------------------------
 
 
-def _qm_query(query: Any) -> Any:
-    if query is None or isinstance(query, (qm.NearestQuery, qm.FusionQuery, qm.RrfQuery)):
-        return query
-    if isinstance(query, (qm.SparseVector, list)):
-        return qm.NearestQuery(nearest=query)
-    if isinstance(query, qm.Fusion):
-        return qm.FusionQuery(fusion=query)
-    if hasattr(query, "tolist"):
-        return qm.NearestQuery(nearest=query.tolist())
-    raise EdgeError(f"unsupported query {type(query).__name__}")
-
-
 def _edge_scoring(query: Any, using: str | None) -> Any:
-    query = _qm_query(query)
     if query is None:
         return None
-    if isinstance(query, qm.NearestQuery):
-        vector = query.nearest
-        if isinstance(vector, qm.SparseVector):
-            vector = qe.SparseVector(indices=list(vector.indices), values=[float(v) for v in vector.values])
-        elif not isinstance(vector, list):
-            raise EdgeError(f"unsupported nearest query {type(vector).__name__}")
-        return qe.Query.Nearest(vector, using=using or "")
-    if isinstance(query, qm.FusionQuery):
-        if query.fusion == qm.Fusion.RRF:
-            return qe.Fusion.Rrf(k=RRF_K)
-        return qe.Fusion.Dbsf()
-    if isinstance(query, qm.RrfQuery):
+    kind = _kind(query)
+    if kind == "NearestQuery":
+        query, kind = query.nearest, _kind(query.nearest)
+    if kind == "SparseVector":
+        return qe.Query.Nearest(qe.SparseVector(indices=list(query.indices), values=[float(v) for v in query.values]),
+                                using=using or "")
+    if isinstance(query, list) or hasattr(query, "tolist"):
+        return qe.Query.Nearest(query.tolist() if hasattr(query, "tolist") else query, using=using or "")
+    if kind in ("FusionQuery", "Fusion"):
+        fusion = _value(query.fusion if kind == "FusionQuery" else query)
+        return qe.Fusion.Rrf(k=RRF_K) if fusion == "rrf" else qe.Fusion.Dbsf()
+    if kind == "RrfQuery":
         return qe.Fusion.Rrf(k=query.rrf.k if query.rrf.k is not None else RRF_K, weights=query.rrf.weights)
-    raise EdgeError(f"unsupported query {type(query).__name__}")
+    raise EdgeError(f"unsupported query {kind}")
 
 
 def _edge_prefetches(prefetch: Any) -> list[qe.Prefetch] | None:
@@ -449,7 +444,7 @@ def _edge_prefetches(prefetch: Any) -> list[qe.Prefetch] | None:
     ]
 
 
-def _edge_request(r: qm.QueryRequest) -> qe.QueryRequest:
+def _edge_request(r: Any) -> qe.QueryRequest:
     return qe.QueryRequest(
         limit=r.limit if r.limit is not None else 10, offset=r.offset, query=_edge_scoring(r.query, r.using),
         prefetches=_edge_prefetches(r.prefetch), filter=edge_filter(r.filter), score_threshold=r.score_threshold,
@@ -459,9 +454,9 @@ def _edge_request(r: qm.QueryRequest) -> qe.QueryRequest:
 
 
 def _with_payload(value: Any) -> Any:
-    if isinstance(value, qm.PayloadSelectorInclude):
+    if _kind(value) == "PayloadSelectorInclude":
         return qe.PayloadSelector.Include(list(value.include))
-    if isinstance(value, qm.PayloadSelectorExclude):
+    if _kind(value) == "PayloadSelectorExclude":
         return qe.PayloadSelector.Exclude(list(value.exclude))
     return value
 
@@ -472,7 +467,7 @@ def _as_list(value: Any) -> list:
     return list(value) if isinstance(value, list) else [value]
 
 
-def edge_filter(flt: qm.Filter | None) -> qe.Filter | None:
+def edge_filter(flt: Any) -> qe.Filter | None:
     if flt is None:
         return None
     must, should, must_not = (
@@ -486,37 +481,33 @@ def edge_filter(flt: qm.Filter | None) -> qe.Filter | None:
 
 
 def _edge_condition(c: Any) -> Any:
-    if isinstance(c, qm.Filter):
+    kind = _kind(c)
+    if kind == "Filter":
         return edge_filter(c)
-    if isinstance(c, qm.HasIdCondition):
+    if kind == "HasIdCondition":
         return qe.HasIdCondition({_edge_id(i) for i in c.has_id})
-    if isinstance(c, qm.IsEmptyCondition):
-        return qe.IsEmptyCondition(c.is_empty.key)
-    if isinstance(c, qm.IsNullCondition):
-        return qe.IsNullCondition(c.is_null.key)
-    if isinstance(c, qm.FieldCondition):
+    if kind == "FieldCondition":
         if c.match is None:
             raise EdgeError(f"unsupported condition on {c.key!r}: only matches are translated")
         return qe.FieldCondition(key=c.key, match=_edge_match(c.match))
-    raise EdgeError(f"unsupported filter condition {type(c).__name__}")
+    raise EdgeError(f"unsupported filter condition {kind}")
 
 
 def _edge_match(m: Any) -> Any:
-    if isinstance(m, qm.MatchValue):
+    kind = _kind(m)
+    if kind == "MatchValue":
         return qe.MatchValue(m.value)
-    if isinstance(m, qm.MatchAny):
+    if kind == "MatchAny":
         return qe.MatchAny(list(m.any))
-    if isinstance(m, qm.MatchExcept):
+    if kind == "MatchExcept":
         return qe.MatchExcept(list(m.except_))
-    if isinstance(m, qm.MatchText):
-        return qe.MatchText(m.text)
-    raise EdgeError(f"unsupported match {type(m).__name__}")
+    raise EdgeError(f"unsupported match {kind}")
 
 
 def _edge_vector(vector: Any) -> Any:
     if isinstance(vector, dict):
         return {name: _edge_vector(v) for name, v in vector.items()}
-    if isinstance(vector, qm.SparseVector):
+    if _kind(vector) == "SparseVector":
         return qe.SparseVector(indices=list(vector.indices), values=[float(v) for v in vector.values])
     if hasattr(vector, "tolist"):
         return vector.tolist()
@@ -531,7 +522,7 @@ def _qm_vector(vector: Any) -> Any:
         # As a server answers for a collection with only the unnamed vector.
         return out[""] if list(out) == [""] else out
     if isinstance(vector, qe.SparseVector):
-        return qm.SparseVector(indices=list(vector.indices), values=list(vector.values))
+        return em.SparseVector(indices=list(vector.indices), values=list(vector.values))
     return list(vector)
 
 
@@ -550,7 +541,7 @@ def _payload(value: Any) -> Any:
 
 
 def _edge_points(points: Any) -> Iterable[qe.Point]:
-    if isinstance(points, qm.Batch):
+    if _kind(points) == "Batch":
         ids = points.ids
         payloads = points.payloads or [None] * len(ids)
         vectors = points.vectors
@@ -594,12 +585,12 @@ def migrate_legacy(source: Path, target: EdgeClient, *, page: int = 1_000) -> di
             target.create_collection(name, vectors_config=params.vectors, sparse_vectors_config=params.sparse_vectors)
             # Local mode had no payload indexes; a server-built collection has these.
             for field in PAYLOAD_INDEXES:
-                target.create_payload_index(name, field, field_schema=qm.PayloadSchemaType.KEYWORD)
+                target.create_payload_index(name, field, field_schema=em.PayloadSchemaType.KEYWORD)
             offset = None
             while True:
                 points, offset = legacy.scroll(name, limit=page, offset=offset, with_payload=True, with_vectors=True)
                 if points:
-                    target.upsert(name, points=[qm.PointStruct(id=p.id, vector=p.vector, payload=p.payload) for p in points])
+                    target.upsert(name, points=[em.PointStruct(id=p.id, vector=p.vector, payload=p.payload) for p in points])
                 if offset is None:
                     break
             expected, got = legacy.count(name, exact=True).count, target.count(name).count
@@ -609,7 +600,7 @@ def migrate_legacy(source: Path, target: EdgeClient, *, page: int = 1_000) -> di
         aliases = legacy.get_aliases().aliases
         if aliases:
             target.update_collection_aliases(change_aliases_operations=[
-                qm.CreateAliasOperation(create_alias=qm.CreateAlias(collection_name=a.collection_name, alias_name=a.alias_name))
+                em.CreateAliasOperation(create_alias=em.CreateAlias(collection_name=a.collection_name, alias_name=a.alias_name))
                 for a in aliases
             ])
     finally:
