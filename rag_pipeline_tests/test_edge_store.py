@@ -272,3 +272,18 @@ def test_a_legacy_folder_named_by_qdrant_path_is_refused_with_the_command_to_cop
     client = open_client(None, tmp_path / "new")
     assert {c.name: client.count(c.name).count for c in client.get_collections().collections} == counts
     client.close()
+
+
+def test_optimize_vacuums_and_builds_hnsw_on_demand_with_the_same_answers(tmp_path: Path):
+    store = _fill(open_client(None, tmp_path / "v"))
+    query = [random.Random(9).uniform(-1, 1) for _ in range(DIM)]
+    before = _ranked(store.query(dense=query, k=5, mode="dense", dense_floor=None))
+    store.client.optimize("c")
+    assert _ranked(store.query(dense=query, k=5, mode="dense", dense_floor=None)) == before
+    store.client.optimize("c", hnsw=True)
+    # 120 points are under any HNSW threshold: the segment stays plain and exact.
+    assert _ranked(store.query(dense=query, k=5, mode="dense", dense_floor=None)) == before
+    store.close()
+    store = VectorStore(open_client(None, tmp_path / "v"), "c", keyword=True)
+    assert store.count() == 120 and _ranked(store.query(dense=query, k=5, mode="dense", dense_floor=None)) == before
+    store.close()

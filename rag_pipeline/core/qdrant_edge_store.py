@@ -6,9 +6,11 @@ opened its folder and searched by brute force in Python: at 20,000 points, 13 s 
 segments, payload indexes, sparse vectors with the IDF modifier, prefetch + RRF fusion; the same
 folder opens in ~0.3 s and a hybrid search takes milliseconds (benchmarks/results/2026-12-06-edge-*).
 
-`EdgeClient` offers the QdrantClient methods the pipeline uses, with the same
-`qdrant_client.http.models` types in and out, so vectorstore.py, generations.py and search.py
-do not know which one they talk to, and a server (QDRANT_URL) stays a plain QdrantClient.
+`EdgeClient` offers the QdrantClient methods the pipeline uses, with the same signatures; it
+takes qdrant-client's models or their plain stand-ins (core/edge_models.py, which VectorStore
+uses for it, so a search never imports qdrant-client) and answers with the stand-ins, which have
+the fields callers read. vectorstore.py, generations.py and search.py do not know which client
+they talk to, and a server (QDRANT_URL) stays a plain QdrantClient.
 
 Layout of the store folder:
     .lock                    held (flock) by the one process that has the store open
@@ -30,7 +32,8 @@ answers a hybrid query in ~10 ms at 20,000 points. The shards are configured wit
 threshold no collection here reaches, so the `optimize()` run when a writer closes only merges
 segments and vacuums deleted points (about 1.6 s at 15,000 points when a quarter were deleted,
 nothing when there is nothing to do). `rag-pipeline vectors optimize --hnsw` builds the graph
-on demand for a large store.
+on demand for a large store; it leaves that collection at Qdrant's default threshold, so from
+then on the optimize at a writer's close keeps new segments indexed too (the operator's choice).
 """
 
 from __future__ import annotations
@@ -196,9 +199,9 @@ class EdgeClient:
         try:
             for name, shard in self._shards.items():
                 if name in self._dirty:
-                    # Merges segments and vacuums deleted points; never an HNSW build (module doc).
+                    # Merges segments and vacuums deleted points; no HNSW build (module doc).
                     shard.optimize()
-                shard.flush()
+                    shard.flush()
                 shard.close()
         finally:
             self._shards.clear()
@@ -260,6 +263,7 @@ class EdgeClient:
             vectors=dense, sparse_vectors=sparse or None,
             optimizers=qe.EdgeOptimizersConfig(indexing_threshold=NO_AUTO_INDEX_KB),
         ))
+        self._dirty.add(collection_name)
         return True
 
     def delete_collection(self, collection_name: str, **kwargs: Any) -> bool:
@@ -311,6 +315,7 @@ class EdgeClient:
     def create_payload_index(self, collection_name: str, field_name: str, field_schema: Any = None, **kwargs: Any) -> em.UpdateResult:
         schema = _SCHEMAS[_value(field_schema or "keyword")]
         self._shard(collection_name).update(qe.UpdateOperation.create_field_index(field_name, schema))
+        self._dirty.add(self._real(collection_name))
         return _DONE
 
     # -- aliases -----------------------------------------------------------------------------
