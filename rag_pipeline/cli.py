@@ -370,8 +370,8 @@ def cmd_vectors(args: argparse.Namespace, settings: Settings) -> int:
         source = Path(args.source).expanduser().resolve() if args.source else settings.legacy_qdrant_path
         if source is None or not qdrant_edge_store.is_legacy_folder(source):
             raise VectorStoreError(
-                f"{source or 'no folder given'}: not an embedded Qdrant folder of qdrant-client's local mode "
-                "(it has a meta.json); name one with --from"
+                f"nothing to migrate: {source or 'no folder given'} is not a folder of qdrant-client's local mode "
+                "(one holding meta.json); name one with --from"
             )
         if source == settings.qdrant_path:
             raise VectorStoreError(f"QDRANT_PATH is {source}, the folder to copy: point QDRANT_PATH at a new folder")
