@@ -31,6 +31,8 @@ setup(
         "openai>=1.40",
         # The same minor version as the Qdrant server image in docker-compose.yml.
         "qdrant-client>=1.20,<1.21",
+        # The embedded vector store (core/qdrant_edge_store.py); 0.x minors change the API.
+        "qdrant-edge-py>=0.9,<0.10",
         "pandas>=2.2",
         "tabulate>=0.9",
         "tiktoken>=0.8",

@@ -1,5 +1,5 @@
-"""Embedded vector stores at scale: qdrant-client's local mode (as the pipeline opens it, with
-its float32 loader) against Qdrant Edge (`qdrant-edge-py`), on the same points.
+"""Embedded vector stores at scale: qdrant-client's local mode against Qdrant Edge
+(`qdrant-edge-py`, the pipeline's embedded store since 2026-12-06), on the same points.
 
     python benchmarks/vector_stores.py --points 200000 [--dim 384] [--out FILE]
 
@@ -56,12 +56,14 @@ def peak_rss_mb() -> float:
 # -- qdrant-client local mode, opened as the pipeline opens it -------------------------------
 
 class ClientLocal:
-    name = "qdrant-client local (float32 loader)"
+    # The pipeline's float32 loader (core/qdrant_local.py) went with local mode on 2026-12-06:
+    # this is qdrant-client's local mode as it ships, which the 2026-12-02 figures beat a little.
+    name = "qdrant-client local"
 
     def __init__(self, path: Path) -> None:
-        from rag_pipeline.core.vectorstore import open_client
+        from qdrant_client import QdrantClient
 
-        self.client = open_client(None, path)
+        self.client = QdrantClient(path=str(path))
 
     def create(self, dim: int) -> None:
         from qdrant_client.http import models as qm

@@ -360,6 +360,44 @@ def cmd_stop(args: argparse.Namespace, settings: Settings) -> int:
     return OK
 
 
+def cmd_vectors(args: argparse.Namespace, settings: Settings) -> int:
+    """The embedded vector store: copy an older version's folder into it, or optimize it."""
+    from rag_pipeline.core import qdrant_edge_store
+    from rag_pipeline.core.vectorstore import VectorStoreError, open_embedded
+
+    if settings.qdrant_url:
+        raise VectorStoreError("QDRANT_URL is set: the vectors verb works on the embedded store only")
+    if args.action == "migrate":
+        source = Path(args.source).expanduser().resolve() if args.source else settings.legacy_qdrant_path
+        if source is None or not qdrant_edge_store.is_legacy_folder(source):
+            raise VectorStoreError(
+                f"nothing to migrate: {source or 'no folder given'} is not a folder of qdrant-client's local mode "
+                "(one holding meta.json); name one with --from"
+            )
+        if source == settings.qdrant_path:
+            raise VectorStoreError(f"QDRANT_PATH is {source}, the folder to copy: point QDRANT_PATH at a new folder")
+        client = open_embedded(settings.qdrant_path)
+        try:
+            copied = qdrant_edge_store.migrate_legacy(source, client)
+            client.initialise({"migrated_from": str(source), "collections": copied})
+        finally:
+            client.close()
+        _emit(args, {"from": str(source), "to": str(settings.qdrant_path), "collections": copied},
+              "\n".join([f"copied {source} into {settings.qdrant_path}:"]
+                        + [f"  {name}: {count} points (counts equal)" for name, count in copied.items()]
+                        + [f"{source} is no longer read and can be deleted"]))
+        return OK
+    client = open_embedded(settings.qdrant_path, legacy=settings.legacy_qdrant_path)
+    try:
+        names = [c.name for c in client.get_collections().collections]
+        changed = {name: client.optimize(name, hnsw=args.hnsw) for name in names}
+    finally:
+        client.close()
+    _emit(args, {"optimized": changed, "hnsw": args.hnsw},
+          "\n".join(f"{name}: {'optimized' if done else 'already optimal'}" for name, done in changed.items()) or "no collections")
+    return OK
+
+
 EXIT_CODES = """exit codes:
   0  every document this run took up was indexed (documents waiting on a run in progress elsewhere
      are not failures)
@@ -422,6 +460,12 @@ VERBS: dict[str, dict] = {
     "ui": dict(
         help="the Dagster UI and daemon on this data, with the documented instance (run monitoring, retries)",
         epilog="examples:\n  rag-pipeline ui\n  rag-pipeline ui --port 3001",
+    ),
+    "vectors": dict(
+        help="the embedded vector store: `migrate` an older version's folder into it, `optimize` it",
+        epilog="examples:\n  rag-pipeline vectors migrate                 # <data>/qdrant into <data>/vectors\n"
+        "  rag-pipeline vectors migrate --from OLD      # into QDRANT_PATH\n"
+        "  rag-pipeline vectors optimize --hnsw         # build the HNSW graph (minutes at 100,000s of chunks)",
     ),
     "stop": dict(
         help="stop the data folder's PostgreSQL server (the default database; any verb starts it again)",
@@ -491,6 +535,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("ui", cmd_ui)
     p.add_argument("--host", default="127.0.0.1", help="address the webserver listens on (default: %(default)s)")
     p.add_argument("-p", "--port", type=int, default=3000, help="webserver port (default: %(default)s)")
+    p = verb("vectors", cmd_vectors)
+    p.add_argument("action", choices=("migrate", "optimize"),
+                   help="migrate: copy an older version's embedded Qdrant folder into the store; optimize: merge segments, vacuum")
+    p.add_argument("--from", dest="source", metavar="FOLDER",
+                   help="migrate: the older folder (default: <data>/qdrant when QDRANT_PATH is not set)")
+    p.add_argument("--hnsw", action="store_true", help="optimize: also build the HNSW graph of each collection")
     verb("stop", cmd_stop)
     return parser
 

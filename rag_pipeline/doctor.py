@@ -134,7 +134,7 @@ def _qdrant(settings: Settings) -> tuple[str, str]:
 
     try:
         client = open_client(settings.qdrant_url, settings.qdrant_path, settings.qdrant_api_key,
-                             timeout=PROBE_TIMEOUT_SECONDS, lock_wait=2.0)
+                             timeout=PROBE_TIMEOUT_SECONDS, lock_wait=2.0, legacy=settings.legacy_qdrant_path)
     except VectorStoreError as exc:
         # The embedded folder is open in a run or the UI's daemon: working, just not here.
         return WARNING, first_line(str(exc))

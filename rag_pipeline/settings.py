@@ -28,6 +28,10 @@ DEFAULT_MODELS = {
     "local": "all-MiniLM-L6-v2",
 }
 DEFAULT_DIMENSIONS = {"hash": 384, "local": 384}
+# The embedded vector store's folder in the data folder (Qdrant Edge), and the one qdrant-client's
+# local mode used before it: different names, so neither layout is ever opened as the other.
+EMBEDDED_STORE = "vectors"
+LEGACY_EMBEDDED_STORE = "qdrant"
 
 # Set while `from_env(env)` builds settings from a given mapping: the process environment is
 # then not read at all.
@@ -99,8 +103,8 @@ class Settings(BaseSettings):
     )
     qdrant_url: Optional[str] = _setting(None, "QDRANT_URL", "a Qdrant server (else the embedded folder)",
                                          form="an http(s) URL")
-    qdrant_path: Optional[Path] = _setting(None, "QDRANT_PATH", "the embedded Qdrant folder", form="a folder path",
-                                           shown="`<data>/qdrant`")
+    qdrant_path: Optional[Path] = _setting(None, "QDRANT_PATH", "the embedded vector store (Qdrant Edge) folder",
+                                           form="a folder path", shown="`<data>/vectors`")
     qdrant_api_key: Optional[str] = _setting(None, "QDRANT_API_KEY", "the Qdrant server's API key",
                                              form="the key", secret=True)
     inbox_dir: Optional[Path] = _setting(None, "RAG_INBOX_DIR", "landing directory", form="a folder path",
@@ -294,7 +298,7 @@ class Settings(BaseSettings):
             else:
                 self.database_url = embedded_pg.database_url(self.data_dir)
         self.inbox_dir = Path(self.inbox_dir or self.data_dir / "inbox").expanduser().resolve()
-        self.qdrant_path = Path(self.qdrant_path or self.data_dir / "qdrant").expanduser().resolve()
+        self.qdrant_path = Path(self.qdrant_path or self.data_dir / EMBEDDED_STORE).expanduser().resolve()
         self.embedding_model = self.embedding_model or DEFAULT_MODELS[self.embedder]
         if self.embedding_dimensions is None:
             self.embedding_dimensions = DEFAULT_DIMENSIONS.get(self.embedder)
@@ -329,6 +333,14 @@ class Settings(BaseSettings):
         from rag_pipeline import embedded_pg
 
         return self.database_url == f"sqlite:///{self.data_dir / embedded_pg.LEGACY_SQLITE}"
+
+    @property
+    def legacy_qdrant_path(self) -> Path | None:
+        """Where the embedded index of an older version is (`<data>/qdrant`, qdrant-client's local
+        mode), copied into the store on its first open; only for the default store folder."""
+        if self.qdrant_url or self.qdrant_path != self.data_dir / EMBEDDED_STORE:
+            return None
+        return self.data_dir / LEGACY_EMBEDDED_STORE
 
     @property
     def limits(self) -> Limits:
@@ -413,7 +425,7 @@ def open_vector_store(settings: Settings, engine=None):  # noqa: ANN001, ANN201
     from rag_pipeline.core import generations
     from rag_pipeline.core.vectorstore import VectorStore, open_client
 
-    client = open_client(settings.qdrant_url, settings.qdrant_path, settings.qdrant_api_key)
+    client = open_client(settings.qdrant_url, settings.qdrant_path, settings.qdrant_api_key, legacy=settings.legacy_qdrant_path)
     spec = settings.embedding_spec
     if engine is not None:
         return VectorStore(

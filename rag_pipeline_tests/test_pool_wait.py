@@ -87,14 +87,13 @@ def test_waiting_for_a_pool_slot_sleeps_and_takes_the_slot_when_freed(tmp_path, 
 
 
 def test_a_second_writer_waits_for_the_embedded_folder_and_gets_it_when_released(tmp_path):
-    """Embedded Qdrant admits one process per folder; the writing steps take turns on it (each
+    """The embedded store admits one process per folder; the writing steps take turns on it (each
     releases it as soon as its Qdrant work is done), sleeping while they wait."""
-    from qdrant_client import QdrantClient
-
+    from rag_pipeline.core.qdrant_edge_store import EdgeClient
     from rag_pipeline.core.vectorstore import open_client
 
-    holder = QdrantClient(path=str(tmp_path / "qdrant"))
-    waited = wait_then_release(lambda: open_client(None, tmp_path / "qdrant"), 2, holder.close)
+    holder = EdgeClient(tmp_path / "vectors")
+    waited = wait_then_release(lambda: open_client(None, tmp_path / "vectors"), 2, holder.close)
     client = waited["result"]
     assert client.get_collections() is not None
     # A claim every 0.2 s at most, then opening the folder: well under a second alone, but four

@@ -69,4 +69,4 @@ def test_demo_on_embedded_defaults(tmp_path):
     # Everything lives under one data folder: the PostgreSQL cluster holding our tables and
     # Dagster's storage, embedded Qdrant.
     assert (data / "postgres" / "data" / "PG_VERSION").is_file() and not (data / "rag.sqlite3").exists()
-    assert (data / "qdrant").is_dir() and "PooledPostgresEventLogStorage" in (data / "dagster" / "dagster.yaml").read_text()
+    assert (data / "vectors").is_dir() and "PooledPostgresEventLogStorage" in (data / "dagster" / "dagster.yaml").read_text()

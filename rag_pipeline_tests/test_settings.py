@@ -100,29 +100,14 @@ filters = list(warnings.filters)
 import rag_pipeline.cli, rag_pipeline.pipeline_runner, rag_pipeline.daemon
 import rag_pipeline.defs.assets, rag_pipeline.defs.checks, rag_pipeline.defs.sensors, rag_pipeline.defs.storage
 import rag_pipeline.defs.run_launcher, rag_pipeline.core.vectorstore, rag_pipeline.core.planning
-from qdrant_client.local import persistence
-from rag_pipeline.core import qdrant_local
 from rag_pipeline.defs import dagster_internals
 print(json.dumps({
     "env": sorted(k for k in os.environ if k.startswith("DAGSTER_EVENT") or k.startswith("DAGSTER_EMIT")),
     "filters": warnings.filters == filters,
-    "loader": persistence.CollectionPersistence.load.__module__,
     "pool_wait": not dagster_internals.pool_wait_installed(),
 }))
 """
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("DAGSTER_E")}
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True)
     state = json.loads(out.stdout.strip().splitlines()[-1])
-    assert state == {"env": [], "filters": True, "loader": "qdrant_client.local.persistence", "pool_wait": True}
-
-
-def test_the_float32_loader_is_installed_on_the_embedded_path(tmp_path):
-    from qdrant_client.local import persistence
-
-    from rag_pipeline.core.vectorstore import open_client
-
-    client = open_client(None, tmp_path / "qdrant")
-    try:
-        assert persistence.CollectionPersistence.load.__module__ == "rag_pipeline.core.qdrant_local"
-    finally:
-        client.close()
+    assert state == {"env": [], "filters": True, "pool_wait": True}

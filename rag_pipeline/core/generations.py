@@ -293,8 +293,9 @@ def _switch(
     conn: sa.Connection, client: QdrantClient, alias: str, target: Generation, aliased: str | None,
     current: str | None, rows: dict[str, Generation],
 ) -> None:
-    from qdrant_client.http import models as qm
+    from rag_pipeline.core.vectorstore import models_for
 
+    qm = models_for(client)
     # One call, so readers see the old collection or the new one, never neither. Except once
     # after an upgrade: the pre-generation collection holds the alias's name and must go first.
     operations: list = []

@@ -127,7 +127,7 @@ class Searcher:
         from rag_pipeline.settings import Settings, make_settings_embedder
 
         settings = settings or Settings.from_env()
-        client = open_client(settings.qdrant_url, settings.qdrant_path, settings.qdrant_api_key)
+        client = open_client(settings.qdrant_url, settings.qdrant_path, settings.qdrant_api_key, legacy=settings.legacy_qdrant_path)
         return cls(
             # Not migrated here (alembic costs a CLI search ~0.4 s): search reads tables the
             # pipeline created, and only once a collection is served.

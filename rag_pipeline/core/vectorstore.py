@@ -13,11 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Collection, Iterator, Mapping, Sequence
 
-import numpy as np
-from qdrant_client import QdrantClient
-from qdrant_client.http import models as qm
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-from rag_pipeline.core import qdrant_local, sparse
+import numpy as np
+
+from rag_pipeline.core import qdrant_edge_store, sparse
+from rag_pipeline.core.qdrant_edge_store import EdgeClient, StoreBusy
+
+if TYPE_CHECKING:  # a server's client only: importing qdrant-client costs seconds (core/edge_models.py)
+    from qdrant_client import QdrantClient
 
 # Excluded documents sent to Qdrant as a filter, at most; more are filtered from the hits.
 EXCLUDE_IN_QUERY = 1_000
@@ -30,8 +35,6 @@ FUSION_CANDIDATES = 50
 # chunk 0; a semantic model never scores a related one this low): filler, not a candidate, or
 # RRF would rank it beside real keyword hits.
 DENSE_FLOOR = 0.0005
-# Above this many document ids, a scroll of embedded Qdrant reads every point (see points_of).
-LOCAL_FILTER_MAX_VALUES = 16
 
 
 class VectorStoreError(Exception):
@@ -44,33 +47,77 @@ def open_client(
     api_key: str | None = None,
     timeout: float = 30.0,
     lock_wait: float = 900.0,
-) -> QdrantClient:
+    *,
+    legacy: Path | None = None,
+) -> QdrantClient | EdgeClient:
+    """A Qdrant server by `url`, else the embedded store (Qdrant Edge) in the folder `path`.
+
+    `legacy` is where qdrant-client's local mode kept the embedded index before (`<data>/qdrant`):
+    a store opened for the first time copies it (see `open_embedded`)."""
     if url:
+        from qdrant_client import QdrantClient
+
         return QdrantClient(url=url, api_key=api_key, timeout=int(timeout))
     assert path is not None
+    return open_embedded(path, lock_wait=lock_wait, legacy=legacy)
+
+
+def open_embedded(path: Path | str, *, lock_wait: float = 900.0, legacy: Path | str | None = None) -> EdgeClient:
+    path, legacy = Path(path), Path(legacy) if legacy is not None else None
+    if qdrant_edge_store.is_legacy_folder(path):
+        raise VectorStoreError(
+            f"{path} is an embedded Qdrant folder of qdrant-client's local mode, which this version no "
+            f"longer opens; copy it into a new folder with `rag-pipeline vectors migrate --from {path}` "
+            "(into QDRANT_PATH, so point QDRANT_PATH at a new folder first)"
+        )
     path.mkdir(parents=True, exist_ok=True)
-    # This process is about to load the folder's every point: as float32 arrays, less than
-    # half the memory (core/qdrant_local.py). A server keeps its points out of our processes.
-    qdrant_local.install()
-    # Embedded Qdrant allows one process per folder, and that is what serializes the runs'
-    # writers: a second one waits here (sleeping, a claim every 0.2 s at most) until the first
-    # closes its client, which the writing step does as soon as its Qdrant work is done.
+    # One process per folder, and that is what serializes the runs' writers: a second one waits
+    # here (sleeping, a claim every 0.2 s at most) until the first closes its client, which the
+    # writing step does as soon as its Qdrant work is done.
     deadline = time.monotonic() + lock_wait
     delay, waited = 0.02, False
     while True:
         try:
-            return QdrantClient(path=str(path))
-        except RuntimeError as exc:
-            if "already accessed" not in str(exc) or time.monotonic() > deadline:
+            client = EdgeClient(path)
+            break
+        except StoreBusy as exc:
+            if time.monotonic() > deadline:
                 raise VectorStoreError(
-                    f"embedded Qdrant folder {path} is busy in another process; "
+                    f"embedded vector store {path} is busy in another process; "
                     "set QDRANT_URL to a Qdrant server for concurrent access"
                 ) from exc
             if not waited:
-                logging.getLogger(__name__).info("waiting for embedded Qdrant folder %s (open in another process)", path)
+                logging.getLogger(__name__).info("waiting for embedded vector store %s (open in another process)", path)
                 waited = True
             time.sleep(delay)
             delay = min(delay * 2, 0.2)
+    if not qdrant_edge_store.is_store(path):
+        try:
+            _first_open(client, legacy)
+        except BaseException:
+            client.close()
+            raise
+    return client
+
+
+def _first_open(client: EdgeClient, legacy: Path | None) -> None:
+    # Automatic, once: local mode read its whole folder into every process that opened it, so
+    # copying it costs about one such open plus a few seconds of Edge writes, and every open after
+    # it is ~0.3 s. Under the store's lock, so a second process waits and then finds it done.
+    if legacy is None or not qdrant_edge_store.is_legacy_folder(legacy):
+        client.initialise()
+        return
+    log = logging.getLogger(__name__)
+    log.warning("copying the embedded Qdrant folder %s (qdrant-client local mode) into %s (Qdrant Edge)", legacy, client.path)
+    try:
+        copied = qdrant_edge_store.migrate_legacy(legacy, client)
+    except RuntimeError as exc:
+        raise VectorStoreError(
+            f"could not copy the embedded Qdrant folder {legacy} into {client.path}: {exc}; "
+            f"retry with `rag-pipeline vectors migrate` once no process of an older version has it open"
+        ) from exc
+    client.initialise({"migrated_from": str(legacy), "collections": copied})
+    log.warning("copied %s; %s is no longer read and can be deleted", ", ".join(f"{n} ({c} points)" for n, c in copied.items()) or "no collections", legacy)
 
 
 @dataclass
@@ -106,32 +153,45 @@ class SearchFilter:
     file_types: tuple[str, ...] = ()  # extensions without the dot: ("pdf", "md")
     metadata: Mapping[str, str] = field(default_factory=dict)  # what the parser declared (e-mail headers...)
 
-    def conditions(self) -> list:
+    def conditions(self, qm: ModuleType) -> list:
+        """The filter's conditions in the models `qm` of the client (see `models_for`)."""
         must: list = []
         if self.knowledge_base:
-            must.append(_match("knowledge_base", self.knowledge_base))
+            must.append(_match(qm, "knowledge_base", self.knowledge_base))
         prefix = (self.path_prefix or "").strip("/")
         if prefix:
-            folder = _match("folders", prefix + "/")
+            folder = _match(qm, "folders", prefix + "/")
             if self.path_prefix.endswith("/"):
                 must.append(folder)
             else:
-                must.append(qm.Filter(should=[folder, _match("source_path", prefix)]))
+                must.append(qm.Filter(should=[folder, _match(qm, "source_path", prefix)]))
         if self.file_types:
             types = sorted({t.lower().lstrip(".") for t in self.file_types})
             must.append(qm.FieldCondition(key="file_type", match=qm.MatchAny(any=types)))
         for key, value in sorted(self.metadata.items()):
-            must.append(_match(f"meta.{key}", str(value)))
+            must.append(_match(qm, f"meta.{key}", str(value)))
         return must
 
 
-def _match(key: str, value: str) -> qm.FieldCondition:
+def _match(qm: ModuleType, key: str, value: str) -> Any:
     return qm.FieldCondition(key=key, match=qm.MatchValue(value=value))
 
 
-def is_embedded(client: QdrantClient) -> bool:
-    """An in-process client (`path=`): one process per folder, no concurrent queries."""
-    return type(client._client).__name__ == "QdrantLocal"
+def models_for(client: QdrantClient | EdgeClient) -> ModuleType:
+    """The request models a client takes: qdrant-client's for a server, and for the embedded
+    store the plain stand-ins of core/edge_models.py, so a search never imports qdrant-client."""
+    if isinstance(client, EdgeClient):
+        from rag_pipeline.core import edge_models
+
+        return edge_models
+    from qdrant_client.http import models
+
+    return models
+
+
+def is_embedded(client: QdrantClient | EdgeClient) -> bool:
+    """The in-process store (Qdrant Edge): one process per folder."""
+    return isinstance(client, EdgeClient)
 
 
 class VectorStore:
@@ -145,6 +205,7 @@ class VectorStore:
         # Embedded Qdrant is not safe for concurrent writers in one process; a server is, and
         # the lock costs it nothing measurable.
         self._lock = threading.RLock()
+        self.qm = models_for(client)
 
     def ensure_collection(self, dimensions: int) -> None:
         with self._lock:
@@ -154,7 +215,7 @@ class VectorStore:
         if self.client.collection_exists(self.collection):
             info = self.client.get_collection(self.collection)
             params = info.config.params.vectors
-            size = params.size if isinstance(params, qm.VectorParams) else None
+            size = getattr(params, "size", None)  # None: named vectors
             if size is not None and size != dimensions:
                 raise VectorStoreError(
                     f"collection {self.collection!r} holds {size}-dimensional vectors but the "
@@ -164,36 +225,28 @@ class VectorStore:
         self._has_keyword = self.keyword
         self.client.create_collection(
             self.collection,
-            vectors_config=qm.VectorParams(size=dimensions, distance=qm.Distance.COSINE),
+            vectors_config=self.qm.VectorParams(size=dimensions, distance=self.qm.Distance.COSINE),
             # IDF computed by Qdrant from the collection's own points: BM25's corpus half.
             sparse_vectors_config=(
-                {sparse.SPARSE_VECTOR: qm.SparseVectorParams(modifier=qm.Modifier.IDF)} if self.keyword else None
+                {sparse.SPARSE_VECTOR: self.qm.SparseVectorParams(modifier=self.qm.Modifier.IDF)} if self.keyword else None
             ),
         )
-        if not self.is_local:
-            for field in PAYLOAD_INDEXES:
-                self.client.create_payload_index(
-                    self.collection, field, field_schema=qm.PayloadSchemaType.KEYWORD
-                )
+        for field in PAYLOAD_INDEXES:
+            self.client.create_payload_index(self.collection, field, field_schema=self.qm.PayloadSchemaType.KEYWORD)
 
     def ensure_payload_indexes(self, fields: Sequence[str]) -> None:
-        """Keyword indexes on metadata fields (`meta.project`), once per field and client; the
-        embedded folder has none and filters by scanning."""
+        """Keyword indexes on metadata fields (`meta.project`), once per field and client."""
         done = self.__dict__.setdefault("_indexed", set())
         todo = [f for f in fields if f not in done]
-        if not todo or self.is_local:
+        if not todo:
             done.update(todo)
             return
         with self._lock:
             existing = set((self.client.get_collection(self.collection).payload_schema or {}).keys())
             for field in todo:
                 if field not in existing:
-                    self.client.create_payload_index(self.collection, field, field_schema=qm.PayloadSchemaType.KEYWORD)
+                    self.client.create_payload_index(self.collection, field, field_schema=self.qm.PayloadSchemaType.KEYWORD)
         done.update(todo)
-
-    @property
-    def is_local(self) -> bool:
-        return is_embedded(self.client)
 
     def exists(self) -> bool:
         return self.client.collection_exists(self.collection)
@@ -211,9 +264,9 @@ class VectorStore:
                 keyword = [sparse.document_vector(p.get("text", "")) for p in part]
                 dense = {  # type: ignore[assignment]
                     "": dense,
-                    sparse.SPARSE_VECTOR: [qm.SparseVector(indices=kv.indices, values=kv.values) for kv in keyword],
+                    sparse.SPARSE_VECTOR: [self.qm.SparseVector(indices=kv.indices, values=kv.values) for kv in keyword],
                 }
-            points = qm.Batch(ids=list(ids[start : start + batch]), vectors=dense, payloads=part)
+            points = self.qm.Batch(ids=list(ids[start : start + batch]), vectors=dense, payloads=part)
             with self._lock:
                 self.client.upsert(self.collection, points=points, wait=True)
 
@@ -224,14 +277,14 @@ class VectorStore:
     def delete_ids(self, ids: Sequence[str]) -> None:
         if ids and self.exists():
             with self._lock:
-                self.client.delete(self.collection, points_selector=qm.PointIdsList(points=list(ids)), wait=True)
+                self.client.delete(self.collection, points_selector=self.qm.PointIdsList(points=list(ids)), wait=True)
 
     def _delete(self, document_id: str, must: list | None = None, must_not: list | None = None) -> None:
         if not self.exists():
             return
-        flt = qm.Filter(must=[_match("document_id", document_id), *(must or [])], must_not=must_not)
+        flt = self.qm.Filter(must=[_match(self.qm, "document_id", document_id), *(must or [])], must_not=must_not)
         with self._lock:
-            self.client.delete(self.collection, points_selector=qm.FilterSelector(filter=flt), wait=True)
+            self.client.delete(self.collection, points_selector=self.qm.FilterSelector(filter=flt), wait=True)
 
     def points_of(self, document_ids: Sequence[str], page: int = 1024) -> dict[str, dict[str, str]]:
         """document id -> {point id: version} for these documents, in one scroll."""
@@ -239,12 +292,7 @@ class VectorStore:
         if not document_ids or not self.exists():
             return out
         wanted = set(document_ids)
-        flt: qm.Filter | None = qm.Filter(must=[qm.FieldCondition(key="document_id", match=qm.MatchAny(any=sorted(wanted)))])
-        if self.is_local and len(wanted) > LOCAL_FILTER_MAX_VALUES:
-            # Embedded Qdrant has no payload index: it tests every point against every listed
-            # id. For a run's 500 documents in a 16,500-point collection that took 3.3 s; one
-            # pass over all points, matched here against a set, 0.3 s.
-            flt, page = None, max(page, 8192)
+        flt = self.qm.Filter(must=[self.qm.FieldCondition(key="document_id", match=self.qm.MatchAny(any=sorted(wanted)))])
         offset = None
         while True:
             with self._lock:
@@ -265,11 +313,11 @@ class VectorStore:
             return 0
         must = []
         if document_id is not None:
-            must.append(qm.FieldCondition(key="document_id", match=qm.MatchValue(value=document_id)))
+            must.append(self.qm.FieldCondition(key="document_id", match=self.qm.MatchValue(value=document_id)))
         if version is not None:
-            must.append(qm.FieldCondition(key="version", match=qm.MatchValue(value=version)))
+            must.append(self.qm.FieldCondition(key="version", match=self.qm.MatchValue(value=version)))
         with self._lock:
-            return self.client.count(self.collection, count_filter=qm.Filter(must=must) if must else None, exact=True).count
+            return self.client.count(self.collection, count_filter=self.qm.Filter(must=must) if must else None, exact=True).count
 
     def iter_points(self, page: int = 1024) -> Iterator[tuple[str, dict[str, Any]]]:
         """Every (point id, payload without text), for the audit."""
@@ -282,7 +330,7 @@ class VectorStore:
                     self.collection,
                     limit=page,
                     offset=offset,
-                    with_payload=qm.PayloadSelectorExclude(exclude=["text"]),
+                    with_payload=self.qm.PayloadSelectorExclude(exclude=["text"]),
                     with_vectors=False,
                 )
             for point in points:
@@ -331,15 +379,15 @@ class VectorStore:
             return []  # a query of stop words only matches nothing by keyword
         if mode == "hybrid" and (keyword is None or not len(keyword)):
             mode = "dense"
-        must = (where or SearchFilter()).conditions()
+        must = (where or SearchFilter()).conditions(self.qm)
         # A few excluded documents go into the query; after a mass deletion the hits are
-        # filtered here instead (embedded Qdrant tests each point against the whole list).
+        # filtered here instead (a query carrying thousands of ids is slow to send and match).
         in_query = len(exclude_documents) <= EXCLUDE_IN_QUERY
         must_not = (
-            [qm.FieldCondition(key="document_id", match=qm.MatchAny(any=list(exclude_documents)))]
+            [self.qm.FieldCondition(key="document_id", match=self.qm.MatchAny(any=list(exclude_documents)))]
             if exclude_documents and in_query else None
         )
-        flt = qm.Filter(must=must or None, must_not=must_not) if must or must_not else None
+        flt = self.qm.Filter(must=must or None, must_not=must_not) if must or must_not else None
         excluded = frozenset(() if in_query else exclude_documents)
         limit = k
         while True:
@@ -350,12 +398,12 @@ class VectorStore:
             limit *= 4
 
     def _ranked(
-        self, dense: Sequence[float] | None, keyword: sparse.SparseVector | None, mode: str, flt: qm.Filter | None,
+        self, dense: Sequence[float] | None, keyword: sparse.SparseVector | None, mode: str, flt: Any,
         limit: int, floor: float | None,
-    ) -> tuple[list[qm.ScoredPoint], dict[str, dict[Any, float]]]:
+    ) -> tuple[list[Any], dict[str, dict[Any, float]]]:
         """The ranked points of `mode`, and each mode's scores by point id."""
         sparse_query = (
-            qm.SparseVector(indices=keyword.indices, values=keyword.values) if keyword is not None else None
+            self.qm.SparseVector(indices=keyword.indices, values=keyword.values) if keyword is not None else None
         )
         if mode == "dense":
             with self._lock:
@@ -374,17 +422,17 @@ class VectorStore:
         candidates = max(FUSION_CANDIDATES, limit)
         # One round trip: the fused ranking, and each side's own ranking for the per-mode scores.
         requests = [
-            qm.QueryRequest(
+            self.qm.QueryRequest(
                 prefetch=[
-                    qm.Prefetch(query=list(dense), filter=flt, limit=candidates, score_threshold=floor),
-                    qm.Prefetch(query=sparse_query, using=sparse.SPARSE_VECTOR, filter=flt, limit=candidates),
+                    self.qm.Prefetch(query=list(dense), filter=flt, limit=candidates, score_threshold=floor),
+                    self.qm.Prefetch(query=sparse_query, using=sparse.SPARSE_VECTOR, filter=flt, limit=candidates),
                 ],
-                query=qm.FusionQuery(fusion=qm.Fusion.RRF), filter=flt, limit=limit, with_payload=True,
+                query=self.qm.FusionQuery(fusion=self.qm.Fusion.RRF), filter=flt, limit=limit, with_payload=True,
             ),
-            qm.QueryRequest(
+            self.qm.QueryRequest(
                 query=list(dense), filter=flt, limit=candidates, with_payload=False, score_threshold=floor,
             ),
-            qm.QueryRequest(query=sparse_query, using=sparse.SPARSE_VECTOR, filter=flt, limit=candidates, with_payload=False),
+            self.qm.QueryRequest(query=sparse_query, using=sparse.SPARSE_VECTOR, filter=flt, limit=candidates, with_payload=False),
         ]
         with self._lock:
             fused, by_dense, by_keyword = self.client.query_batch_points(self.collection, requests=requests)
@@ -398,7 +446,7 @@ class VectorStore:
         self.client.close()
 
 
-def _hit(point: qm.ScoredPoint, scores: dict[str, float] | None = None) -> Hit:
+def _hit(point: Any, scores: dict[str, float] | None = None) -> Hit:
     p = point.payload or {}
     return Hit(
         score=float(point.score), document_id=p.get("document_id", ""), chunk_index=int(p.get("chunk_index", -1)),

@@ -149,22 +149,25 @@ def run_started_at(instance: DagsterInstance | None, run_id: str | None) -> dt.d
 
 
 class VectorStoreResource(ConfigurableResource):
-    """Qdrant: a server when `url` is set, else an embedded folder at `path`."""
+    """Qdrant: a server when `url` is set, else the embedded store (Qdrant Edge) at `path`."""
 
     url: Optional[str] = None
     path: Optional[str] = None
+    # An older version's embedded folder (qdrant-client local mode), copied on the store's first open.
+    legacy_path: Optional[str] = None
     api_key: Optional[str] = None
     collection: str = Field(
         description="The alias search reads; each embedding configuration has its own collection behind it.",
     )
     timeout_seconds: float = 30.0
-    _client: Any = PrivateAttr(default=None)  # a QdrantClient, once opened
+    _client: Any = PrivateAttr(default=None)  # a QdrantClient or EdgeClient, once opened
     _opened_at: Optional[dt.datetime] = PrivateAttr(default=None)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "VectorStoreResource":
         return cls(
             url=settings.qdrant_url, path=None if settings.qdrant_url else str(settings.qdrant_path),
+            legacy_path=str(settings.legacy_qdrant_path) if settings.legacy_qdrant_path else None,
             api_key=_secret(settings, "qdrant_api_key"), collection=settings.collection,
         )
 
@@ -178,7 +181,10 @@ class VectorStoreResource(ConfigurableResource):
         from rag_pipeline.core.vectorstore import open_client
 
         if self._client is None:
-            self._client = open_client(self.url, Path(self.path) if self.path else None, self.api_key, self.timeout_seconds)
+            self._client = open_client(
+                self.url, Path(self.path) if self.path else None, self.api_key, self.timeout_seconds,
+                legacy=Path(self.legacy_path) if self.legacy_path else None,
+            )
         return self._client
 
     def for_embedding(self, engine: Engine, spec: EmbeddingSpec) -> VectorStore:
