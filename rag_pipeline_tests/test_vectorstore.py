@@ -76,3 +76,30 @@ def test_embedded_keyword_search_ranks_by_bm25_with_idf(tmp_path: Path):
     assert store.query(dense=None, keyword=sparse.query_vector("err-4012"), k=4, mode="keyword")[0].document_id == "d0"
     assert store.query(dense=None, keyword=sparse.query_vector("nothing matches"), k=4, mode="keyword") == []
     store.close()
+
+
+def test_points_of_more_documents_than_a_statement_slice_finds_every_point(tmp_path: Path):
+    """An audit confirming a large set of problem documents asks for their points in bounded
+    filters (`batched` slices), and every document's points come back."""
+    import uuid
+
+    from rag_pipeline.core.batching import BATCH
+
+    store = VectorStore(open_client(None, tmp_path / "q"), "c")
+    store.ensure_collection(4)
+    docs = [f"doc{i:05d}" for i in range(BATCH + 300)]
+    ids = [str(uuid.uuid5(uuid.NAMESPACE_URL, d)) for d in docs]
+    store.upsert(ids, [[1.0, 0.0, 0.0, float(i)] for i in range(len(docs))],
+                 [{"document_id": d, "version": "v1", "text": d} for d in docs])
+    asked: list[int] = []
+    scroll = store.client.scroll
+
+    def counted_scroll(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - the real scroll, its filter's size noted
+        asked.append(len(kwargs["scroll_filter"].must[0].match.any))
+        return scroll(*args, **kwargs)
+
+    store.client.scroll = counted_scroll
+    found = store.points_of(docs + ["absent"])
+    assert found["absent"] == {} and all(found[d] == {p: "v1"} for d, p in zip(docs, ids))
+    assert len(asked) >= 2 and max(asked) <= BATCH
+    store.client.close()

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from rag_pipeline.core.batching import batched
 from rag_pipeline.core import qdrant_edge_store, sparse
 from rag_pipeline.core.qdrant_edge_store import EdgeClient, StoreBusy
 
@@ -287,26 +288,29 @@ class VectorStore:
             self.client.delete(self.collection, points_selector=self.qm.FilterSelector(filter=flt), wait=True)
 
     def points_of(self, document_ids: Sequence[str], page: int = 1024) -> dict[str, dict[str, str]]:
-        """document id -> {point id: version} for these documents, in one scroll."""
+        """document id -> {point id: version} for these documents: one scroll per slice of
+        `batched` ids, so the filter stays bounded however many documents an audit confirms."""
         out: dict[str, dict[str, str]] = {d: {} for d in document_ids}
         if not document_ids or not self.exists():
             return out
-        wanted = set(document_ids)
-        flt = self.qm.Filter(must=[self.qm.FieldCondition(key="document_id", match=self.qm.MatchAny(any=sorted(wanted)))])
-        offset = None
-        while True:
-            with self._lock:
-                points, offset = self.client.scroll(
-                    self.collection, scroll_filter=flt, limit=page, offset=offset,
-                    with_payload=["document_id", "version"], with_vectors=False,
-                )
-            for point in points:
-                payload = point.payload or {}
-                doc = payload.get("document_id", "")
-                if doc in wanted:
-                    out[doc][str(point.id)] = payload.get("version", "")
-            if offset is None:
-                return out
+        for part in batched(sorted(set(document_ids))):
+            wanted = set(part)
+            flt = self.qm.Filter(must=[self.qm.FieldCondition(key="document_id", match=self.qm.MatchAny(any=part))])
+            offset = None
+            while True:
+                with self._lock:
+                    points, offset = self.client.scroll(
+                        self.collection, scroll_filter=flt, limit=page, offset=offset,
+                        with_payload=["document_id", "version"], with_vectors=False,
+                    )
+                for point in points:
+                    payload = point.payload or {}
+                    doc = payload.get("document_id", "")
+                    if doc in wanted:
+                        out[doc][str(point.id)] = payload.get("version", "")
+                if offset is None:
+                    break
+        return out
 
     def count(self, document_id: str | None = None, version: str | None = None) -> int:
         if not self.exists():
