@@ -51,6 +51,7 @@ DIMENSIONS = 384
 MODEL = "bench-embed"
 API_KEY = "sk-bench-not-a-secret"
 VARIANTS = ("bare", "pipeline", "langchain")
+SCALE = False  # --scale: the pipeline variant also measures storage, status, verify, search and the UI
 MARKER = "zephyrine quokka lighthouse"  # words no generated document contains
 
 _WORDS = (
@@ -150,6 +151,12 @@ def _role(proc, root_pid: int) -> str:  # noqa: ANN001
     cmd = " ".join(proc.cmdline())
     if "embedding_server" in cmd:
         return "endpoint"
+    if "dagster-webserver" in cmd:
+        return "webserver"
+    if "chrom" in cmd:
+        return "browser"
+    if "rag-pipeline" in cmd:
+        return "cli"
     if "dagster-daemon" in cmd:
         return "daemon"
     if "api grpc" in cmd:
@@ -169,7 +176,7 @@ class Sampler(threading.Thread):
     def __init__(self, pid: int, pg_admin_url: str, database: str, driver_is_harness: bool, every: float = 0.2) -> None:
         super().__init__(daemon=True)
         self.pid, self.pg, self.database, self.every = pid, pg_admin_url, database, every
-        self.harness = {"endpoint", "driver"} if driver_is_harness else {"endpoint"}
+        self.harness = {"endpoint", "browser", "driver"} if driver_is_harness else {"endpoint"}
         self.peak_rss = 0
         self.peak_product_rss = 0
         self.peak_by_role: dict[str, int] = {}
@@ -375,6 +382,7 @@ def variant_pipeline(workdir: Path, db_url: str, corpus: dict[str, bytes], serve
         wait_for(lambda: _active_runs(db_url) == 0, 300, "the storm's runs to finish")
         storm_runs = _runs(db_url) - runs_before
         failed_runs = _runs(db_url, "FAILURE")
+        scale = scale_figures(topology, env, db_url, n) if SCALE else None
     return {
         "cold_seconds": cold, "cold_embedding_calls": cold_calls, "unchanged_seconds": unchanged,
         "unchanged_embedding_calls": unchanged_calls, "modified_seconds": modified_seconds,
@@ -383,6 +391,7 @@ def variant_pipeline(workdir: Path, db_url: str, corpus: dict[str, bytes], serve
         "first_run_seconds": first_run, "cold_ticks": len(cold_ticks),
         "cold_failed_ticks": sum("FAILURE" in t["status"] for t in cold_ticks),
         "cold_slowest_tick_seconds": max((t["seconds"] for t in cold_ticks), default=0.0),
+        "scale": scale,
     }
 
 
@@ -564,6 +573,174 @@ def sensor_tick(workdir: Path, db_url: str, n_files: int, landing: Landing) -> d
             "unchanged_tick_phases": {k: round(v, 3) for k, v in idle.found.seconds.items()}}
 
 
+# --- at scale: what an operator waits for once the corpus is large (--scale) ----------------
+
+OUR_TABLES = {"documents", "document_versions", "chunks", "embedding_cache", "run_heartbeats", "index_generations",
+              "rag_alembic_version"}
+PARTITION_STATUS = """
+query Status($key: AssetKeyInput!) {
+  assetNodeOrError(assetKey: $key) {
+    ... on AssetNode {
+      partitionStats { numMaterialized numFailed numMaterializing numPartitions }
+      assetPartitionStatuses { __typename }
+    }
+  }
+}"""
+LAUNCH_BACKFILL = """
+mutation Backfill($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+  }
+}"""
+CANCEL_BACKFILL = """
+mutation Cancel($id: String!) { cancelPartitionBackfill(backfillId: $id) { __typename } }"""
+
+
+def _graphql(port: int, query: str, **variables: object) -> dict:
+    import urllib.request
+
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", headers={"Content-Type": "application/json"},
+                                     data=json.dumps({"query": query, "variables": variables}).encode())
+    with urllib.request.urlopen(request, timeout=600) as response:
+        body = json.load(response)
+    if body.get("errors"):
+        raise RuntimeError(f"GraphQL: {body['errors']}")
+    return body["data"]
+
+
+def _storage(db_url: str, n: int) -> dict:
+    """Dagster's storage and our tables, in MB per 1,000 documents (tables with their indexes and TOAST)."""
+    rows = _query(db_url, "SELECT relname, pg_total_relation_size(oid) FROM pg_class "
+                          "WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace")
+    ours = sum(size for name, size in rows if name in OUR_TABLES)
+    dagster = sum(size for name, size in rows if name not in OUR_TABLES)
+    largest = sorted(rows, key=lambda r: -r[1])[:6]
+    return {"dagster_mb_per_1000": round(dagster / 2**20 / n * 1000, 2), "ours_mb_per_1000": round(ours / 2**20 / n * 1000, 2),
+            "largest_tables_mb": {name: round(size / 2**20, 1) for name, size in largest}}
+
+
+def _timed_cli(env: dict[str, str], *argv: str) -> dict:
+    started = time.perf_counter()
+    proc = subprocess.run([str(Path(sys.executable).parent / "rag-pipeline"), *argv], env=env, capture_output=True,
+                          text=True, timeout=3600)
+    return {"seconds": round(time.perf_counter() - started, 2), "exit": proc.returncode,
+            "last_line": (proc.stdout.strip().splitlines() or [""])[-1][:200]}
+
+
+def _serve_p50(env: dict[str, str], requests: int = 100) -> dict:
+    """`rag-pipeline serve` on the pipeline's index: search p50 per mode over HTTP (client side).
+    Dense and hybrid include embedding the query at the test endpoint, keyword does not."""
+    import statistics
+
+    import httpx
+
+    from rag_pipeline.devtools.topology import free_port, wait_for
+
+    port = free_port()
+    server = subprocess.Popen([str(Path(sys.executable).parent / "rag-pipeline"), "serve"],
+                              env={**env, "RAG_SERVE_PORT": str(port)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        if server.poll() is not None:
+            raise SystemExit(f"serve did not start: {server.stderr.read().decode()[-2000:]}")
+        try:
+            return httpx.get(f"{base}/healthz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    figures: dict = {}
+    try:
+        started = time.perf_counter()
+        wait_for(ready, 600, "rag-pipeline serve", poll=0.2)
+        figures["ready_seconds"] = round(time.perf_counter() - started, 1)
+        rnd = random.Random(5)
+        with httpx.Client(base_url=base, timeout=60) as http:
+            for mode in ("hybrid", "dense", "keyword"):
+                walls = []
+                for _ in range(requests):
+                    query = " ".join(rnd.choices(_WORDS[-40:], k=3))
+                    t0 = time.perf_counter()
+                    http.post("/search", json={"query": query, "k": 10, "mode": mode}).raise_for_status()
+                    walls.append(1000 * (time.perf_counter() - t0))
+                walls.sort()
+                figures[mode] = {"p50_ms": round(statistics.median(walls), 1),
+                                 "p95_ms": round(walls[int(0.95 * (len(walls) - 1))], 1)}
+    finally:
+        server.terminate()
+        server.wait(60)
+    return figures
+
+
+def _partitions_page(port: int, n: int) -> float:
+    """Seconds until the UI's partitions page of document_embeddings, in headless Chromium, shows
+    every document materialized (from the navigation, the webserver already warm)."""
+    import re
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    from rag_pipeline.devtools.topology import wait_for
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+
+    def materialized() -> bool:
+        found = re.search(r"Materialized \(([\d,]+)\)", driver.find_element(By.TAG_NAME, "body").text)
+        return bool(found) and int(found.group(1).replace(",", "")) >= n
+
+    try:
+        started = time.perf_counter()
+        driver.get(f"http://127.0.0.1:{port}/assets/document_embeddings?view=partitions")
+        wait_for(materialized, 600, f"the partitions page to show {n} materialized partitions", poll=0.1)
+        return time.perf_counter() - started
+    finally:
+        driver.quit()
+
+
+def scale_figures(topology, env: dict[str, str], db_url: str, n: int) -> dict:  # noqa: ANN001
+    """The issue's targets at 100,000 documents, each measured against the running topology
+    after the cold ingest: storage, status, verify, search, the UI's partition status and
+    partitions page, and creating a backfill of every partition."""
+    figures: dict = {"storage": _storage(db_url, n)}
+    figures["status"] = _timed_cli(env, "status", "--json")
+    figures["verify"] = _timed_cli(env, "verify")
+    figures["search_cli"] = _timed_cli(env, "search", "harbour engine winter", "-k", "5")
+    figures["serve"] = _serve_p50(env)
+    port = topology.start_webserver()
+    key = {"path": ["document_embeddings"]}
+    _graphql(port, PARTITION_STATUS, key=key)  # the webserver loads the code location once
+    started = time.perf_counter()
+    stats = _graphql(port, PARTITION_STATUS, key=key)["assetNodeOrError"]["partitionStats"]
+    figures["graphql_partition_status_seconds"] = round(time.perf_counter() - started, 2)
+    figures["graphql_partition_stats"] = stats
+    try:
+        figures["partitions_page_seconds"] = round(_partitions_page(port, n), 2)
+    except Exception as exc:  # noqa: BLE001 - a missing browser is reported, not fatal to the figures
+        figures["partitions_page_error"] = f"{type(exc).__name__}: {exc}"[:300]
+    # The backfill is created with the daemon stopped, then canceled: the figure is its creation,
+    # not the re-embedding it would launch.
+    daemon = next(p for p in topology.procs if "rag-dagster-daemon" in " ".join(map(str, p.args)))
+    os.killpg(daemon.pid, signal.SIGTERM)
+    daemon.wait(60)
+    started = time.perf_counter()
+    launched = _graphql(port, LAUNCH_BACKFILL, params={
+        "assetSelection": [{"path": ["chunk_vectors"]}, {"path": ["document_embeddings"]}], "allPartitions": True,
+        "title": "benchmark: backfill creation"})["launchPartitionBackfill"]
+    figures["backfill_creation_seconds"] = round(time.perf_counter() - started, 2)
+    if launched["__typename"] != "LaunchBackfillSuccess":
+        figures["backfill_error"] = launched.get("message", launched["__typename"])[:300]
+    else:
+        _graphql(port, CANCEL_BACKFILL, id=launched["backfillId"])
+    return figures
+
+
 # --- orchestration ---------------------------------------------------------------------------
 
 
@@ -603,6 +780,8 @@ class EndpointProcess:
 def _child(args: argparse.Namespace) -> None:
     # Terminated: unwind, so the topology's `with` block stops the daemon and code server.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    global SCALE
+    SCALE = args.scale
     workdir = Path(args.workdir)
     landing = Landing(args.landing, workdir)
     os.environ.update(landing.env())  # boto3 reads its configuration from the environment
@@ -637,7 +816,7 @@ def _measure(variant: str, args: argparse.Namespace, root: Path, database: str, 
     workdir = root / f"{variant}-{landing}"
     workdir.mkdir()
     cmd = [sys.executable, __file__, "--child", variant, "--workdir", str(workdir), "--db-url", db_url,
-           "--docs", str(args.docs), "--sensor-files", str(args.sensor_files), "--landing", landing]
+           "--docs", str(args.docs), "--sensor-files", str(args.sensor_files), "--landing", landing, *(["--scale"] if args.scale else [])]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     sampler = Sampler(proc.pid, args.pg, database, driver_is_harness=variant == "pipeline")
     sampler.start()
@@ -703,6 +882,10 @@ def main() -> None:
                         help="where uploads land, comma-separated: folder, bucket (a local S3 server); each "
                         "variant but langchain, and the sensor tick, runs once per landing")
     parser.add_argument("--json", help="also write the figures here")
+    parser.add_argument("--scale", action="store_true",
+                        help="after the pipeline's phases, measure what an operator waits for at scale: storage per "
+                        "1,000 documents, status, verify, search p50 through serve, the UI's partition status "
+                        "(GraphQL) and partitions page (headless Chromium), creating a backfill of every partition")
     parser.add_argument("--landing", default="folder", help=argparse.SUPPRESS)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
@@ -751,6 +934,8 @@ def main() -> None:
               f"{p['cold_failed_ticks']} failed, slowest {p['cold_slowest_tick_seconds']:.1f} s")
         print(f"{name}, a re-upload storm of {p['storm_documents']} scattered documents: converged "
               f"{p['storm_seconds']:.1f} s after the last write, in {p['storm_runs']} run(s)")
+    for name in [n for n in results if results[n].get("scale")]:
+        print(f"{name} at scale: " + json.dumps(results[name]["scale"]))
     for landing, sensor in sensors.items():
         print(f"sensor tick over {sensor['files']} unchanged {'objects' if landing == 'bucket' else 'files'}: "
               f"{sensor['unchanged_tick_seconds']:.2f} s "
