@@ -301,6 +301,20 @@ def test_context_merges_neighbouring_chunks_per_document_within_a_budget(indexed
         assert tight.context is not None and tight.context.strip() == top.text.strip()
         assert searcher.search("ERR-4012", k=1, context=2, context_tokens=1).hits[0].context is None
 
+        # Contexts for many hits over many documents cost two queries (the texts, the spans), not
+        # one or two per hit.
+        wide = searcher.search("deployment service operators", k=20).hits
+        assert len({h.document_id for h in wide}) >= 3
+        statements: list[str] = []
+        listen = lambda conn, cursor, statement, *rest: statements.append(statement)  # noqa: E731
+        sa.event.listen(searcher.engine, "before_cursor_execute", listen)
+        try:
+            with_context = searcher.with_context(wide, context=1, tokens=100_000)
+        finally:
+            sa.event.remove(searcher.engine, "before_cursor_execute", listen)
+        assert len(statements) == 2, statements
+        assert sum(h.context is not None for h in with_context) >= len({h.document_id for h in wide})
+
 
 def test_a_collection_without_keyword_vectors_answers_every_mode_densely(rig):
     """An index built before keyword vectors keeps serving until its replacement is complete."""

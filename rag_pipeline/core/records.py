@@ -382,16 +382,24 @@ def load_layouts(db: Engine | sa.Connection, pairs: Sequence[tuple[str, str]]) -
 
 
 def chunk_spans(
-    engine: Engine, doc_id: str, version: str, chunker: str, first: int, last: int,
-) -> list[tuple[int, int, int, int]]:
-    """(chunk index, section, char start, char end) of a chunk set's chunks first..last."""
+    engine: Engine, windows: Sequence[tuple[str, str, str, int, int]],
+) -> dict[tuple[str, str, str], list[tuple[int, int, int, int]]]:
+    """{(document, version, chunker): [(chunk index, section, char start, char end), ...]} of
+    the chunks in each window (document, version, chunker, first index, last index), in index
+    order: one query per slice of windows, whatever the number of hits a search wants context for."""
+    out: dict[tuple[str, str, str], list[tuple[int, int, int, int]]] = {}
+    columns = (chunks.c.document_id, chunks.c.version, chunks.c.chunker, chunks.c.chunk_index, chunks.c.section,
+               chunks.c.char_start, chunks.c.char_end)
     with engine.connect() as conn:
-        return [tuple(r) for r in conn.execute(
-            sa.select(chunks.c.chunk_index, chunks.c.section, chunks.c.char_start, chunks.c.char_end)
-            .where((chunks.c.document_id == doc_id) & (chunks.c.version == version) & (chunks.c.chunker == chunker)
-                   & chunks.c.chunk_index.between(first, last))
-            .order_by(chunks.c.chunk_index)
-        )]
+        for part in batched(windows, 500):  # five parameters each: far inside any driver's limit
+            query = sa.select(*columns).where(sa.or_(*(
+                (chunks.c.document_id == doc) & (chunks.c.version == version) & (chunks.c.chunker == chunker)
+                & chunks.c.chunk_index.between(first, last)
+                for doc, version, chunker, first, last in part
+            ))).order_by(chunks.c.document_id, chunks.c.version, chunks.c.chunker, chunks.c.chunk_index)
+            for doc, version, chunker, *span in conn.execute(query):
+                out.setdefault((doc, version, chunker), []).append(tuple(span))
+    return out
 
 
 def record_failure(engine: Engine, doc_id: str, version: str, reason: str) -> bool:

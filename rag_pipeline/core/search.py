@@ -240,16 +240,26 @@ class Searcher:
         spent = 0
         out: list[SearchHit] = []
         covered: dict[tuple[str, str], list[tuple[int, int]]] = {}
-        texts: dict[tuple[str, str], records.Layout | None] = {}
+        # Every document's text and every span a context may need, in two queries: the widest
+        # window any hit of a chunk set can ask for, sliced below.
+        windows: dict[tuple[str, str, str], tuple[int, int]] = {}
+        for hit in hits:
+            if hit.chunker is not None:
+                key3, i = (hit.document_id, hit.citation.version, hit.chunker), hit.citation.chunk_index
+                lo, hi = windows.get(key3, (i, i))
+                windows[key3] = (min(lo, i), max(hi, i))
+        spans = records.chunk_spans(
+            self.engine, [(*key3, lo - context, hi + context) for key3, (lo, hi) in windows.items()]
+        ) if windows else {}
+        layouts = records.load_layouts(self.engine, sorted({(d, v) for d, v, _ in windows}))
         for hit in hits:
             c = hit.citation
             key = (hit.document_id, c.version)
             if any(lo <= c.chunk_index <= hi for lo, hi in covered.get(key, [])) or hit.chunker is None:
                 out.append(hit)
                 continue
-            if key not in texts:
-                texts[key] = records.load_layouts(self.engine, [key]).get(hit.document_id)
-            layout = texts[key]
+            layout = layouts.get(hit.document_id)
+            chunk_set = spans.get((hit.document_id, c.version, hit.chunker), [])
             merged = None
             for radius in (context, 0):
                 lo, hi = c.chunk_index - radius, c.chunk_index + radius
@@ -259,7 +269,7 @@ class Searcher:
                         o = other.citation.chunk_index
                         if o - radius <= hi and o + radius >= lo:
                             lo, hi = min(lo, o - radius), max(hi, o + radius)
-                text = _span_text(records.chunk_spans(self.engine, hit.document_id, c.version, hit.chunker, lo, hi), layout)
+                text = _span_text([s for s in chunk_set if lo <= s[0] <= hi], layout)
                 if text is None:
                     break
                 cost = len(enc.encode(text, disallowed_special=()))
