@@ -95,7 +95,10 @@ def test_hybrid_search_finds_exact_identifiers_with_citations_and_filters(indexe
             top = hybrid.hits[0]
             # Scores of each mode that ranked it; the fused score is reciprocal-rank fusion's.
             assert {"hybrid", "keyword"} <= set(top.scores) and top.scores["hybrid"] > 0
-            assert top.score == top.scores["hybrid"]
+            # Each mode's score of a fused hit is the score that mode's own search gives the chunk.
+            for mode in set(top.scores) - {"hybrid"}:
+                alone = {(h.document_id, h.citation.chunk_index): h.score for h in searcher.search(query, k=50, mode=mode).hits}
+                assert top.scores[mode] == pytest.approx(alone[(top.document_id, top.citation.chunk_index)], rel=1e-4), mode
         dense = searcher.search("igneous rock from cooling lava", k=2, mode="dense")
         assert dense.mode == "dense" and dense.hits[0].citation.path == "papers/geology.pdf"
         assert set(dense.hits[0].scores) == {"dense"}

@@ -424,27 +424,31 @@ class VectorStore:
                 ).points
             return points, {"keyword": {p.id: p.score for p in points}}
         candidates = max(FUSION_CANDIDATES, limit)
-        # One round trip: the fused ranking, and each side's own ranking for the per-mode scores.
-        requests = [
-            self.qm.QueryRequest(
-                prefetch=[
+        with self._lock:
+            fused = self.client.query_points(
+                self.collection, prefetch=[
                     self.qm.Prefetch(query=list(dense), filter=flt, limit=candidates, score_threshold=floor),
                     self.qm.Prefetch(query=sparse_query, using=sparse.SPARSE_VECTOR, filter=flt, limit=candidates),
-                ],
-                query=self.qm.FusionQuery(fusion=self.qm.Fusion.RRF), filter=flt, limit=limit, with_payload=True,
-            ),
-            self.qm.QueryRequest(
-                query=list(dense), filter=flt, limit=candidates, with_payload=False, score_threshold=floor,
-            ),
-            self.qm.QueryRequest(query=sparse_query, using=sparse.SPARSE_VECTOR, filter=flt, limit=candidates, with_payload=False),
-        ]
+                ], query=self.qm.FusionQuery(fusion=self.qm.Fusion.RRF), query_filter=flt, limit=limit,
+                with_payload=True,
+            ).points
+        scores: dict[str, dict[Any, float]] = {"hybrid": {p.id: p.score for p in fused}}
+        if not fused:
+            return fused, scores
+        # Each mode's own score of the fused hits only: scored among those ids, not the whole
+        # collection ranked a second time per mode (that doubled a hybrid query's cost).
+        ids = self.qm.Filter(must=[self.qm.HasIdCondition(has_id=[p.id for p in fused])])
         with self._lock:
-            fused, by_dense, by_keyword = self.client.query_batch_points(self.collection, requests=requests)
-        return fused.points, {
-            "hybrid": {p.id: p.score for p in fused.points},
-            "dense": {p.id: p.score for p in by_dense.points},
-            "keyword": {p.id: p.score for p in by_keyword.points},
-        }
+            by_dense, by_keyword = self.client.query_batch_points(self.collection, requests=[
+                self.qm.QueryRequest(query=list(dense), filter=ids, limit=len(fused), with_payload=False,
+                                     score_threshold=floor),
+                self.qm.QueryRequest(query=sparse_query, using=sparse.SPARSE_VECTOR, filter=ids, limit=len(fused),
+                                     with_payload=False),
+            ])
+        scores["dense"] = {p.id: p.score for p in by_dense.points}
+        # A fused hit sharing no term with the query has no keyword score (it came by meaning).
+        scores["keyword"] = {p.id: p.score for p in by_keyword.points if p.score > 0}
+        return fused, scores
 
     def close(self) -> None:
         self.client.close()
