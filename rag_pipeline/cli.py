@@ -108,6 +108,9 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     ]
     lines.append("totals: " + (", ".join(f"{k} {v}" for k, v in sorted(totals.items())) or "no documents"))
     landing = _probe_landing_zone(settings)
+    scale = records.sqlite_scale_problem(open_engine(settings.database_url))
+    if scale:
+        print(f"rag-pipeline status: {scale}", file=sys.stderr)
     _emit(args, {"documents": docs, "totals": totals, "landing_zone": landing}, "\n".join(lines))
     if landing["error"]:
         # The documents above are as recorded; new uploads are not being seen. Exit 2, as `run`.

@@ -149,6 +149,37 @@ def test_a_folder_left_on_sqlite_keeps_working_there_with_one_line(tmp_path: Pat
     assert main(["stop"]) == 0 and "it is on SQLite" in capfd.readouterr().out
 
 
+def test_an_index_on_sqlite_says_before_it_outgrows_dagsters_sqlite_storage(tmp_path: Path, monkeypatch, capfd):
+    """Past the threshold (lowered here from 25,000), `run` and `status` say in one line that
+    SQLite storage fails near 36,000 partitions and what to do; below it, nothing is said."""
+    from rag_pipeline.core import records
+    from rag_pipeline.core.db import dispose_engine, open_engine
+
+    for name in ("DATABASE_URL", "DAGSTER_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RAG_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("RAG_EMBEDDER", "hash")
+    old_url = f"sqlite:///{tmp_path / 'rag.sqlite3'}"
+    open_engine(old_url)
+    dispose_engine(old_url)
+    monkeypatch.setattr(records, "SQLITE_DOCUMENT_LIMIT", 3)
+    inbox = Settings.from_env().inbox_dir / "kb"
+    inbox.mkdir(parents=True)
+    for i in range(2):
+        (inbox / f"d{i}.txt").write_text(f"document number {i} about harbours")
+    assert main(["run", "--json"]) == 0
+    out, _ = capfd.readouterr()
+    assert json.loads(out)["problems"] == []
+    (inbox / "d2.txt").write_text("the third document, at the threshold")
+    assert main(["run", "--json"]) == 0
+    out, _ = capfd.readouterr()
+    [problem] = json.loads(out)["problems"]
+    assert problem.startswith("3 documents on SQLite") and "dagster #16260" in problem and "RAG_DATA_DIR" in problem
+    assert main(["status"]) == 0
+    assert f"rag-pipeline status: {problem}" in capfd.readouterr().err.splitlines()
+    assert json.loads(out)["indexed"] == 3  # said, not refused: nothing waits on the warning
+
+
 @pytest.mark.parametrize("url", [
     "postgresql://rag@db/rag", "sqlite:///x.db", "postgresql://rag@/rag?host=/var/run/postgresql",
     "postgresql://rag@/rag?host=/srv/postgres/rag-socket&host=/other", "postgresql://app@/rag?host=/srv/postgres/rag-socket",

@@ -193,6 +193,8 @@ def evaluate_inbox(
         engine, source, policy.settle_seconds, previous_digest, max_file_bytes, budget=budget,
         confirm_deletions=confirm_deletions,
     )
+    if found.new and (warning := records.sqlite_scale_problem(engine)):
+        found.problems.append(warning)
     clock = time.monotonic()
     at = records.now()
     plan = Plan(found)

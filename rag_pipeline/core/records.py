@@ -738,6 +738,27 @@ def _aware(ts: dt.datetime) -> dt.datetime:
     return ts if ts.tzinfo else ts.replace(tzinfo=dt.timezone.utc)  # SQLite returns naive UTC
 
 
+# Dagster's SQLite storage has failed near 36,000 dynamic partitions (dagster #16260), one per
+# document here: said with room to spare, on every surface an operator reads.
+SQLITE_DOCUMENT_LIMIT = 25_000
+
+
+def sqlite_scale_problem(engine: Engine) -> str | None:
+    """One line when an index on SQLite (an older version's data folder) nears the size its
+    storage fails at; None on PostgreSQL or below SQLITE_DOCUMENT_LIMIT."""
+    if engine.dialect.name != "sqlite":
+        return None
+    with engine.connect() as conn:
+        n = conn.execute(sa.select(sa.func.count()).select_from(documents).where(documents.c.status != DELETED)).scalar_one()
+    if n < SQLITE_DOCUMENT_LIMIT:
+        return None
+    return (
+        f"{n:,} documents on SQLite (an older version's data folder, or DATABASE_URL=sqlite:...): Dagster's SQLite "
+        "storage has failed near 36,000 document partitions (dagster #16260); index into a new RAG_DATA_DIR "
+        "(its default is PostgreSQL) or set DATABASE_URL to a PostgreSQL server before the corpus grows further"
+    )
+
+
 def list_documents(engine: Engine, knowledge_base: str | None = None) -> list[sa.Row]:
     query = sa.select(
         documents.c.id, documents.c.knowledge_base, documents.c.path, documents.c.status,
