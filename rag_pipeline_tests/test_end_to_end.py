@@ -133,6 +133,30 @@ def test_many_uploads_are_batched_into_few_runs(rag_env, monkeypatch):
     assert len(rows) == 25 and all(r.status == "indexed" for r in rows)
 
 
+def test_a_tick_behind_a_full_queue_says_what_the_documents_wait_for(rag_env):
+    """Pending documents wait while QUEUE_AHEAD index runs are queued: the tick registers them
+    and says why it requests no run (the UI showed "Sensor function returned an empty result")."""
+    from dagster import DagsterRunStatus
+    from dagster._core.test_utils import create_run_for_test
+
+    from rag_pipeline.defs.jobs import index_documents_job
+
+    settings = Settings.from_env()
+    write_files(settings.inbox_dir, "kb", {f"doc-{i}.txt": f"Queued note {i}.".encode() for i in range(5)})
+    defs = build_definitions(settings)
+    with DagsterInstance.get() as instance:
+        for _ in range(2):
+            create_run_for_test(instance, job_name=index_documents_job.name, status=DagsterRunStatus.NOT_STARTED)
+        result, runs = tick_and_run(defs, instance)
+    assert not runs and not result.run_requests
+    reason = result.skip_reason.skip_message
+    assert reason.endswith(
+        "0 run(s) requested; pending documents wait for the 2 index run(s) queued ahead (handed out as those start)"
+    ), reason
+    assert "5 new" in reason
+    assert {r.status for r in records.list_documents(get_engine(settings.database_url))} == {"pending"}
+
+
 def test_a_run_reads_the_corpus_partition_keys_once_per_step_not_once_per_document(rag_env, monkeypatch):
     """Per-document metadata made Dagster re-read every partition key of the corpus once per
     document (quadratic in the corpus): a 60-document run must read them a bounded number of times."""

@@ -117,6 +117,7 @@ class Plan:
     keys_migrated: int = 0  # partitions moved from document ids to readable keys
     migrating: bool = False  # some are left for the next tick
     names: dict[str, str] = field(default_factory=dict)  # {document id: kb/path} of those reported
+    queued_ahead: int = 0  # pending documents wait for this many index runs queued before them
     run_requests: list[Handoff] = field(default_factory=list)
     check_events: list[Report] = field(default_factory=list)
 
@@ -238,6 +239,8 @@ def evaluate_inbox(
         # Index runs are handed out as the queue empties: see QUEUE_AHEAD.
         waiting = orchestrator.index_runs_waiting()
         room = min(room, max(0, QUEUE_AHEAD - waiting) * policy.docs_per_run)
+        if not room and records.due(engine, records.PENDING, 1, legacy_before, attempts=(0, policy.max_attempts)):
+            plan.queued_ahead = waiting  # said on the tick: documents wait, and for what
     due = records.due(
         engine, records.PENDING, room, legacy_before, take_all=take_all, attempts=(0, policy.max_attempts)
     )

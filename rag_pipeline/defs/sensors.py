@@ -149,15 +149,21 @@ def _inbox_sensor(
             f"registered {found.registered:,} of {found.to_register:,} new or changed files; "
             f"{found.waiting:,} left for the next tick"
         )
-    context.log.info(
+    summary = (
         f"{where}: {len(found.new)} new, {len(found.changed)} changed, {len(found.deleted)} deleted; "
         f"{plan.added_partitions} partition(s) added, {plan.deleted_partitions} deleted; "
-        f"{plan.released} document(s) released from ended or lost runs; {len(plan.run_requests)} run(s) requested; "
-        f"{time.time() - started:.1f} s (" + ", ".join(f"{k} {v:.1f}" for k, v in found.seconds.items()) + ")"
+        f"{plan.released} document(s) released from ended or lost runs; {len(plan.run_requests)} run(s) requested"
+        + (f"; pending documents wait for the {plan.queued_ahead} index run(s) queued ahead (handed out as those "
+           "start)" if plan.queued_ahead else "")
+    )
+    context.log.info(
+        f"{summary}; {time.time() - started:.1f} s (" + ", ".join(f"{k} {v:.1f}" for k, v in found.seconds.items()) + ")"
     )
     return SensorResult(
         run_requests=[run_request(h) for h in plan.run_requests], cursor=cursor,
         asset_events=[check_evaluation(r) for r in plan.check_events],
+        # A tick that requests no run says what it did instead ("empty result" says nothing).
+        skip_reason=None if plan.run_requests else summary,
     )
 
 
