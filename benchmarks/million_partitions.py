@@ -678,11 +678,11 @@ def table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def run(sizes: Sequence[int], admin_url: str, reps: int, keep: bool, workdir: Path) -> dict:
+def run(sizes: Sequence[int], admin_url: str, reps: int, keep: bool, workdir: Path, partial: Path | None) -> dict:
     database = f"rag_bench_million_{os.getpid()}"
     db_url = fresh_database(admin_url, database)
     try:
-        return _run(sizes, db_url, reps, workdir)
+        return _run(sizes, db_url, reps, workdir, partial)
     finally:
         if keep:
             print(f"kept database {database}", file=sys.stderr)
@@ -690,7 +690,7 @@ def run(sizes: Sequence[int], admin_url: str, reps: int, keep: bool, workdir: Pa
             drop_database(admin_url, database)
 
 
-def _run(sizes: Sequence[int], db_url: str, reps: int, workdir: Path) -> dict:
+def _run(sizes: Sequence[int], db_url: str, reps: int, workdir: Path, partial: Path | None) -> dict:
     from rag_pipeline.devtools.topology import production_home
 
     env = {
@@ -725,16 +725,25 @@ def _run(sizes: Sequence[int], db_url: str, reps: int, workdir: Path) -> dict:
                 figures: dict = {"setup_s": time.perf_counter() - started, "setup_phases_s": setup}
                 print(f"{size:,}: written in {figures['setup_s']:.0f} s "
                       f"({', '.join(f'{k} {v:.0f}' for k, v in setup.items())})", file=sys.stderr, flush=True)
-                figures.update(read_back(instance, size))
-                figures.update(measure_sensor(instance, engine, source, settings, size, reps))
-                figures.update(measure_ui(workspace, DagsterOrchestrator(instance), size, reps))
-                figures.update(measure_partitions_page(workspace, size))
-                figures.update(measure_backfill(workspace, db_url))
-                figures.update(measure_runs(workspace, instance, reps))
-                figures.update(measure_storage(db_url, size))
+                results["sizes"][str(size)] = figures
+                steps = [
+                    ("read back", lambda: read_back(instance, size)),
+                    ("sensor", lambda: measure_sensor(instance, engine, source, settings, size, reps)),
+                    ("UI status", lambda: measure_ui(workspace, DagsterOrchestrator(instance), size, reps)),
+                    ("UI partition keys", lambda: measure_partitions_page(workspace, size)),
+                    ("backfill", lambda: measure_backfill(workspace, db_url)),
+                    ("runs", lambda: measure_runs(workspace, instance, reps)),
+                    ("storage", lambda: measure_storage(db_url, size)),
+                ]
+                for name, step in steps:
+                    wall, step_figures = timed(step)
+                    figures.update(step_figures)
+                    # A run at a million documents takes most of an hour: what is done is kept.
+                    print(f"{size:,}: {name} ({wall:.0f} s)", file=sys.stderr, flush=True)
+                    if partial is not None:
+                        partial.write_text(json.dumps(results, indent=2))
                 figures["peak_rss_mb"] = peak_rss_mb()
                 figures["load"] = os.getloadavg()[0]
-                results["sizes"][str(size)] = figures
                 print(f"{size:,}: measured in {time.perf_counter() - started - figures['setup_s']:.0f} s",
                       file=sys.stderr, flush=True)
         finally:
@@ -755,7 +764,7 @@ def main() -> None:
         raise SystemExit("--sizes must be ascending: the database grows from one to the next")
     workdir = Path(tempfile.mkdtemp(prefix="rag-million-"))
     try:
-        results = run(sizes, args.pg, args.reps, args.keep, workdir)
+        results = run(sizes, args.pg, args.reps, args.keep, workdir, args.json)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print(f"Dagster storage at {', '.join(f'{s:,}' for s in sizes)} document partitions "
