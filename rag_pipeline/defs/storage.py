@@ -21,7 +21,8 @@ creation read them 7 times (4 assets, 3 partitioned checks). Measured with
 benchmarks/million_partitions.py: one read took 0.22 s at 100,000 documents, and creating a run
 of 100 documents 3.4 s. Here the keys are read once per change: each read first asks for the
 partitions' count and highest id (one index scan), which any addition or deletion changes (ids
-only grow), and the keys are read again only when that changed. A process holds one copy of the
+only grow), and the keys are read again only when that changed: a run of 100 documents was
+created in 1.45 s at 1,000,000 documents, 16.9 s with every key read per call. A process holds one copy of the
 keys of each partitions definition it has read (about 100 bytes a key).
 
 Statistics of the tables a run writes per document are refreshed when a process opens the
