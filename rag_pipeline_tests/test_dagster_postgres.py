@@ -192,3 +192,43 @@ def test_held_check_evaluations_survive_a_failed_write(tmp_path, pg_url, monkeyp
             rows = conn.execute(sa.text(
                 "SELECT partition, execution_status FROM asset_check_executions WHERE run_id = 'run-1' ORDER BY 1")).all()
     assert events == 2 and [tuple(r) for r in rows] == [("a", "SUCCEEDED"), ("b", "SUCCEEDED")]
+
+
+def test_partition_keys_are_read_again_only_when_they_changed(pg_url, tmp_path, monkeypatch):
+    """Dagster reads every partition key several times per operation (7 times to create one
+    run); the storage reads them once per change. Two instances stand for two processes: what
+    one adds or deletes, the other sees at its next read."""
+    from dagster_postgres.event_log import PostgresEventLogStorage
+
+    for key, value in production_home(tmp_path / "prod_home", pg_url).items():
+        monkeypatch.setenv(key, value)
+    reads = []
+    upstream = PostgresEventLogStorage.get_dynamic_partitions
+
+    def counted(self, name):  # noqa: ANN001, ANN202
+        reads.append(name)
+        return upstream(self, name)
+
+    monkeypatch.setattr(PostgresEventLogStorage, "get_dynamic_partitions", counted)
+    with DagsterInstance.get() as reader, DagsterInstance.get() as writer:
+        writer.add_dynamic_partitions("documents", ["kb/a.txt", "kb/b.txt", "kb/c.txt"])
+        assert reader.get_dynamic_partitions("documents") == ["kb/a.txt", "kb/b.txt", "kb/c.txt"]
+        for _ in range(5):
+            keys = reader.get_dynamic_partitions("documents")
+        assert len(reads) == 1, "unchanged keys are not read again"
+        keys.append("kb/not-a-partition.txt")  # a caller's list is its own
+        assert reader.get_dynamic_partitions("documents") == ["kb/a.txt", "kb/b.txt", "kb/c.txt"]
+
+        writer.add_dynamic_partitions("documents", ["kb/d.txt"])
+        assert reader.get_dynamic_partitions("documents")[-1] == "kb/d.txt"
+        writer.delete_dynamic_partition("documents", "kb/b.txt")
+        assert reader.get_dynamic_partitions("documents") == ["kb/a.txt", "kb/c.txt", "kb/d.txt"]
+        # Deleted and added again: the same count as before, the key now last in the order.
+        writer.delete_dynamic_partition("documents", "kb/a.txt")
+        writer.add_dynamic_partitions("documents", ["kb/a.txt"])
+        assert reader.get_dynamic_partitions("documents") == ["kb/c.txt", "kb/d.txt", "kb/a.txt"]
+        # The last key deleted, another added: the count is unchanged, the highest id is not.
+        writer.delete_dynamic_partition("documents", "kb/a.txt")
+        writer.add_dynamic_partitions("documents", ["kb/e.txt"])
+        assert reader.get_dynamic_partitions("documents") == ["kb/c.txt", "kb/d.txt", "kb/e.txt"]
+        assert reader.get_dynamic_partitions("other") == []

@@ -73,7 +73,8 @@ class Override:
 _STORAGE_GAIN = (
     "pooled connections: 55 ms -> 3.7 ms per stored asset event; check evaluations written "
     "together: a quarter of a run process's CPU at 1,000 documents; one planned check row per "
-    "partition: asset_check_executions 638 MB -> its events' own size at 5,000 documents"
+    "partition: asset_check_executions 638 MB -> its events' own size at 5,000 documents; partition "
+    "keys read once per change: creating a run at 1,000,000 documents 16.9 s -> 1.45 s"
 )
 # Resolved through the subclass we extend, so code moved between it and its bases counts too.
 _PG = "dagster_postgres.event_log.event_log:PostgresEventLogStorage"
@@ -115,6 +116,7 @@ OVERRIDES: tuple[Override, ...] = (
             "prepare_insert_event_batch": "3a4f48097f682f4fc7d40e11bbd83556bd015db67996ec669a4a9b3a2d21658e",
             "_event_insert_timestamp": "02e6947ee3f9408aeb9607d8ce8e8118770302b27e4009fcb6bfa0c28770834b",
             "dispose": "ce4ee18aa28915d164672d695df7491c416f85e087c30ba3189e08492ee3b71f",
+            "get_dynamic_partitions": "00ea280370d3354eba1e4b03268ca83e6b1995312308b4a9db1f6075c7470b4f",
         }.items()
     ),
 )
