@@ -350,15 +350,22 @@ def variant_pipeline(workdir: Path, db_url: str, corpus: dict[str, bytes], serve
         topology.start_daemon()
         wait_for(lambda: _sensor_ticks(db_url), 180, "the sensor's first tick")
         ticks_before = len(_sensor_ticks(db_url))
+        dropped_at = time.time()
         landing.write(corpus)
+        write_seconds = time.time() - dropped_at
         calls, started = server.requests, time.perf_counter()
         # However large the drop, the first runs are requested within seconds (registration goes
-        # in slices, each handed out as it is registered).
+        # in slices, each handed out as it is registered): timed from the drop's first file, by
+        # the run's own creation time (at 100,000 files one was created before the copy ended).
         wait_for(lambda: _runs(db_url) > 0, 600, "the first run", poll=0.25)
-        first_run = time.perf_counter() - started
+        [(first_created,)] = _query(db_url, "SELECT min(create_timestamp) FROM runs")
+        first_run = first_created.replace(tzinfo=dt.timezone.utc).timestamp() - dropped_at
         wait_for(lambda: _count_indexed(engine) == n, 14400, "the cold ingest", poll=0.25)
         cold = time.perf_counter() - started
         cold_ticks = _sensor_ticks(db_url)[ticks_before:]
+        failed_ticks = [t for t in cold_ticks if "FAILURE" in t["status"]]
+        if failed_ticks:  # the sensor never stalls: a failed tick fails the benchmark
+            raise SystemExit(f"{len(failed_ticks)} of {len(cold_ticks)} sensor ticks failed during the cold ingest")
         cold_calls = server.requests - calls
         wait_for(lambda: _active_runs(db_url) == 0, 300, "the runs to finish")
         # Unchanged: the sensor's own ticks, as the daemon runs them, with nothing to do.
@@ -392,7 +399,7 @@ def variant_pipeline(workdir: Path, db_url: str, corpus: dict[str, bytes], serve
         "unchanged_embedding_calls": unchanged_calls, "modified_seconds": modified_seconds,
         "modified_timeline": timeline, "runs": _runs(db_url), "failed_runs": failed_runs,
         "storm_documents": len(storm), "storm_seconds": storm_seconds, "storm_runs": storm_runs,
-        "first_run_seconds": first_run, "cold_ticks": len(cold_ticks),
+        "first_run_seconds": first_run, "drop_write_seconds": write_seconds, "cold_ticks": len(cold_ticks),
         "cold_failed_ticks": sum("FAILURE" in t["status"] for t in cold_ticks),
         "cold_slowest_tick_seconds": max((t["seconds"] for t in cold_ticks), default=0.0),
         "scale": scale,
@@ -941,8 +948,9 @@ def main() -> None:
                   + ", ".join(f"{what} {at:.2f}" for what, at in figures["modified_timeline"]))
     for name in [n for n in results if n.startswith("pipeline")]:
         p = results[name]
-        print(f"{name}, cold ingest through the daemon: first run {p['first_run_seconds']:.1f} s after the drop, "
-              f"last document indexed after {p['cold_seconds']:.1f} s; {p['cold_ticks']} sensor ticks, "
+        print(f"{name}, cold ingest through the daemon: first run created {p['first_run_seconds']:.1f} s after the drop "
+              f"began (writing it took {p['drop_write_seconds']:.1f} s), last document indexed "
+              f"{p['cold_seconds']:.1f} s after it was written; {p['cold_ticks']} sensor ticks, "
               f"{p['cold_failed_ticks']} failed, slowest {p['cold_slowest_tick_seconds']:.1f} s")
         print(f"{name}, a re-upload storm of {p['storm_documents']} scattered documents: converged "
               f"{p['storm_seconds']:.1f} s after the last write, in {p['storm_runs']} run(s)")
