@@ -86,31 +86,14 @@ ASSETS = ("source_document", "document_chunks", "chunk_vectors", "document_embed
 CHECKS = (("source_document", "parsed"), ("document_embeddings", "points_match_chunks"),
           ("document_embeddings", "indexed_in_time"))
 JOB = "index_documents"
-OUR_TABLES = {"documents", "document_versions", "chunks", "embedding_cache", "run_heartbeats", "index_generations",
-              "rag_alembic_version"}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The queries and table names the 100,000-document benchmark measures with, the same here.
+from ingest import CANCEL_BACKFILL, LAUNCH_BACKFILL, OUR_TABLES  # noqa: E402
+from ingest import PARTITION_STATUS as STATUS  # noqa: E402
+
 MTIME_NS = 1_796_000_000_000_000_000
 # Placeholders in the serialized templates, replaced per document: JSON-safe, found nowhere else.
 P_KEY, P_PATH, P_ID, P_RUN, P_VERSION, P_DATA = "@@KEY@@", "@@PATH@@", "@@ID@@", "@@RUN@@", "@@VER@@", "@@DATA@@"
-
-STATUS = """
-query Status($key: AssetKeyInput!) {
-  assetNodeOrError(assetKey: $key) {
-    ... on AssetNode {
-      partitionStats { numMaterialized numFailed numMaterializing numPartitions }
-      assetPartitionStatuses { __typename }
-    }
-  }
-}"""
-LAUNCH_BACKFILL = """
-mutation Backfill($params: LaunchBackfillParams!) {
-  launchPartitionBackfill(backfillParams: $params) {
-    __typename
-    ... on LaunchBackfillSuccess { backfillId }
-    ... on PythonError { message }
-  }
-}"""
-CANCEL_BACKFILL = """
-mutation Cancel($id: String!) { cancelPartitionBackfill(backfillId: $id) { __typename } }"""
 
 
 def doc_path(i: int) -> str:
