@@ -88,7 +88,7 @@ CHECKS = (("source_document", "parsed"), ("document_embeddings", "points_match_c
 JOB = "index_documents"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # The queries and table names the 100,000-document benchmark measures with, the same here.
-from ingest import CANCEL_BACKFILL, LAUNCH_BACKFILL, OUR_TABLES  # noqa: E402
+from ingest import CANCEL_BACKFILL, LAUNCH_BACKFILL, OUR_TABLES, fresh_database  # noqa: E402
 from ingest import PARTITION_STATUS as STATUS  # noqa: E402
 
 MTIME_NS = 1_796_000_000_000_000_000
@@ -120,14 +120,6 @@ def median_of(reps: int, fn: Callable[[], object]) -> float:
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
-
-
-def fresh_database(admin_url: str, name: str) -> str:
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    head, _, _ = admin_url.rpartition("/")
-    return f"{head}/{name}"
 
 
 def drop_database(admin_url: str, name: str) -> None:
