@@ -287,3 +287,98 @@ def test_optimize_vacuums_and_builds_hnsw_on_demand_with_the_same_answers(tmp_pa
     store = VectorStore(open_client(None, tmp_path / "v"), "c", keyword=True)
     assert store.count() == 120 and _ranked(store.query(dense=query, k=5, mode="dense", dense_floor=None)) == before
     store.close()
+
+
+def _answers(store: VectorStore) -> list:
+    """Every mode under a few filters, ranked by score (see `_by_score`)."""
+    rnd = random.Random(23)
+    out = []
+    for query_text in ["ERR-4012 rollback", "zeppelin w3 w7", "w1 w2 w3 w4"]:
+        dense = [rnd.uniform(-1, 1) for _ in range(DIM)]
+        for where in (None, SearchFilter(knowledge_base="kb1"), SearchFilter(path_prefix="policies/hr/")):
+            for mode in ("dense", "keyword", "hybrid"):
+                out.append(_by_score(store.query(
+                    dense=dense, keyword=sparse.query_vector(query_text), k=8, mode=mode, where=where, dense_floor=None,
+                )))
+    return out
+
+
+def _segments(path: Path) -> tuple[int, int]:
+    """(points, indexed vectors) of collection c, read with the shard's own layout."""
+    import qdrant_edge as qe
+
+    shard = qe.EdgeShard.load(str(path / "collections" / "c"))
+    try:
+        info = shard.info()
+        return info.points_count, info.indexed_vectors_count
+    finally:
+        shard.close()
+
+
+def test_a_writer_compacts_segments_and_search_answers_exactly_as_before(tmp_path: Path, monkeypatch):
+    """A writer's close turns segments past COMPACT_AT_KB into immutable ones searched through
+    int8 vectors rescored with the originals: the same points, the same scores, every mode."""
+    from rag_pipeline.core import qdrant_edge_store
+
+    monkeypatch.setattr(qdrant_edge_store, "COMPACT_AT_KB", 1)  # 120 points of 16 dimensions: 8 KB
+    store = _fill(open_client(None, tmp_path / "v"))
+    appendable = _answers(store)
+    assert store.client.get_collection("c").points_count == 120
+    store.close()
+    assert _segments(tmp_path / "v") == (120, 240)  # dense and keyword vectors of every point indexed
+    store = VectorStore(open_client(None, tmp_path / "v"), "c", keyword=True)
+    assert _answers(store) == appendable
+    # Points written after compaction land in an appendable segment and are found with the rest.
+    ids, vectors, payloads = _corpus(130)
+    store.upsert(ids[120:], vectors[120:], payloads[120:])
+    store.delete_document("doc3")
+    assert store.count() == 128
+    store.close()
+    store = VectorStore(open_client(None, tmp_path / "v"), "c", keyword=True)
+    assert store.count() == 128 and store.count(document_id="doc62") == 2
+    store.close()
+
+
+def test_a_store_of_the_earlier_layout_is_compacted_by_its_next_writer(tmp_path: Path, monkeypatch):
+    import qdrant_edge as qe
+
+    from rag_pipeline.core import qdrant_edge_store
+
+    def earlier(dense, sparse, *, hnsw):  # noqa: ANN001, ANN202 - the layout before compaction
+        return qe.EdgeConfig(
+            vectors={n: qe.EdgeVectorParams(size=s, distance=qe.Distance.Cosine) for n, (s, _) in dense.items()},
+            sparse_vectors={n: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf) for n in sparse},
+            optimizers=qe.EdgeOptimizersConfig(indexing_threshold=qdrant_edge_store.NO_AUTO_INDEX_KB),
+        )
+
+    with monkeypatch.context() as m:
+        m.setattr(qdrant_edge_store, "layout", earlier)
+        m.setattr(EdgeClient, "_edge_config", lambda self, name, hnsw=None: None)  # loads as stored
+        store = _fill(open_client(None, tmp_path / "v"))
+        before = _answers(store)
+        store.close()
+    # Appendable: only the keyword vectors are indexed (the inverted index rebuilt in RAM).
+    assert _segments(tmp_path / "v") == (120, 120)
+    monkeypatch.setattr(qdrant_edge_store, "COMPACT_AT_KB", 1)
+    # A reader changes nothing; the next writer's close compacts.
+    reader = VectorStore(open_client(None, tmp_path / "v"), "c", keyword=True)
+    assert _answers(reader) == before
+    reader.close()
+    assert _segments(tmp_path / "v") == (120, 120)
+    writer = VectorStore(open_client(None, tmp_path / "v"), "c", keyword=True)
+    ids, vectors, payloads = _corpus()
+    writer.upsert(ids[:1], vectors[:1], payloads[:1])  # rewritten as it was: the answers stay
+    writer.close()
+    assert _segments(tmp_path / "v") == (120, 240)
+    store = VectorStore(open_client(None, tmp_path / "v"), "c", keyword=True)
+    assert _answers(store) == before
+    # A graph an operator built is kept by every later open.
+    store.client.optimize("c", hnsw=True)
+    store.close()
+    config = json.loads((tmp_path / "v" / "collections" / "c" / "edge_config.json").read_text())
+    assert config["hnsw_config"]["m"] == 16
+    store = VectorStore(open_client(None, tmp_path / "v"), "c", keyword=True)
+    store.upsert(ids[:1], vectors[:1], payloads[:1])
+    store.close()
+    config = json.loads((tmp_path / "v" / "collections" / "c" / "edge_config.json").read_text())
+    assert config["hnsw_config"]["m"] == 16 and config["quantization_config"]

@@ -26,14 +26,21 @@ Durability: every update goes to the shard's write-ahead log before `update` ret
 process killed after an acknowledged upsert loses nothing (tested); `close` flushes the
 segments, so reopening replays nothing.
 
-Index build: no automatic HNSW. `optimize()` blocks until the optimizers are done, and building
-HNSW took 87 s at 20,000 points and 1,182 s at 200,000; a plain (brute-force, in Rust) segment
-answers a hybrid query in ~10 ms at 20,000 points. The shards are configured with an indexing
-threshold no collection here reaches, so the `optimize()` run when a writer closes only merges
-segments and vacuums deleted points (about 1.6 s at 15,000 points when a quarter were deleted,
-nothing when there is nothing to do). `rag-pipeline vectors optimize --hnsw` builds the graph
-on demand for a large store; it leaves that collection at Qdrant's default threshold, so from
-then on the optimize at a writer's close keeps new segments indexed too (the operator's choice).
+Segment layout. Points arrive in an appendable segment, which holds its vectors and a sparse
+inverted index rebuilt in RAM at every open: at 100,000 points of 384 dimensions with BM25
+vectors a process that opened and searched such a store held 850-880 MB and took 1.4-2.6 s to
+open. So a writer's close compacts (`optimize()`): a segment past COMPACT_AT_KB of vectors
+becomes immutable, with its vectors, sparse index and payload in files mapped on demand and an
+int8 copy of the vectors kept in RAM; dense search scans the int8 copy and rescores the best
+candidates (OVERSAMPLING) with the original vectors, so scores are exact. The same store then
+held 224-234 MB, opened in 0.4-1.5 s and answered a dense query in 3-4 ms instead of 10
+(`benchmarks/results/2026-12-06-edge-layout.txt`). No HNSW graph is built (m=0): building it
+took 87 s at 20,000 points and 1,182 s at 200,000, and the int8 scan is fast enough at the
+sizes one machine holds. Segments are merged, smallest first, once there are more than
+SEGMENTS, never past MAX_SEGMENT_KB: a writer's close never rebuilds a large segment to add a
+run's points to it (it did: 53 s and 3.6 GB at 300,000 points). A store written by an earlier
+version takes this layout at its next writer's close, or at `rag-pipeline vectors optimize`.
+`rag-pipeline vectors optimize --hnsw` builds the graph on demand; the collection keeps it.
 """
 
 from __future__ import annotations
@@ -57,10 +64,19 @@ COLLECTIONS = "collections"
 LOCK_FILE = ".lock"
 # qdrant-client's local mode and a Qdrant server both default RRF's constant to 2.
 RRF_K = 2
-# In KB of vectors per segment: 100 GB, so `optimize()` never starts an HNSW build on its own.
+# Layouts before compaction: no segment ever indexed (this threshold, in KB of vectors, was
+# never reached). Such a store is compacted by its next writer.
 NO_AUTO_INDEX_KB = 100_000_000
-# Qdrant's own default (Edge and server), used when an HNSW build is asked for.
-HNSW_THRESHOLD_KB = 10_000
+# A segment is compacted past this size of vectors (Qdrant's default indexing threshold): about
+# 6,500 points of 384 dimensions, two or three runs' worth. Smaller ones stay appendable.
+COMPACT_AT_KB = 10_000
+# Merged, smallest first, once a shard has more segments than this; a merge never makes a
+# segment larger than MAX_SEGMENT_KB (about 65,000 points of 384 dimensions).
+SEGMENTS = 8
+MAX_SEGMENT_KB = 100_000
+# Dense search over int8 vectors takes this many times k candidates, rescored exactly.
+OVERSAMPLING = 2.0
+_RESCORED = qe.SearchParams(quantization=qe.QuantizationSearchParams(rescore=True, oversampling=OVERSAMPLING))
 
 _DISTANCES = {"Cosine": qe.Distance.Cosine, "Dot": qe.Distance.Dot, "Euclid": qe.Distance.Euclid, "Manhattan": qe.Distance.Manhattan}
 _SCHEMAS = {
@@ -118,6 +134,33 @@ def _edge_id(value: Any) -> int | str:
     return value if isinstance(value, int) else str(uuid.UUID(str(value)))
 
 
+def layout(dense: dict[str, tuple[int, str]], sparse: dict[str, bool], *, hnsw: bool) -> qe.EdgeConfig:
+    """The shard configuration (module doc): `dense` {name: (size, distance)}, `sparse` {name:
+    IDF modifier}; `hnsw` builds the graph at Qdrant's defaults instead of none (m=0)."""
+    cold = qe.Memory.Cold
+    return qe.EdgeConfig(
+        vectors={n: qe.EdgeVectorParams(size=size, distance=_DISTANCES[dist], memory=cold) for n, (size, dist) in dense.items()},
+        sparse_vectors={
+            n: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf if idf else None, memory=cold) for n, idf in sparse.items()
+        } or None,
+        payload_memory=cold,
+        quantization_config=qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=0.99, memory=qe.Memory.Pinned),
+        hnsw_config=qe.HnswIndexConfig(m=16 if hnsw else 0, ef_construct=100, full_scan_threshold=10_000),
+        optimizers=qe.EdgeOptimizersConfig(
+            indexing_threshold=COMPACT_AT_KB, default_segment_number=SEGMENTS, max_segment_size=MAX_SEGMENT_KB,
+        ),
+    )
+
+
+def has_graph(stored: dict[str, Any]) -> bool:
+    """Whether a stored collection configuration asks for an HNSW graph: one built by
+    `vectors optimize --hnsw` (Qdrant's default m, or an earlier version's threshold alone)."""
+    threshold = (stored.get("optimizers") or {}).get("indexing_threshold")
+    if threshold is None or threshold >= NO_AUTO_INDEX_KB:
+        return False
+    return (stored.get("hnsw_config") or {}).get("m", 16) > 0
+
+
 class EdgeClient:
     """A QdrantClient look-alike over a folder of Qdrant Edge shards (see the module doc)."""
 
@@ -169,14 +212,13 @@ class EdgeClient:
     def _config(self, name: str) -> dict[str, Any]:
         return json.loads((self._collection_dir(name) / "edge_config.json").read_text())
 
-    def _edge_config(self, name: str, *, indexing_threshold: int = NO_AUTO_INDEX_KB) -> qe.EdgeConfig:
+    def _edge_config(self, name: str, *, hnsw: bool | None = None) -> qe.EdgeConfig:
+        """The layout for a stored collection; `hnsw` None keeps whether it has a graph."""
         stored = self._config(name)
-        return qe.EdgeConfig(
-            vectors={n: qe.EdgeVectorParams(size=v["size"], distance=getattr(qe.Distance, v["distance"]))
-                     for n, v in (stored.get("vectors") or {}).items()},
-            sparse_vectors={n: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf if s.get("modifier") == "idf" else None)
-                            for n, s in (stored.get("sparse_vectors") or {}).items()},
-            optimizers=qe.EdgeOptimizersConfig(indexing_threshold=indexing_threshold),
+        return layout(
+            {n: (v["size"], v["distance"]) for n, v in (stored.get("vectors") or {}).items()},
+            {n: s.get("modifier") == "idf" for n, s in (stored.get("sparse_vectors") or {}).items()},
+            hnsw=has_graph(stored) if hnsw is None else hnsw,
         )
 
     def _shard(self, collection_name: str) -> qe.EdgeShard:
@@ -186,7 +228,8 @@ class EdgeClient:
         if shard is None:
             if not self._exists(name):
                 raise EdgeError(f"Collection {collection_name} not found")
-            shard = self._shards[name] = qe.EdgeShard.load(str(self._collection_dir(name)))
+            # With the layout: a store of an earlier layout is compacted when a writer closes it.
+            shard = self._shards[name] = qe.EdgeShard.load(str(self._collection_dir(name)), self._edge_config(name))
         return shard
 
     def _check_open(self) -> None:
@@ -199,7 +242,7 @@ class EdgeClient:
         try:
             for name, shard in self._shards.items():
                 if name in self._dirty:
-                    # Merges segments and vacuums deleted points; no HNSW build (module doc).
+                    # Compacts, merges and vacuums (module doc); no HNSW build unless chosen.
                     shard.optimize()
                     shard.flush()
                 shard.close()
@@ -216,13 +259,13 @@ class EdgeClient:
         self.close()
 
     def optimize(self, collection_name: str, *, hnsw: bool = False) -> bool:
-        """Run the optimizers now; with `hnsw`, at Qdrant's default threshold (builds the graph)."""
+        """Compact, merge and vacuum now; with `hnsw`, also build the graph (kept from then on)."""
         name = self._real(collection_name)
         shard = self._shard(name)
         if hnsw:
             shard.close()
             shard = self._shards[name] = qe.EdgeShard.load(
-                str(self._collection_dir(name)), self._edge_config(name, indexing_threshold=HNSW_THRESHOLD_KB),
+                str(self._collection_dir(name)), self._edge_config(name, hnsw=True),
             )
         changed = shard.optimize()
         shard.flush()
@@ -248,21 +291,13 @@ class EdgeClient:
             raise EdgeError(f"Collection `{collection_name}` already exists!")
         if collection_name in self._aliases:
             raise EdgeError(f"Alias with name `{collection_name}` already exists")
-        dense: dict[str, qe.EdgeVectorParams] = {}
         items = vectors_config.items() if isinstance(vectors_config, dict) else [("", vectors_config)] if vectors_config else []
-        for name, params in items:
-            dense[name] = qe.EdgeVectorParams(size=params.size, distance=_DISTANCES[_value(params.distance)])
-        sparse = {
-            name: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf if _value(params.modifier) == "idf" else None)
-            for name, params in (sparse_vectors_config or {}).items()
-        }
+        dense = {name: (params.size, _value(params.distance)) for name, params in items}
+        sparse = {name: _value(params.modifier) == "idf" for name, params in (sparse_vectors_config or {}).items()}
         path = self._collection_dir(collection_name)
         # A folder left by a create that crashed before its config was written holds nothing.
         shutil.rmtree(path, ignore_errors=True)
-        self._shards[collection_name] = qe.EdgeShard.create(str(path), qe.EdgeConfig(
-            vectors=dense, sparse_vectors=sparse or None,
-            optimizers=qe.EdgeOptimizersConfig(indexing_threshold=NO_AUTO_INDEX_KB),
-        ))
+        self._shards[collection_name] = qe.EdgeShard.create(str(path), layout(dense, sparse, hnsw=False))
         self._dirty.add(collection_name)
         return True
 
@@ -436,6 +471,13 @@ def _edge_scoring(query: Any, using: str | None) -> Any:
     raise EdgeError(f"unsupported query {kind}")
 
 
+def _params(query: Any) -> qe.SearchParams | None:
+    # Dense queries rescore their int8 candidates with the original vectors: exact scores.
+    if _kind(query) == "NearestQuery":
+        query = query.nearest
+    return _RESCORED if isinstance(query, list) or hasattr(query, "tolist") else None
+
+
 def _edge_prefetches(prefetch: Any) -> list[qe.Prefetch] | None:
     if prefetch is None:
         return None
@@ -444,6 +486,7 @@ def _edge_prefetches(prefetch: Any) -> list[qe.Prefetch] | None:
         qe.Prefetch(
             limit=p.limit if p.limit is not None else 10, query=_edge_scoring(p.query, p.using),
             prefetches=_edge_prefetches(p.prefetch), filter=edge_filter(p.filter), score_threshold=p.score_threshold,
+            params=_params(p.query),
         )
         for p in items
     ]
@@ -453,6 +496,7 @@ def _edge_request(r: Any) -> qe.QueryRequest:
     return qe.QueryRequest(
         limit=r.limit if r.limit is not None else 10, offset=r.offset, query=_edge_scoring(r.query, r.using),
         prefetches=_edge_prefetches(r.prefetch), filter=edge_filter(r.filter), score_threshold=r.score_threshold,
+        params=_params(r.query),
         with_payload=_with_payload(r.with_payload if r.with_payload is not None else False),
         with_vector=r.with_vector if isinstance(r.with_vector, (bool, list)) else False,
     )
