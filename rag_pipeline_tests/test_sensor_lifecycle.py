@@ -271,6 +271,8 @@ def test_the_sensor_rests_four_times_its_last_tick_before_walking_the_inbox_agai
         assert walked["ticked_at"] <= time.time() and walked["tick_seconds"] >= 0
         write_files(settings.inbox_dir, "kb", {"a.txt": FILES["a.txt"]})
         time.sleep(settings.settle_seconds + 0.1)
+        # An inbox that cannot be watched (a network file system): its walks are what rest.
+        walked["watch"] = ""
         slow = json.dumps({**walked, "ticked_at": time.time(), "tick_seconds": 2.0})
         rested, runs = tick_and_run(defs, instance, cursor=slow)
         assert "resting" in rested.skip_reason.skip_message and not runs and rested.cursor == slow

@@ -23,7 +23,7 @@ from rag_pipeline.core import records
 from rag_pipeline.core.batching import batched
 from rag_pipeline.core.db import documents
 from rag_pipeline.core.identity import document_id, sha256_stream
-from rag_pipeline.core.sources import SQL_TOKEN_PREFIX, Scan, Source, SourceChanged, SourceError, as_source, owns
+from rag_pipeline.core.sources import SQL_TOKEN_PREFIX, Scan, Source, SourceChanged, SourceError, as_source, owns, watch_mark
 
 
 @dataclass
@@ -44,6 +44,11 @@ class Detection:
     # Deletions the mass-deletion guard holds (`max_delete_fraction`), and why.
     held_deletions: int = 0
     held_reason: str = ""
+    # The source's change mark taken before this listing, if the listing was registered in
+    # full with nothing held back: an equal mark next time means there is nothing to list.
+    watch_mark: str = ""
+    listing_size: int = 0  # uploads in the listing (or in the previous one, if not listed)
+    listed: bool = True  # False: the source's mark said nothing changed, and it was not listed
 
     @property
     def registered(self) -> int:
@@ -119,6 +124,7 @@ def refusal_version(reason: str) -> str:
 def detect(
     engine: Engine, source: Source | Path, min_age_seconds: float = 0.0, previous_digest: str | None = None,
     max_file_bytes: int | None = None, *, budget: Budget = UNBOUNDED, confirm_deletions: bool = False,
+    previous_mark: str | None = None, previous_unchanged: int = 0,
 ) -> Detection:
     """Register what changed in `source` (a folder path is taken as the landing directory),
     within `budget`. With the digest of the previous, fully registered listing, an identical
@@ -135,19 +141,33 @@ def detect(
     source's documents. A source with `max_delete_fraction` (a SQL source) whose listing loses
     more than that share of its documents holds those deletions (`held_deletions`,
     `held_reason`) unless `confirm_deletions`: an empty replica or a broken query looks exactly
-    like a purge."""
+    like a purge.
+
+    `previous_mark`: the `watch_mark` of the previous listing (digest `previous_digest`, with
+    `previous_unchanged` uploads); if the source's mark is still the same, nothing changed and
+    nothing is listed."""
     clock = time.monotonic()
     source = as_source(source)
+    # Taken before listing: a change during the listing moves the mark, so the next call lists.
+    mark = watch_mark(source)
+    if previous_digest and previous_mark and mark == previous_mark:
+        result = Detection(
+            unchanged=previous_unchanged, listing_digest=previous_digest, watch_mark=mark, listing_size=previous_unchanged,
+            listed=False,
+        )
+        lap(result, "list", clock)
+        return result
     if getattr(source, "incremental", False):
         # A SQL source with updated_at reads only rows updated since the latest registered.
         source.since_ns = records.latest_mtime_ns(engine, source.token_prefix)
     listing = source.list(min_age_seconds=min_age_seconds, max_file_bytes=max_file_bytes)
     files = listing.files
     digest = listing_digest(listing)
-    result = Detection(problems=listing.problems)
+    result = Detection(problems=listing.problems, listing_size=len(files) + len(listing.refused))
     clock = lap(result, "list", clock)
     if previous_digest and digest == previous_digest:
         result.unchanged = len(files)
+        result.watch_mark = mark if mark and not listing.held else ""
         return result
     complete = not listing.unlisted
     known = _own_documents(engine, source)
@@ -234,6 +254,8 @@ def detect(
         gone, complete = sorted(gone)[: budget.files], False
     result.deleted = records.mark_deleting(engine, gone)
     result.listing_digest = digest if complete else ""
+    # Files still settling become due with no further event: the next call must list.
+    result.watch_mark = mark if mark and complete and not listing.held else ""
     lap(result, "register", clock)
     return result
 

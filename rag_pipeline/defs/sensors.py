@@ -11,7 +11,7 @@ from typing import Mapping, Sequence
 
 from dagster import DefaultSensorStatus, SensorDefinition, SensorEvaluationContext, SensorResult, sensor
 
-from rag_pipeline.core import detection, planning
+from rag_pipeline.core import detection, planning, watch
 from rag_pipeline.defs.jobs import index_documents_job
 from rag_pipeline.defs.orchestrator import DagsterOrchestrator, check_evaluation, run_request
 from rag_pipeline.defs.purge import purge_deleted_job
@@ -66,7 +66,9 @@ def _inbox_sensor(
     # Capped: a clock set back must not make the sensor rest for good. Only an idle tick earns
     # a rest: one that registered or handed out work is followed at once by the next.
     rest = min(last / TICK_SHARE, last / TICK_SHARE - (started - previous.get("ticked_at", 0.0)))
-    if previous.get("idle", True) and last > RESTLESS_TICK and rest > 0:
+    # A watched folder (`core/watch.py`) is walked only when something changed, or every
+    # FULL_WALK_SECONDS: a change must not wait for a rest that its walk does not need.
+    if previous.get("idle", True) and last > RESTLESS_TICK and rest > 0 and not previous.get("watch"):
         return SensorResult(skip_reason=f"resting {rest:.1f} s after a {last:.1f} s tick", cursor=context.cursor)
     from rag_pipeline.core.endpoints import MissingKey, missing_key_problem
     from rag_pipeline.core.sources import SourceError
@@ -90,6 +92,9 @@ def _inbox_sensor(
             plan = planning.evaluate_inbox(
                 DagsterOrchestrator(context.instance), db.engine, source, policy, max_file_bytes=inbox.max_file_bytes,
                 previous_digest=previous.get("listing"), endpoint_slots=embedder.concurrency,
+                previous_mark=previous.get("watch") if started - previous.get("walked_at", 0.0) < watch.FULL_WALK_SECONDS
+                else None,
+                previous_unchanged=previous.get("files", 0),
                 budget=TICK_BUDGET, retiring=previous.get("retiring", False),
                 migrate_keys=source_name is None and not previous.get("keys_readable", False),
                 token_prefix=own,
@@ -121,6 +126,8 @@ def _inbox_sensor(
     for problem, digest in zip(found.problems, reported):
         if digest not in seen:
             context.log.warning(problem)
+    if not found.listed:  # not listed: the problems of the last listing stand
+        reported = previous.get("problems", [])
     idle = not (
         plan.run_requests or plan.added_partitions or plan.deleted_partitions or found.waiting or plan.released
         or plan.retiring or plan.keys_migrated
@@ -133,6 +140,8 @@ def _inbox_sensor(
     # Saved only once this tick's registrations are committed, so a crashed tick re-detects.
     cursor = json.dumps({
         "listing": found.listing_digest, "problems": reported[:MAX_REMEMBERED_PROBLEMS],
+        "watch": found.watch_mark, "files": found.listing_size,
+        "walked_at": started if found.listed else previous.get("walked_at", 0.0),
         "ticked_at": started, "tick_seconds": round(time.time() - started, 3), "idle": idle,
         "retiring": plan.retiring,
         # Once no partition is named by a document id, the sensor stops looking for one.
@@ -141,7 +150,8 @@ def _inbox_sensor(
     if idle and not found.new and not found.changed and not found.deleted:
         return SensorResult(
             skip_reason=f"no changes in {where} ({found.unchanged:,} {getattr(source, 'unit', 'files')} unchanged"
-            + (f", {len(found.problems)} problem(s) in the sensor log" if found.problems else "") + ")",
+            + (f", {len(reported)} problem(s) in the sensor log" if reported else "")
+            + ("; watched, not walked" if not found.listed else "") + ")",
             cursor=cursor, asset_events=[check_evaluation(r) for r in plan.check_events],
         )
     if found.waiting:
@@ -206,8 +216,9 @@ def inbox_sensor_def(*, interval_seconds: int, policy: planning.Policy, name: st
     evaluates sensors in a loop that runs every 5 s; with a minimum interval of exactly 5 the
     loop's jitter finds the sensor not yet due every other time, and an upload waited 10 s for
     its tick (measured: 9.7 s of the 15.9 s from a write to searchable). Under 5, every loop
-    is a tick. A tick with nothing new costs one directory walk and its digest (0.75 to 1.2 s
-    over 100,000 files; partition keys are not read)."""
+    is a tick. A tick with nothing new on a watched local folder lists nothing (`core/watch.py`);
+    elsewhere it costs one walk or listing and its digest (0.75 to 1.2 s over 100,000 files);
+    partition keys are not read."""
 
     def inbox_sensor(
         context: SensorEvaluationContext, db: DatabaseResource, inbox: InboxResource, embedder: EmbedderResource

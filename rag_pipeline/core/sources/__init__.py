@@ -22,7 +22,7 @@ from rag_pipeline.core.inbox import FileStat, Refusal, Scan, ingest, open_inside
 __all__ = [
     "FileStat", "Refusal", "Scan", "Source", "FolderSource", "SourceError", "SourceUnavailable",
     "SourceMisconfigured", "SourceChanged", "SourceSet", "SQL_TOKEN_PREFIX", "as_source", "open_source",
-    "build_source_set", "owns", "source_for", "stream_size",
+    "build_source_set", "owns", "source_for", "stream_size", "watch_mark",
 ]
 
 # Change tokens of rows from SQL sources start with this and the source's name (`sql.py`): a
@@ -95,6 +95,12 @@ class FolderSource:
     def list(self, *, min_age_seconds: float = 0.0, max_file_bytes: int | None = None) -> Scan:
         return scan(self.root, min_age_seconds, max_file_bytes=max_file_bytes)
 
+    def watch_mark(self) -> str | None:
+        """Equal marks: nothing under the folder changed in between (`core/watch.py`)."""
+        from rag_pipeline.core.watch import mark_for
+
+        return mark_for(self.root)
+
     def open(self, knowledge_base: str, path: str, *, token: str | None = None) -> BinaryIO:
         # The token is not checked here: the caller's hash check finds a file changed since.
         return open_inside(self.root, knowledge_base, path)
@@ -159,6 +165,9 @@ class SourceSet:
     def list(self, *, min_age_seconds: float = 0.0, max_file_bytes: int | None = None) -> Scan:
         return self.landing.list(min_age_seconds=min_age_seconds, max_file_bytes=max_file_bytes)
 
+    def watch_mark(self) -> str | None:
+        return watch_mark(self.landing)
+
     def open(self, knowledge_base: str, path: str, *, token: str | None = None) -> BinaryIO:
         return self.route(token).open(knowledge_base, path, token=token)
 
@@ -170,6 +179,13 @@ class SourceSet:
 
     def upload(self, paths: list[Path], *, knowledge_base: str = DEFAULT_KB) -> list[tuple[str, str, str]]:
         return self.landing.upload(paths, knowledge_base=knowledge_base)
+
+
+def watch_mark(source: Source) -> str | None:
+    """A mark that stays equal while nothing in the source changes, for sources that can tell
+    (a watched local folder); None: list it to know."""
+    mark = getattr(source, "watch_mark", None)
+    return mark() if mark is not None else None
 
 
 def source_for(source: Source, token: str | None) -> Source:
