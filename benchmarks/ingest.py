@@ -571,16 +571,27 @@ def sensor_tick(workdir: Path, db_url: str, n_files: int, landing: Landing) -> d
             plan = evaluate(previous_digest=plan.found.listing_digest)
             slices.append(time.perf_counter() - tick_started)
         register = time.perf_counter() - started
-        ticks = []
+        # Unchanged: walked (no mark: a bucket, a network file system, or the sensor's walk every
+        # FULL_WALK_SECONDS), then as the sensor meets a watched local folder (core/watch.py).
+        ticks, watched = [], []
         for _ in range(3):
             tick_started = time.perf_counter()
             idle = evaluate(previous_digest=plan.found.listing_digest)
             ticks.append(time.perf_counter() - tick_started)
             assert not idle.run_requests and not idle.added_partitions
+        for _ in range(3):
+            tick_started = time.perf_counter()
+            quiet = evaluate(previous_digest=idle.found.listing_digest, previous_mark=idle.found.watch_mark,
+                             previous_unchanged=idle.found.listing_size)
+            watched.append(time.perf_counter() - tick_started)
+            assert not quiet.run_requests and quiet.found.unchanged == idle.found.listing_size
     return {"files": n_files, "first_tick_seconds": first_tick, "register_ticks": len(slices),
             "slowest_register_tick_seconds": max(slices), "register_seconds": register,
             "unchanged_tick_seconds": min(ticks), "unchanged_tick_seconds_max": max(ticks),
-            "unchanged_tick_phases": {k: round(v, 3) for k, v in idle.found.seconds.items()}}
+            "unchanged_tick_phases": {k: round(v, 3) for k, v in idle.found.seconds.items()},
+            "watched": not quiet.found.listed, "watched_tick_seconds": min(watched),
+            "watched_tick_seconds_max": max(watched),
+            "watched_tick_phases": {k: round(v, 3) for k, v in quiet.found.seconds.items()}}
 
 
 # --- at scale: what an operator waits for once the corpus is large (--scale) ----------------
@@ -962,6 +973,9 @@ def main() -> None:
               f"(registering them all: {sensor['register_seconds']:.1f} s in {sensor['register_ticks']} ticks, "
               f"the first {sensor['first_tick_seconds']:.1f} s, the slowest {sensor['slowest_register_tick_seconds']:.1f} s; "
               f"peak RSS {sensor['peak_rss_mb']:.0f} MB); the unchanged tick's phases (s): {sensor['unchanged_tick_phases']}")
+        if sensor.get("watched"):
+            print(f"  watched, not walked (core/watch.py): {sensor['watched_tick_seconds']:.3f} s "
+                  f"(max {sensor['watched_tick_seconds_max']:.3f} s); phases (s): {sensor['watched_tick_phases']}")
     for name, error in failed.items():
         print(f"{name} FAILED: {error}")
     if args.json:

@@ -74,6 +74,11 @@ def test_a_folder_still_settling_or_not_watchable_is_listed_every_time(rig, monk
     monkeypatch.setattr(watch, "_WATCHES", type(watch._WATCHES)())
     first = _detect(rig)
     assert first.watch_mark == "" and _detect(rig, first).listed
+    # Walked, an unchanged listing keeps its digest: every idle call skips the database.
+    second = _detect(rig, first)
+    third = _detect(rig, second)
+    assert second.listing_digest == third.listing_digest == first.listing_digest
+    assert list(second.seconds) == list(third.seconds) == ["list"] and third.unchanged == 1
 
 
 def test_a_folder_replaced_is_watched_afresh_and_watches_are_bounded(tmp_path: Path):

@@ -166,6 +166,9 @@ def detect(
     result = Detection(problems=listing.problems, listing_size=len(files) + len(listing.refused))
     clock = lap(result, "list", clock)
     if previous_digest and digest == previous_digest:
+        # Kept, so the next call takes this shortcut too (left empty, every other idle tick
+        # compared the whole listing with the database: 100,000 rows read).
+        result.listing_digest = digest
         result.unchanged = len(files)
         result.watch_mark = mark if mark and not listing.held else ""
         return result
