@@ -328,6 +328,18 @@ def test_a_writer_compacts_segments_and_search_answers_exactly_as_before(tmp_pat
     assert _segments(tmp_path / "v") == (120, 240)  # dense and keyword vectors of every point indexed
     store = VectorStore(open_client(None, tmp_path / "v"), "c", keyword=True)
     assert _answers(store) == appendable
+    # A writer that stays open compacts every COMPACT_EVERY points, not only at its close.
+    monkeypatch.setattr(qdrant_edge_store, "COMPACT_EVERY", 10)
+    ids, vectors, payloads = _corpus(130)
+    for i in range(120, 130):
+        store.upsert(ids[i:i + 1], vectors[i:i + 1], payloads[i:i + 1])
+    assert store.client.get_collection("c").points_count == 130
+    assert store.client._shard("c").info().indexed_vectors_count == 260
+    store.delete_document("doc60")
+    store.delete_document("doc61")
+    store.delete_document("doc62")
+    store.delete_document("doc63")
+    store.delete_document("doc64")
     # Points written after compaction land in an appendable segment and are found with the rest.
     ids, vectors, payloads = _corpus(130)
     store.upsert(ids[120:], vectors[120:], payloads[120:])

@@ -74,6 +74,8 @@ COMPACT_AT_KB = 10_000
 # segment larger than MAX_SEGMENT_KB (about 65,000 points of 384 dimensions).
 SEGMENTS = 8
 MAX_SEGMENT_KB = 100_000
+# Points a writer upserts into one shard before it compacts without waiting for its close.
+COMPACT_EVERY = 50_000
 # Dense search over int8 vectors takes this many times k candidates, rescored exactly.
 OVERSAMPLING = 2.0
 _RESCORED = qe.SearchParams(quantization=qe.QuantizationSearchParams(rescore=True, oversampling=OVERSAMPLING))
@@ -178,6 +180,7 @@ class EdgeClient:
             raise
         self._shards: dict[str, qe.EdgeShard] = {}
         self._dirty: set[str] = set()
+        self._written: dict[str, int] = {}  # points upserted since the last compaction
         (self.path / COLLECTIONS).mkdir(exist_ok=True)
         self._aliases: dict[str, str] = self._read_aliases()
 
@@ -390,8 +393,16 @@ class EdgeClient:
 
     def upsert(self, collection_name: str, points: Any, wait: bool = True, **kwargs: Any) -> em.UpdateResult:
         shard = self._shard(collection_name)
-        shard.update(qe.UpdateOperation.upsert_points(list(_edge_points(points))))
-        self._dirty.add(self._real(collection_name))
+        batch = list(_edge_points(points))
+        shard.update(qe.UpdateOperation.upsert_points(batch))
+        name = self._real(collection_name)
+        self._dirty.add(name)
+        # A writer that stays open (a script indexing everything in one go) compacts as it goes:
+        # its appendable segment, all in RAM, never grows past COMPACT_EVERY points.
+        self._written[name] = self._written.get(name, 0) + len(batch)
+        if self._written[name] >= COMPACT_EVERY:
+            self._written[name] = 0
+            shard.optimize()
         return _DONE
 
     def delete(self, collection_name: str, points_selector: Any, wait: bool = True, **kwargs: Any) -> em.UpdateResult:
