@@ -195,7 +195,8 @@ class Settings(BaseSettings):
         1.0, "RAG_SETTLE_SECONDS", "the sensor leaves a file modified more recently than this for a later tick")
     sensor_interval_seconds: int = _setting(
         1, "RAG_SENSOR_INTERVAL_SECONDS",
-        "minimum time between `inbox_sensor` ticks (after an idle tick slower than 0.25 s, as over ~30,000 files, the "
+        "minimum time between `inbox_sensor` ticks (a local landing folder is watched and walked only when something "
+        "in it changed, or every 30 s; elsewhere, after an idle tick slower than 0.25 s, as over ~30,000 files, the "
         "sensor rests four times its duration; a tick that found work is followed at once)",
         form="a whole number of seconds of at least 1 (Dagster's minimum interval)", ge=1,
     )
