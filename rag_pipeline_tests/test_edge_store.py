@@ -326,6 +326,13 @@ def test_a_writer_compacts_segments_and_search_answers_exactly_as_before(tmp_pat
     assert store.client.get_collection("c").points_count == 120
     store.close()
     assert _segments(tmp_path / "v") == (120, 240)  # dense and keyword vectors of every point indexed
+    import qdrant_edge as qe
+
+    shard = qe.EdgeShard.load(str(tmp_path / "v" / "collections" / "c"))
+    # The payload indexes are mapped from their files, not read into RAM at every open.
+    assert all(i.params.memory == qe.Memory.Cold for i in shard.info().payload_schema.values())
+    assert len(shard.info().payload_schema) >= 5
+    shard.close()
     store = VectorStore(open_client(None, tmp_path / "v"), "c", keyword=True)
     assert _answers(store) == appendable
     # A writer that stays open compacts every COMPACT_EVERY points, not only at its close.
