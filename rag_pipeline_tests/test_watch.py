@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
-import pytest
 from dagster import DagsterInstance
 
 from rag_pipeline.core import detection, watch
@@ -124,7 +124,59 @@ def test_the_sensor_skips_the_walk_of_a_watched_inbox_until_something_changes(ra
         assert json.loads(walked.cursor)["walked_at"] > time.time() - 5
 
 
-@pytest.mark.parametrize("kind", ["tmpfs", "ext4", "nfs4", "fuse.sshfs", None])
-def test_only_local_file_systems_are_trusted_to_report_every_change(kind):
-    assert (kind in watch.LOCAL_FILE_SYSTEMS) == (kind in ("tmpfs", "ext4"))
-    assert watch.file_system_type(Path("/")) is not None
+def test_the_file_system_is_the_longest_mount_point_above_the_folder(tmp_path: Path):
+    """Only local file systems are trusted to report every change (a network one misses other
+    hosts' writes): the type comes from the mount the folder is on, not from one above it."""
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(
+        "22 1 252:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw\n"
+        "30 22 0:40 / /srv/inbox rw shared:9 - nfs4 server:/export rw\n"
+        "31 22 0:41 / /srv/in\\040box rw shared:10 - tmpfs tmpfs rw\n"
+        "32 30 0:42 / /srv/inbox/local rw shared:11 - xfs /dev/vdb rw\n"
+    )
+    kind = lambda path: watch.file_system_type(Path(path), str(mountinfo))  # noqa: E731
+    assert kind("/srv/inbox/kb/a.txt") == "nfs4" and "nfs4" not in watch.LOCAL_FILE_SYSTEMS
+    assert kind("/srv/inbox/local/kb") == "xfs" and kind("/srv/inboxes") == "ext4"
+    assert kind("/srv/in box/kb") == "tmpfs"  # spaces are escaped in the table
+    assert watch.file_system_type(Path("/"), str(tmp_path / "missing")) is None
+
+
+def test_a_new_folder_is_watched_without_redoing_the_watch_and_a_failed_watch_is_retried(tmp_path, monkeypatch):
+    root = tmp_path / "inbox"
+    (root / "kb").mkdir(parents=True)
+    first = watch.mark_for(root)
+    instance = first.split(":")[0]
+    walked = []
+    watch_tree = watch.FolderWatch._watch_tree
+    monkeypatch.setattr(watch.FolderWatch, "_watch_tree", lambda self, top, **kw: walked.append(top) or watch_tree(self, top, **kw))
+    (root / "kb" / "2026" / "12").mkdir(parents=True)
+    (root / "kb" / "2026" / "12" / "a.txt").write_text("a")
+    made = watch.mark_for(root)
+    # Same watch, a change counted, and only the new folder's tree walked to watch it.
+    assert made.split(":")[0] == instance and made != first
+    assert walked == [os.fsencode(root / "kb" / "2026")]
+    (root / "kb" / "2026" / "12" / "a.txt").write_text("changed")  # inside the folder watched since
+    assert watch.mark_for(root) != made
+    shutil.rmtree(root / "kb" / "2026")
+    removed = watch.mark_for(root)
+    assert removed.split(":")[0] == instance and watch.mark_for(root) == removed
+    # A folder moved away redoes the watch: its watches' paths are no longer where they were.
+    (root / "kb" / "old").mkdir()
+    watch.mark_for(root)
+    os.rename(root / "kb" / "old", root / "kb" / "new")
+    assert watch.mark_for(root).split(":")[0] != instance
+
+    # A watch that cannot be made is not tried on every tick, and is tried again later.
+    other = tmp_path / "other"
+    other.mkdir()
+    calls = []
+
+    def refuse(path):  # noqa: ANN001, ANN202
+        calls.append(path)
+        raise OSError(24, "inotify instance limit")
+
+    monkeypatch.setattr(watch, "FolderWatch", refuse)
+    assert watch.mark_for(other) is None and watch.mark_for(other) is None and len(calls) == 1
+    later = time.monotonic() + watch.FULL_WALK_SECONDS + 1
+    monkeypatch.setattr(watch.time, "monotonic", lambda: later)
+    assert watch.mark_for(other) is None and len(calls) == 2

@@ -3,8 +3,8 @@
 An unchanged sensor tick over 100,000 files walked and stat-ed every one of them: about a
 second, so the sensor rested four seconds after each such tick to stay within a fifth of a
 core, and a modified document waited up to five seconds for its tick. The kernel already knows
-when anything under the folder changes: a watch (inotify) counts the changes, and a tick whose previous listing was taken with no
-change counted since skips the walk. The watch only decides *whether* to walk, never what is
+when anything under the folder changes: a watch (inotify) counts the changes, and a tick
+whose previous listing was taken with no change counted since skips the walk. The watch only decides *whether* to walk, never what is
 there: a walk still lists everything, so a missed event can delay a change but not lose it,
 and a full walk is made every FULL_WALK_SECONDS whatever the watch says.
 
@@ -18,6 +18,7 @@ import ctypes
 import os
 import struct
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from pathlib import Path
@@ -32,12 +33,12 @@ LOCAL_FILE_SYSTEMS = frozenset({
 })
 
 
-def file_system_type(path: Path) -> str | None:
-    """The type of the file system holding `path` (Linux: /proc/self/mountinfo), or None."""
+def file_system_type(path: Path, mountinfo: str = "/proc/self/mountinfo") -> str | None:
+    """The type of the file system holding `path` (the longest mount point above it), or None."""
     try:
         target = os.path.realpath(path)
         best, kind = "", None
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+        with open(mountinfo, encoding="utf-8", errors="replace") as f:
             for line in f:
                 fields = line.split()
                 mount_point = fields[4].replace("\\040", " ")
@@ -59,9 +60,11 @@ IN_ONLYDIR, IN_DONT_FOLLOW, IN_ISDIR = 0x01000000, 0x02000000, 0x40000000
 IN_NONBLOCK, IN_CLOEXEC = os.O_NONBLOCK, os.O_CLOEXEC
 WATCHED = (IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE
            | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR | IN_DONT_FOLLOW)
-# A folder event: the watches no longer cover the tree as it is (a folder made or moved in is
-# not watched yet), so the watch is redone.
-RESTRUCTURED = IN_DELETE_SELF | IN_MOVE_SELF | IN_Q_OVERFLOW | IN_IGNORED
+# The watches no longer stand for the tree: events were lost (the queue overflowed), or a
+# folder moved (the paths the watches were added under are wrong). The watch is redone.
+RESTRUCTURED = IN_Q_OVERFLOW | IN_MOVE_SELF
+# A folder made or moved in: watched from now on, with whatever it already holds.
+ARRIVED = IN_CREATE | IN_MOVED_TO
 _EVENT = struct.Struct("iIII")
 _libc = None
 
@@ -90,18 +93,31 @@ class FolderWatch:
         self._changes = 0
         self._stale = False
         self._lock = threading.Lock()
-        libc = _inotify()
-        self._fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+        self._folders: dict[int, bytes] = {}  # watch descriptor: the folder it was added for
+        self._fd = _inotify().inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
         if self._fd < 0:
             raise OSError(ctypes.get_errno(), "inotify_init1")
         try:
-            # Symbolic links are never followed (os.walk does not), as a scan never follows one.
-            for folder, _, _ in os.walk(self.root, onerror=_raise):
-                if libc.inotify_add_watch(self._fd, os.fsencode(folder), WATCHED) < 0:
-                    raise OSError(ctypes.get_errno(), f"inotify_add_watch {folder}")
+            self._root_wd = self._watch_tree(os.fsencode(self.root), strict=True)
         except BaseException:
             os.close(self._fd)
             raise
+
+    def _watch_tree(self, top: bytes, *, strict: bool = False) -> int:
+        """Watch `top` and every folder under it; the descriptor of `top`. Symbolic links are
+        never followed (os.walk does not), as a scan never follows one. Not `strict`: a folder
+        gone or unreadable by now is left out (the walk this tick still lists what is there)."""
+        libc = _inotify()
+        first = -1
+        for folder, _, _ in os.walk(top, onerror=_raise if strict else None):
+            wd = libc.inotify_add_watch(self._fd, folder, WATCHED)
+            if wd < 0:
+                if strict:
+                    raise OSError(ctypes.get_errno(), f"inotify_add_watch {os.fsdecode(folder)}")
+                continue
+            self._folders[wd] = folder
+            first = wd if first < 0 else first
+        return first
 
     def _drain(self) -> None:
         from rag_pipeline.core.inbox import is_ignored
@@ -113,13 +129,20 @@ class FolderWatch:
                 return
             offset = 0
             while offset < len(data):
-                _, mask, _, size = _EVENT.unpack_from(data, offset)
+                wd, mask, _, size = _EVENT.unpack_from(data, offset)
                 name = data[offset + _EVENT.size: offset + _EVENT.size + size].rstrip(b"\0")
                 offset += _EVENT.size + size
-                if mask & RESTRUCTURED or mask & IN_ISDIR and mask & (IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO):
-                    self._stale = True
+                root_gone = wd == self._root_wd and mask & (IN_DELETE_SELF | IN_IGNORED)
+                if mask & IN_ISDIR or mask & RESTRUCTURED or root_gone:
                     self._changes += 1
-                elif name and not mask & IN_ISDIR and not is_ignored(os.fsdecode(name)):
+                    if mask & (RESTRUCTURED | IN_MOVED_FROM) or root_gone:
+                        self._stale = True
+                    elif mask & ARRIVED and wd in self._folders:
+                        # Only the new folder's own tree is walked, not the whole landing folder.
+                        self._watch_tree(os.path.join(self._folders[wd], name))
+                elif mask & IN_IGNORED:
+                    self._folders.pop(wd, None)  # a folder under the root removed: its watch went with it
+                elif name and not is_ignored(os.fsdecode(name)):
                     self._changes += 1
 
     def mark(self) -> str | None:
@@ -151,7 +174,8 @@ def _raise(exc: OSError) -> None:
 # server has one landing folder, and each watch holds one of the user's inotify instances
 # (128 by default on Linux).
 MAX_WATCHES = 4
-_WATCHES: "OrderedDict[str, FolderWatch | None]" = OrderedDict()
+_WATCHES: "OrderedDict[str, FolderWatch]" = OrderedDict()
+_FAILED: dict[str, float] = {}  # folder: when a watch on it last failed (monotonic seconds)
 _WATCHES_LOCK = threading.Lock()
 
 
@@ -162,24 +186,26 @@ def mark_for(root: Path) -> str | None:
     key = os.path.realpath(root)
     with _WATCHES_LOCK:
         watch = _WATCHES.get(key)
-        if key in _WATCHES:
+        if watch is not None:
             _WATCHES.move_to_end(key)
-        mark = watch.mark() if watch is not None else None
-        if mark is not None:
-            return mark
-        if watch is not None:  # stale: a folder came or went; watched afresh (a new instance)
-            watch.close()
+            mark = watch.mark()
+            if mark is not None:
+                return mark
+            watch.close()  # stale (events lost, a folder moved, the root replaced): watched afresh
             del _WATCHES[key]
-        if key not in _WATCHES:
-            if not os.path.isdir(key) or file_system_type(Path(key)) not in LOCAL_FILE_SYSTEMS:
-                return None  # asked again next time: a folder may be made, never a mount changed
-            try:
-                watch = FolderWatch(Path(key))
-            except OSError:
-                watch = None  # inotify's watch or instance limit: walk every tick
-            _WATCHES[key] = watch
-            while len(_WATCHES) > MAX_WATCHES:
-                _, oldest = _WATCHES.popitem(last=False)
-                if oldest is not None:
-                    oldest.close()
-        return watch.mark() if watch is not None else None
+        if not os.path.isdir(key) or file_system_type(Path(key)) not in LOCAL_FILE_SYSTEMS:
+            return None  # asked again next time: a folder may be made, never a mount changed
+        if time.monotonic() < _FAILED.get(key, float("-inf")) + FULL_WALK_SECONDS:
+            return None
+        try:
+            watch = FolderWatch(Path(key))
+        except OSError:
+            # inotify's watch or instance limit, a folder that cannot be read: walk every
+            # tick, and try again after a while (a limit raised, a permission fixed).
+            _FAILED[key] = time.monotonic()
+            return None
+        _FAILED.pop(key, None)
+        _WATCHES[key] = watch
+        while len(_WATCHES) > MAX_WATCHES:
+            _WATCHES.popitem(last=False)[1].close()
+        return watch.mark()
