@@ -582,7 +582,7 @@ def sensor_tick(workdir: Path, db_url: str, n_files: int, landing: Landing) -> d
         for _ in range(3):
             tick_started = time.perf_counter()
             quiet = evaluate(previous_digest=idle.found.listing_digest, previous_mark=idle.found.watch_mark,
-                             previous_unchanged=idle.found.listing_size)
+                             previous_size=idle.found.listing_size)
             watched.append(time.perf_counter() - tick_started)
             assert not quiet.run_requests and quiet.found.unchanged == idle.found.listing_size
     return {"files": n_files, "first_tick_seconds": first_tick, "register_ticks": len(slices),

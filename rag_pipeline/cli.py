@@ -86,7 +86,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     from rag_pipeline.core import records
     from rag_pipeline.core.db import open_engine
 
-    rows = records.list_documents(open_engine(settings.database_url), args.kb)
+    engine = open_engine(settings.database_url)
+    rows = records.list_documents(engine, args.kb)
     if args.failed:  # the dead letter: parked documents and why
         rows = [r for r in rows if r.status == records.FAILED]
     docs = [
@@ -108,7 +109,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     ]
     lines.append("totals: " + (", ".join(f"{k} {v}" for k, v in sorted(totals.items())) or "no documents"))
     landing = _probe_landing_zone(settings)
-    scale = records.sqlite_scale_problem(open_engine(settings.database_url))
+    scale = records.sqlite_scale_problem(engine)
     if scale:
         print(f"rag-pipeline status: {scale}", file=sys.stderr)
     _emit(args, {"documents": docs, "totals": totals, "landing_zone": landing}, "\n".join(lines))

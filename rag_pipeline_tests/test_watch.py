@@ -22,7 +22,7 @@ def _detect(rig, previous: detection.Detection | None = None, **kwargs) -> detec
     return detection.detect(
         rig.engine, FolderSource(rig.inbox), previous_digest=previous.listing_digest if previous else None,
         previous_mark=previous.watch_mark if previous else None,
-        previous_unchanged=previous.listing_size if previous else 0, **kwargs,
+        previous_size=previous.listing_size if previous else 0, **kwargs,
     )
 
 

@@ -124,7 +124,7 @@ def refusal_version(reason: str) -> str:
 def detect(
     engine: Engine, source: Source | Path, min_age_seconds: float = 0.0, previous_digest: str | None = None,
     max_file_bytes: int | None = None, *, budget: Budget = UNBOUNDED, confirm_deletions: bool = False,
-    previous_mark: str | None = None, previous_unchanged: int = 0,
+    previous_mark: str | None = None, previous_size: int = 0,
 ) -> Detection:
     """Register what changed in `source` (a folder path is taken as the landing directory),
     within `budget`. With the digest of the previous, fully registered listing, an identical
@@ -144,7 +144,7 @@ def detect(
     like a purge.
 
     `previous_mark`: the `watch_mark` of the previous listing (digest `previous_digest`, with
-    `previous_unchanged` uploads); if the source's mark is still the same, nothing changed and
+    `previous_size` uploads); if the source's mark is still the same, nothing changed and
     nothing is listed."""
     clock = time.monotonic()
     source = as_source(source)
@@ -152,7 +152,7 @@ def detect(
     mark = watch_mark(source)
     if previous_digest and previous_mark and mark == previous_mark:
         result = Detection(
-            unchanged=previous_unchanged, listing_digest=previous_digest, watch_mark=mark, listing_size=previous_unchanged,
+            unchanged=previous_size, listing_digest=previous_digest, watch_mark=mark, listing_size=previous_size,
             listed=False,
         )
         lap(result, "list", clock)

@@ -183,17 +183,17 @@ def evaluate_inbox(
     previous_digest: str | None = None, endpoint_slots: int | None = None,
     budget: detection.Budget = detection.Budget(), take_all: bool = False, token_prefix: str = "sensor",
     retiring: bool = False, migrate_keys: bool = True, confirm_deletions: bool = False,
-    releases: Callable[[str], bool] | None = None, previous_mark: str | None = None, previous_unchanged: int = 0,
+    releases: Callable[[str], bool] | None = None, previous_mark: str | None = None, previous_size: int = 0,
 ) -> Plan:
     """Detect changes, commit them, apply the partition changes, then plan runs. Shared by the
     sensor and `rag-pipeline run` (`take_all`: every pending document not in a run in
     progress, whatever hand-off it is in). Every step is bounded by `budget`, so a tick ends
     inside its deadline however large the drop; the next tick continues. `previous_mark`,
-    `previous_unchanged`: see `detection.detect` (a watched folder unchanged is not listed)."""
+    `previous_size`: see `detection.detect` (a watched folder unchanged is not listed)."""
     orchestrator.ensure_pools(endpoint_slots)
     found = detection.detect(
         engine, source, policy.settle_seconds, previous_digest, max_file_bytes, budget=budget,
-        confirm_deletions=confirm_deletions, previous_mark=previous_mark, previous_unchanged=previous_unchanged,
+        confirm_deletions=confirm_deletions, previous_mark=previous_mark, previous_size=previous_size,
     )
     if found.new and (warning := records.sqlite_scale_problem(engine)):
         found.problems.append(warning)

@@ -27,14 +27,12 @@ process killed after an acknowledged upsert loses nothing (tested); `close` flus
 segments, so reopening replays nothing.
 
 Segment layout. Points arrive in an appendable segment, which holds its vectors and a sparse
-inverted index rebuilt in RAM at every open: at 100,000 points of 384 dimensions with BM25
-vectors a process that opened and searched such a store held 850-880 MB and took 1.4-2.6 s to
-open. So a writer's close compacts (`optimize()`): a segment past COMPACT_AT_KB of vectors
+inverted index rebuilt in RAM at every open. So a writer's close compacts (`optimize()`): a segment past COMPACT_AT_KB of vectors
 becomes immutable, with its vectors, sparse index and payload in files mapped on demand and an
 int8 copy of the vectors kept in RAM; dense search scans the int8 copy and rescores the best
-candidates (OVERSAMPLING) with the original vectors, so scores are exact. The same store then
-held 224-234 MB, opened in 0.4-1.5 s and answered a dense query in 3-4 ms instead of 10
-(`benchmarks/results/2026-12-06-edge-layout.txt`). No HNSW graph is built (m=0): building it
+candidates (OVERSAMPLING) with the original vectors, so scores are exact. At 250,000 points a
+searcher then held 399 MB instead of 1,865-1,895, opened in 1.6 s instead of 2.8 and answered a
+dense query in ~5 ms instead of 22-24 (`benchmarks/results/2026-12-06-edge-layout.txt`). No HNSW graph is built (m=0): building it
 took 87 s at 20,000 points and 1,182 s at 200,000, and the int8 scan is fast enough at the
 sizes one machine holds. Segments are merged, smallest first, once there are more than
 SEGMENTS, never past MAX_SEGMENT_KB: a writer's close never rebuilds a large segment to add a
@@ -476,7 +474,7 @@ def _edge_scoring(query: Any, using: str | None) -> Any:
     if kind == "SparseVector":
         return qe.Query.Nearest(qe.SparseVector(indices=list(query.indices), values=[float(v) for v in query.values]),
                                 using=using or "")
-    if isinstance(query, list) or hasattr(query, "tolist"):
+    if _is_dense(query):
         return qe.Query.Nearest(query.tolist() if hasattr(query, "tolist") else query, using=using or "")
     if kind in ("FusionQuery", "Fusion"):
         fusion = _value(query.fusion if kind == "FusionQuery" else query)
@@ -486,11 +484,15 @@ def _edge_scoring(query: Any, using: str | None) -> Any:
     raise EdgeError(f"unsupported query {kind}")
 
 
+def _is_dense(query: Any) -> bool:
+    return isinstance(query, list) or hasattr(query, "tolist")
+
+
 def _params(query: Any) -> qe.SearchParams | None:
     # Dense queries rescore their int8 candidates with the original vectors: exact scores.
     if _kind(query) == "NearestQuery":
         query = query.nearest
-    return _RESCORED if isinstance(query, list) or hasattr(query, "tolist") else None
+    return _RESCORED if _is_dense(query) else None
 
 
 def _edge_prefetches(prefetch: Any) -> list[qe.Prefetch] | None:

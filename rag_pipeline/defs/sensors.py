@@ -94,7 +94,7 @@ def _inbox_sensor(
                 previous_digest=previous.get("listing"), endpoint_slots=embedder.concurrency,
                 previous_mark=previous.get("watch") if started - previous.get("walked_at", 0.0) < watch.FULL_WALK_SECONDS
                 else None,
-                previous_unchanged=previous.get("files", 0),
+                previous_size=previous.get("files", 0),
                 budget=TICK_BUDGET, retiring=previous.get("retiring", False),
                 migrate_keys=source_name is None and not previous.get("keys_readable", False),
                 token_prefix=own,
