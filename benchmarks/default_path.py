@@ -51,26 +51,6 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _server_cpu(data_dir: Path) -> float:
-    """CPU seconds of the folder's PostgreSQL server: the postmaster and the backends it reaped
-    (each connection's backend is its child), plus those still running."""
-    import psutil
-
-    pid = embedded_pg.running_pid(data_dir=data_dir)
-    if pid is None:
-        return 0.0
-    server = psutil.Process(pid)
-    times = server.cpu_times()
-    total = times.user + times.system + times.children_user + times.children_system
-    for child in server.children(recursive=True):
-        try:
-            child_times = child.cpu_times()
-            total += child_times.user + child_times.system
-        except psutil.NoSuchProcess:
-            pass
-    return total
-
-
 def _cli(*args: str, env: dict[str, str], cwd: Path) -> tuple[float, float, subprocess.CompletedProcess]:
     cpu, started = _children_cpu(), time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "rag_pipeline.cli", *args], env=env, cwd=cwd,
@@ -95,7 +75,7 @@ def measure(variant: str, *, docs_dir: Path, workdir: Path, n_docs: int) -> dict
         summary = json.loads(proc.stdout)
         _, _, search = _cli("search", "harbour engine winter", "--json", env=env, cwd=workdir)
         assert search.returncode == 0 and json.loads(search.stdout), search.stderr[-2000:]
-        server_cpu = _server_cpu(data)
+        server_cpu = _ingest.embedded_server_cpu(data)
     finally:
         _cli("stop", env=env, cwd=workdir)
     assert summary["indexed"] == n_docs, summary

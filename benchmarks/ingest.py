@@ -8,6 +8,11 @@ OpenAI-compatible embedding server (started inside that process) and its own fre
 database and embedded Qdrant folder:
 
   bare       the project's core functions in a loop (detect, extract, chunk, embed+write), no Dagster
+  default    the zero-configuration default as a new user types it: no settings but the embedder,
+             `rag-pipeline ingest DOCS --kb bench` then `rag-pipeline run`, in a fresh folder (the
+             embedded PostgreSQL server started by the CLI, initdb included; embedded Qdrant)
+  run        the PostgreSQL deployment (the shipped dagster.yaml, DATABASE_URL) through
+             `rag-pipeline run`: the runs executed in the CLI's own process, no daemon
   pipeline   as users run it: `dagster api grpc` + `dagster-daemon` with the shipped dagster.yaml on
              PostgreSQL; the sensor finds the files and the daemon launches the runs
   langchain  langchain_core's `index()` with a SQLRecordManager (cleanup="incremental") into Qdrant,
@@ -50,7 +55,7 @@ KB = "bench"
 DIMENSIONS = 384
 MODEL = "bench-embed"
 API_KEY = "sk-bench-not-a-secret"
-VARIANTS = ("bare", "pipeline", "langchain")
+VARIANTS = ("bare", "default", "run", "pipeline", "langchain")
 SCALE = False  # --scale: the pipeline variant also measures storage, status, verify, search and the UI
 MARKER = "zephyrine quokka lighthouse"  # words no generated document contains
 
@@ -404,6 +409,106 @@ def variant_pipeline(workdir: Path, db_url: str, corpus: dict[str, bytes], serve
         "cold_slowest_tick_seconds": max((t["seconds"] for t in cold_ticks), default=0.0),
         "scale": scale,
     }
+
+
+def _cli(env: dict[str, str], *argv: str, cwd: Path | None = None) -> tuple[float, dict]:
+    """`rag-pipeline ARGV --json` as its own process: (wall seconds, its JSON answer)."""
+    started = time.perf_counter()
+    proc = subprocess.run([str(Path(sys.executable).parent / "rag-pipeline"), *argv, "--json"], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=14400)
+    seconds = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"rag-pipeline {' '.join(argv)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return seconds, json.loads(proc.stdout)
+
+
+def _cli_passes(env: dict[str, str], corpus: dict[str, bytes], server, landing: "Landing | None", *,  # noqa: ANN001
+                docs: Path | None = None, cwd: Path | None = None) -> dict:
+    """The cold pass, an unchanged pass and one modified document, each one `rag-pipeline run`
+    (with `docs`: `rag-pipeline ingest DOCS` first, as a user brings files to the default)."""
+    from rag_pipeline.core.identity import document_id
+
+    n = len(corpus)
+    calls = server.requests
+    ingest_seconds = 0.0
+    if docs is not None:
+        ingest_seconds, _ = _cli(env, "ingest", str(docs), "--kb", KB, cwd=cwd)
+    else:
+        landing.write(corpus)
+    run_seconds, summary = _cli(env, "run", cwd=cwd)
+    if summary["indexed"] != n:
+        raise SystemExit(f"{summary['indexed']} of {n} documents indexed: {summary}")
+    cold_calls = server.requests - calls
+    calls = server.requests
+    unchanged, _ = _cli(env, "run", cwd=cwd)
+    unchanged_calls = server.requests - calls
+    rel = sorted(corpus)[n // 2]
+    started = time.perf_counter()
+    if docs is not None:
+        (docs / rel).write_bytes(modified(corpus[rel]))
+        _cli(env, "ingest", str(docs), "--kb", KB, cwd=cwd)
+    else:
+        landing.write({rel: modified(corpus[rel])})
+    _, after = _cli(env, "run", cwd=cwd)
+    modified_seconds = time.perf_counter() - started
+    if after["changed"] != 1:
+        raise SystemExit(f"the modified document was not picked up: {after}")
+    return {
+        "cold_seconds": ingest_seconds + run_seconds, "ingest_seconds": ingest_seconds, "run_seconds": run_seconds,
+        "cold_embedding_calls": cold_calls, "unchanged_seconds": unchanged, "unchanged_embedding_calls": unchanged_calls,
+        "modified_seconds": modified_seconds, "runs": summary["runs"], "document": document_id(KB, rel),
+    }
+
+
+def variant_run(workdir: Path, db_url: str, corpus: dict[str, bytes], server, landing: Landing) -> dict:  # noqa: ANN001
+    from rag_pipeline.devtools.topology import production_home
+    from rag_pipeline.settings import Settings
+
+    env = {**os.environ, **_env_for(workdir, db_url, server.base_url), **production_home(workdir / "home", db_url),
+           **landing.env()}
+    (Settings.from_env(env).inbox_dir / KB).mkdir(parents=True)
+    return _cli_passes(env, corpus, server, landing)
+
+
+def variant_default(workdir: Path, db_url: str, corpus: dict[str, bytes], server, landing: Landing) -> dict:  # noqa: ANN001
+    # No settings but the embedder; the data folder is the default one under the working folder.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAG_", "DATABASE_URL", "QDRANT_", "OPENAI_", "DAGSTER_"))}
+    env.update({"RAG_EMBEDDER": "openai", "RAG_EMBEDDING_MODEL": MODEL, "RAG_EMBEDDING_DIMENSIONS": str(DIMENSIONS),
+                "OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": API_KEY})
+    docs = workdir / "docs"
+    for rel, data in corpus.items():
+        (docs / rel).parent.mkdir(parents=True, exist_ok=True)
+        (docs / rel).write_bytes(data)
+    try:
+        figures = _cli_passes(env, corpus, server, None, docs=docs, cwd=workdir)
+        figures["embedded_postgres_cpu_seconds"] = embedded_server_cpu(workdir / ".rag_data")
+    finally:
+        subprocess.run([str(Path(sys.executable).parent / "rag-pipeline"), "stop"], env=env, cwd=workdir,
+                       capture_output=True, timeout=120)
+    return figures
+
+
+def embedded_server_cpu(data_dir: Path) -> float:
+    """CPU seconds of a data folder's embedded PostgreSQL server, which runs outside the process
+    tree that started it: the postmaster and the backends it reaped (each connection's backend
+    is its child), plus those still running."""
+    import psutil
+
+    from rag_pipeline import embedded_pg
+
+    pid = embedded_pg.running_pid(data_dir=data_dir)
+    if pid is None:
+        return 0.0
+    server = psutil.Process(pid)
+    times = server.cpu_times()
+    total = times.user + times.system + times.children_user + times.children_system
+    for child in server.children(recursive=True):
+        try:
+            child_times = child.cpu_times()
+            total += child_times.user + child_times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
 
 
 def _query(db_url: str, sql: str, *params: object) -> list[tuple]:
@@ -813,7 +918,8 @@ def _child(args: argparse.Namespace) -> None:
         corpus = make_corpus(args.docs)
         server = EndpointProcess()
         try:
-            run = {"bare": variant_bare, "pipeline": variant_pipeline, "langchain": variant_langchain}[args.variant]
+            run = {"bare": variant_bare, "default": variant_default, "run": variant_run, "pipeline": variant_pipeline,
+                   "langchain": variant_langchain}[args.variant]
             print(json.dumps(run(workdir, args.db_url, corpus, server, landing)))
         finally:
             server.stop()
@@ -839,7 +945,7 @@ def _measure(variant: str, args: argparse.Namespace, root: Path, database: str, 
     cmd = [sys.executable, __file__, "--child", variant, "--workdir", str(workdir), "--db-url", db_url,
            "--docs", str(args.docs), "--sensor-files", str(args.sensor_files), "--landing", landing, *(["--scale"] if args.scale else [])]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    sampler = Sampler(proc.pid, args.pg, database, driver_is_harness=variant == "pipeline")
+    sampler = Sampler(proc.pid, args.pg, database, driver_is_harness=variant in ("pipeline", "run", "default"))
     sampler.start()
     try:
         out, _ = proc.communicate()
@@ -851,10 +957,14 @@ def _measure(variant: str, args: argparse.Namespace, root: Path, database: str, 
     if proc.returncode != 0:
         raise SystemExit(f"{variant} failed (exit {proc.returncode}); its work folder is {workdir}")
     result = json.loads(out.strip().splitlines()[-1])
+    cpu = sampler.cpu_by_role()
+    if result.get("embedded_postgres_cpu_seconds"):  # the default's own server, not the one sampled
+        cpu["postgres (embedded)"] = round(result["embedded_postgres_cpu_seconds"], 1)
+        cpu.pop("postgres", None)
     result.update(
         peak_rss_mb=sampler.peak_rss / 2**20, peak_product_rss_mb=sampler.peak_product_rss / 2**20,
         peak_rss_by_process_mb={role: round(rss / 2**20) for role, rss in sorted(sampler.peak_by_role.items())},
-        peak_pg_connections=sampler.peak_connections, cpu_seconds_by_process=sampler.cpu_by_role(),
+        peak_pg_connections=sampler.peak_connections, cpu_seconds_by_process=cpu,
     )
     return result
 
@@ -885,6 +995,10 @@ def table(results: dict[str, dict], n: int) -> str:
             value = n / r["cold_seconds"] if key is None else r.get(key)
             cells.append(f"{fmt.format(value):>14}" if value is not None else f"{'-':>14}")
         lines.append(f"{label:34}" + "".join(cells))
+    if "langchain" in results:  # issue 19's target: each pipeline variant at or under LangChain's cold time
+        for name in [x for x in names if x != "langchain"]:
+            ratio = results[name]["cold_seconds"] / results["langchain"]["cold_seconds"]
+            lines.append(f"{name}: cold ingest / LangChain's = {ratio:.2f}")
     if "bare" in results and "pipeline" in results:
         overhead = (results["pipeline"]["cold_seconds"] - results["bare"]["cold_seconds"]) / n * 1000
         ratio = results["bare"]["cold_seconds"] / results["pipeline"]["cold_seconds"]
@@ -926,8 +1040,8 @@ def main() -> None:
     try:
         for landing in landings:
             for variant in variants:
-                if landing != "folder" and variant == "langchain":
-                    continue  # its loaders read files: it runs on the folder only
+                if landing != "folder" and variant in ("langchain", "default"):
+                    continue  # LangChain's loaders read files; the default is fed by `rag-pipeline ingest DOCS`
                 name = variant if landing == "folder" else f"{variant}@{landing}"
                 print(f"running {name} on {args.docs} documents...", file=sys.stderr, flush=True)
                 try:

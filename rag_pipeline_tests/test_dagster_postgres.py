@@ -180,18 +180,73 @@ def test_held_check_evaluations_survive_a_failed_write(tmp_path, pg_url, monkeyp
         storage = instance.event_log_storage
         storage.store_event(evaluation("a"))
         storage.store_event(evaluation("b"))
-        real = storage.prepare_insert_event_batch
-        monkeypatch.setattr(storage, "prepare_insert_event_batch", lambda events: (_ for _ in ()).throw(RuntimeError("db blip")))
+        real = storage._connect
+        monkeypatch.setattr(storage, "_connect", lambda: (_ for _ in ()).throw(RuntimeError("db blip")))
         with pytest.raises(RuntimeError, match="db blip"):
             storage.flush_check_evaluations()
         assert len(storage._held_checks) == 2
-        monkeypatch.setattr(storage, "prepare_insert_event_batch", real)
+        monkeypatch.setattr(storage, "_connect", real)
         storage.flush_check_evaluations()
         with storage._engine.connect() as conn:
             events = conn.execute(sa.text("SELECT count(*) FROM event_logs WHERE run_id = 'run-1'")).scalar()
             rows = conn.execute(sa.text(
                 "SELECT partition, execution_status FROM asset_check_executions WHERE run_id = 'run-1' ORDER BY 1")).all()
     assert events == 2 and [tuple(r) for r in rows] == [("a", "SUCCEEDED"), ("b", "SUCCEEDED")]
+
+
+def test_held_check_evaluations_land_as_dagsters_own_updates_would(tmp_path, pg_url, monkeypatch):
+    """The held evaluations update their planned rows in one statement; the result is what
+    Dagster's per-row updates give: status and event per partition, the last of two
+    evaluations kept, and an evaluation with no planned row (or no partition) inserted."""
+    import time
+
+    import sqlalchemy as sa
+    from dagster import AssetCheckEvaluation, AssetCheckKey, AssetKey, DagsterEvent, DagsterEventType
+    from dagster._core.definitions.asset_checks.asset_check_evaluation import AssetCheckEvaluationPlanned
+    from dagster._core.definitions.partitions.subset import DefaultPartitionsSubset
+    from dagster._core.events.log import EventLogEntry
+    from dagster._serdes import deserialize_value
+
+    for key, value in production_home(tmp_path / "prod_home", pg_url).items():
+        monkeypatch.setenv(key, value)
+    asset, check = AssetKey("document_embeddings"), "points_match_chunks"
+
+    def entry(data, kind: DagsterEventType) -> EventLogEntry:
+        return EventLogEntry(error_info=None, level=10, user_message="", run_id="run-1", timestamp=time.time(),
+                             dagster_event=DagsterEvent(kind.value, "index_documents", event_specific_data=data))
+
+    def evaluation(partition: str | None, passed: bool, note: str) -> EventLogEntry:
+        data = AssetCheckEvaluation(asset_key=asset, check_name=check, passed=passed, partition=partition,
+                                    description=note)
+        return entry(data, DagsterEventType.ASSET_CHECK_EVALUATION)
+
+    planned = AssetCheckEvaluationPlanned(asset_key=asset, check_name=check,
+                                          partitions_subset=DefaultPartitionsSubset({"a", "b", "c"}))
+    with DagsterInstance.get() as instance:
+        storage = instance.event_log_storage
+        storage.store_event_batch([entry(planned, DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED)])
+        for event in (evaluation("a", False, "a first"), evaluation("b", False, "b"), evaluation("a", True, "a last"),
+                      evaluation("z", True, "z unplanned"), evaluation(None, True, "whole")):
+            storage.store_event(event)
+        updates: list[str] = []
+        sa.event.listen(storage._engine, "before_cursor_execute",
+                        lambda conn, cursor, statement, *rest: updates.append(statement) if statement.startswith("UPDATE") else None)
+        storage.flush_check_evaluations()
+        with storage._engine.connect() as conn:
+            rows = conn.execute(sa.text(
+                "SELECT x.partition, x.execution_status, x.evaluation_event, e.event FROM asset_check_executions x "
+                "LEFT JOIN event_logs e ON e.id = x.evaluation_event_storage_id WHERE x.run_id = 'run-1'")).all()
+        history = storage.get_asset_check_execution_history(AssetCheckKey(asset, check), limit=10)
+    by_partition = {r.partition: r for r in rows}
+    assert {p: r.execution_status for p, r in by_partition.items()} == {
+        "a": "SUCCEEDED", "b": "FAILED", "c": "PLANNED", "z": "SUCCEEDED", None: "SUCCEEDED"}
+    notes = {p: deserialize_value(r.evaluation_event, EventLogEntry).dagster_event.event_specific_data.description
+             for p, r in by_partition.items() if p != "c"}
+    assert notes == {"a": "a last", "b": "b", "z": "z unplanned", None: "whole"}
+    assert all(r.evaluation_event == r.event for p, r in by_partition.items() if p != "c")  # points at its own event
+    # One for the planned partitions together; Dagster's own for the unplanned and the unpartitioned ones.
+    assert len(updates) == 3 and sum(u.startswith("UPDATE asset_check_executions AS t") for u in updates) == 1
+    assert len(history) == 5
 
 
 def test_partition_keys_are_read_again_only_when_they_changed(pg_url, tmp_path, monkeypatch):

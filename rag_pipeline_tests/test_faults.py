@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import openai
 import pytest
 
@@ -32,6 +33,34 @@ def test_bad_credentials_fail_the_run_fast_and_park_nothing(rig):
         assert guarded.requests == 1  # failed fast: a 401 is not retried
     assert _status(rig, doc) == (records.PENDING, None)  # waiting, not blamed
     assert rig.index([doc]) == {doc: "processed"}  # the right endpoint indexes it
+
+
+@pytest.mark.parametrize("answer", ["shuffled", "base64"])
+def test_vectors_come_back_in_input_order_however_the_answer_is_shaped(answer):
+    # The embedder reads the response body itself (not the client's typed parse): items out of
+    # index order and base64 vectors are both valid answers and must give the same vectors.
+    texts = [f"text number {i} about herons and tides" for i in range(7)]
+    with EmbeddingServer(dimensions=64) as server:
+        expected = np.asarray(server.embedder.embed(texts), dtype=np.float32)
+        server.set_faults(answer=answer)
+        embedder = OpenAIEmbedder("test-embed", 64, "sk-test", server.base_url, max_retries=0, batch_size=3)
+        try:
+            got = embedder.embed(texts)
+        finally:
+            embedder.close()
+    assert len(got) == len(texts) and all(isinstance(x, float) for x in got[0])
+    np.testing.assert_allclose(np.asarray(got, dtype=np.float32), expected, rtol=0, atol=1e-7)
+
+
+def test_an_answer_that_is_not_embeddings_is_one_clear_error():
+    with EmbeddingServer(dimensions=64) as server:
+        server.set_faults(answer="not_embeddings")
+        embedder = OpenAIEmbedder("test-embed", 64, "sk-test", server.base_url, max_retries=0)
+        try:
+            with pytest.raises(EndpointError, match="answered with something other than embeddings"):
+                embedder.embed(["one text"])
+        finally:
+            embedder.close()
 
 
 def test_a_text_the_endpoint_refuses_parks_only_its_document(rig):

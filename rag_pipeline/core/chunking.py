@@ -19,6 +19,7 @@ from rag_pipeline.core.parsing import ParsedDocument
 from rag_pipeline.core.tokens import get_encoding
 
 if TYPE_CHECKING:  # imported where used (see records.py)
+    import numpy as np
     import pandas as pd
 
 CHUNK_COLUMNS = [
@@ -54,8 +55,7 @@ def split_text(text: str, config: ChunkerConfig) -> list[tuple[int, int, int]]:
     tokens = enc.encode(text, disallowed_special=())
     if len(tokens) <= config.max_tokens:
         return [(0, len(text), len(tokens))]
-    _, offsets = enc.decode_with_offsets(tokens)
-    offsets = list(offsets) + [len(text)]
+    offsets = token_offsets(enc, tokens, text) + [len(text)]
     spans: list[tuple[int, int, int]] = []
     start_tok = 0
     while start_tok < len(tokens):
@@ -88,6 +88,40 @@ def split_text(text: str, config: ChunkerConfig) -> list[tuple[int, int, int]]:
                 next_start = bisect.bisect_left(offsets, ws, start_tok + 1, end_tok)
         start_tok = max(next_start, start_tok + 1)
     return spans
+
+
+_TOKEN_LENGTHS: dict[str, "np.ndarray"] = {}
+
+
+def token_offsets(enc, tokens: list[int], text: str) -> list[int]:  # noqa: ANN001
+    """tiktoken's `decode_with_offsets(tokens)[1]` (the character at which each token starts)
+    for `tokens = enc.encode(text)`, computed from the tokens' byte lengths with numpy instead
+    of a Python loop over every byte: it was two thirds of chunking's time. A text whose
+    tokens do not spell its UTF-8 bytes (lone surrogates, which tiktoken replaces) takes
+    tiktoken's own."""
+    import numpy as np
+
+    lengths = _TOKEN_LENGTHS.get(enc.name)
+    if lengths is None:
+        lengths = np.zeros(enc.max_token_value + 1, dtype=np.int64)
+        for token in range(enc.max_token_value + 1):
+            try:
+                lengths[token] = len(enc.decode_single_token_bytes(token))
+            except KeyError:  # an unused id between the ordinary and the special tokens
+                pass
+        _TOKEN_LENGTHS[enc.name] = lengths
+    ids = np.asarray(tokens, dtype=np.int64)
+    starts = np.cumsum(lengths[ids]) - lengths[ids]  # each token's first byte
+    if text.isascii():
+        if len(tokens) and int(starts[-1] + lengths[ids[-1]]) == len(text):
+            return starts.tolist()
+    else:
+        raw = np.frombuffer(text.encode("utf-8", "surrogatepass"), dtype=np.uint8)
+        if len(tokens) and int(starts[-1] + lengths[ids[-1]]) == len(raw):
+            continuation = (raw & 0xC0) == 0x80
+            chars_before = np.concatenate(([0], np.cumsum(~continuation)))
+            return np.maximum(chars_before[starts] - continuation[starts], 0).tolist()
+    return list(enc.decode_with_offsets(tokens)[1])
 
 
 def _best_break(text: str, start: int, end: int) -> int:

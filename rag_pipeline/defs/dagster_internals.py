@@ -72,7 +72,8 @@ class Override:
 
 _STORAGE_GAIN = (
     "pooled connections: 55 ms -> 3.7 ms per stored asset event; check evaluations written "
-    "together: a quarter of a run process's CPU at 1,000 documents; one planned check row per "
+    "together: a quarter of a run process's CPU at 1,000 documents, and their execution rows "
+    "updated in one statement: 13% of a `rag-pipeline run` at 2,000 documents; one planned check row per "
     "partition: asset_check_executions 638 MB -> its events' own size at 5,000 documents; partition "
     "keys read once per change: creating a run at 1,000,000 documents 16.9 s -> 1.45 s"
 )
@@ -113,7 +114,9 @@ OVERRIDES: tuple[Override, ...] = (
             "claim_concurrency_slot": "cbfe2436f7e3b1e6da78e385c187c1b88c2e998a0d5f80ff6a54dee3efd5e03b",
             "_store_asset_check_evaluation_planned": "bbecef7ab5ce9d01c1bcf3f46067c9067bfe855601181eb77a6910b8483b4674",
             "store_asset_check_event": "6d148295fa69bb45416fedc187397512e6c349a18c969d2425b000480277f9b3",
-            "prepare_insert_event_batch": "3a4f48097f682f4fc7d40e11bbd83556bd015db67996ec669a4a9b3a2d21658e",
+            "_event_to_row": "93d47fbe7edc4f70af0df5fab8c188ad91786e0922269e0971ebdc17b0e778f4",
+            # Done in bulk by flush_check_evaluations (its UPDATE must set what this one sets).
+            "_update_asset_check_evaluation": "961fd6041447b07a59713048c12c87f0741c629e195ef4d2446cdddd9f6c362f",
             "_event_insert_timestamp": "02e6947ee3f9408aeb9607d8ce8e8118770302b27e4009fcb6bfa0c28770834b",
             "dispose": "ce4ee18aa28915d164672d695df7491c416f85e087c30ba3189e08492ee3b71f",
             "get_dynamic_partitions": "00ea280370d3354eba1e4b03268ca83e6b1995312308b4a9db1f6075c7470b4f",

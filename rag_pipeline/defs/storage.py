@@ -169,29 +169,62 @@ class PooledPostgresEventLogStorage(PostgresEventLogStorage):
 
     def flush_check_evaluations(self) -> None:
         """Write the held evaluations: one insert into the event log (committed at once, so
-        their ids become visible in order), then Dagster's own update of each evaluation's
-        execution row, in one transaction. A failed insert keeps them held for the next try; a
-        failed transaction of updates is retried one update at a time. Held evaluations of a
-        run process killed outright are lost with it, as its step is: the retried run
-        evaluates again."""
+        their ids become visible in order), then their execution rows in one UPDATE joined to
+        the batch (Dagster updates each row alone: 6,000 updates were 13% of a `rag-pipeline
+        run` of 2,000 documents, compiled and sent one by one). An evaluation without a partition,
+        or whose planned row is missing, takes Dagster's own per-row update, which inserts the
+        row. A failed insert keeps them held for the next try. Held evaluations of a run
+        process killed outright are lost with it, as its step is: the retried run evaluates
+        again."""
         with self._held_lock:
             events = self._held_checks
             if not events:
                 return
+            rows = [self._event_to_row(event) for event in events]  # each event serialized once
             with self._connect() as conn:
                 ids = conn.execute(
-                    self.prepare_insert_event_batch(events).returning(SqlEventLogStorageTable.c.id)
+                    SqlEventLogStorageTable.insert().returning(SqlEventLogStorageTable.c.id, sort_by_parameter_order=True),
+                    rows,
                 ).scalars().all()
             self._held_checks = []
-            stored = list(zip(events, (int(i) for i in ids)))
+            stored = [(event, int(i), row["event"]) for event, i, row in zip(events, ids, rows)]
             try:
                 with self.index_transaction() as conn, self._sharing(conn):
-                    for event, event_id in stored:
+                    for event, event_id, _ in self._update_check_rows(conn, stored):
                         self.store_asset_check_event(event, event_id)
             except Exception:
                 logging.getLogger(__name__).warning("check evaluations updated one by one", exc_info=True)
-                for event, event_id in stored:
+                for event, event_id, _ in stored:
                     self.store_asset_check_event(event, event_id)
+
+    def _update_check_rows(self, conn: Any, stored: list[tuple[EventLogEntry, int, str]]) -> list:
+        """What Dagster's per-evaluation update does, for every partitioned evaluation at once;
+        returns those it did not update. Of several evaluations of one check and partition
+        in a run, the last is kept, as Dagster's updates in turn would leave it."""
+        latest: dict[tuple, int] = {}
+        for position, (event, _, _) in enumerate(stored):
+            evaluation = event.dagster_event.event_specific_data  # type: ignore[union-attr]
+            if evaluation.partition is not None:
+                key = (evaluation.asset_key.to_string(), evaluation.check_name, event.run_id, evaluation.partition)
+                latest[key] = position
+        if not latest:
+            return stored
+        params: dict[str, list] = {name: [] for name in _CHECK_UPDATE_COLUMNS}
+        for (asset_key, check_name, run_id, partition), position in latest.items():
+            event, event_id, serialized = stored[position]
+            evaluation = event.dagster_event.event_specific_data  # type: ignore[union-attr]
+            target = evaluation.target_materialization_data
+            for name, value in zip(_CHECK_UPDATE_COLUMNS, (
+                position, asset_key, check_name, run_id, partition,
+                (AssetCheckExecutionRecordStatus.SUCCEEDED if evaluation.passed else AssetCheckExecutionRecordStatus.FAILED).value,
+                serialized, self._event_insert_timestamp(event), event_id, target.storage_id if target else None,
+            )):
+                params[name].append(value)
+        updated = set(conn.execute(_CHECK_UPDATE, params).scalars().all())
+        partitioned = {p for p, (event, _, _) in enumerate(stored) if event.dagster_event.event_specific_data.partition is not None}  # type: ignore[union-attr]
+        kept = set(latest.values())
+        # Left: the unpartitioned, and the last of a partition whose planned row was missing.
+        return [one for p, one in enumerate(stored) if p not in partitioned or (p in kept and p not in updated)]
 
     @contextmanager
     def _sharing(self, conn: Any) -> Iterator[None]:
@@ -297,6 +330,22 @@ class EmbeddedPostgresRunStorage(_EmbeddedServerFirst, PostgresRunStorage):
 
 class EmbeddedPostgresScheduleStorage(_EmbeddedServerFirst, PostgresScheduleStorage):
     """dagster-postgres's schedule storage on the embedded server."""
+
+
+# The bulk form of Dagster's `_update_asset_check_evaluation` (sql_event_log.py): the same
+# columns set, matched by its unique index (asset key, check, run, partition).
+_CHECK_UPDATE_COLUMNS = ("ord", "asset_key", "check_name", "run_id", "part", "status", "event", "ts", "event_id", "mat_id")
+_CHECK_UPDATE = text(
+    "UPDATE asset_check_executions AS t SET execution_status = v.status, evaluation_event = v.event, "
+    "evaluation_event_timestamp = v.ts, evaluation_event_storage_id = v.event_id, "
+    "materialization_event_storage_id = v.mat_id "
+    "FROM unnest(CAST(:ord AS int[]), CAST(:asset_key AS text[]), CAST(:check_name AS text[]), "
+    "CAST(:run_id AS text[]), CAST(:part AS text[]), CAST(:status AS text[]), CAST(:event AS text[]), "
+    "CAST(:ts AS timestamp[]), CAST(:event_id AS bigint[]), CAST(:mat_id AS bigint[])) "
+    "AS v(ord, asset_key, check_name, run_id, part, status, event, ts, event_id, mat_id) "
+    "WHERE t.asset_key = v.asset_key AND t.check_name = v.check_name AND t.run_id = v.run_id "
+    "AND t.partition = v.part RETURNING v.ord"
+)
 
 
 def _held_back(event: EventLogEntry) -> bool:

@@ -2,14 +2,16 @@
 
 Serves POST /v1/embeddings and GET /v1/models on 127.0.0.1. Vectors come from the offline
 hashing embedder, so results are meaningful (lexical) and deterministic. Faults: status codes
-(429 with Retry-After, 500, 503, 400, 401) at a rate or for the next N requests, hangs, and
-holding the next N requests until released (to reproduce a race at an exact moment).
+(429 with Retry-After, 500, 503, 400, 401) at a rate or for the next N requests, hangs,
+holding the next N requests until released (to reproduce a race at an exact moment), and
+answers shaped otherwise (out of order, base64, not embeddings at all).
 Run standalone: python -m rag_pipeline.devtools.embedding_server --port 8099
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import random
 import threading
@@ -17,6 +19,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
 
 from rag_pipeline.core.embedding import HashingEmbedder
 
@@ -29,6 +33,9 @@ class Faults:
     hang_seconds: float = 30.0
     next_statuses: list[int | None] = field(default_factory=list)  # None: serve this one normally
     refuse_marker: str | None = None  # 400 for any request with a text containing this
+    # How a 200 is shaped: "in_order"; "shuffled" (items out of index order, as the API allows);
+    # "base64" (vectors base64-encoded whatever was asked, as some proxies do); "not_embeddings".
+    answer: str = "in_order"
     seed: int = 0
 
 
@@ -181,12 +188,19 @@ class EmbeddingServer:
                 vectors = embedder.embed(inputs)
                 with server.lock:
                     server.texts.update(inputs)
+                    answer = server.faults.answer
+                if answer == "not_embeddings":
+                    self._send(200, {"object": "list", "results": "nothing here"})
+                    return
+                if answer == "base64" or body.get("encoding_format") == "base64":
+                    vectors = [base64.b64encode(np.asarray(v, dtype="<f4").tobytes()).decode() for v in vectors]
+                items = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
                 self._send(
                     200,
                     {
                         "object": "list",
                         "model": body.get("model", "test-embed"),
-                        "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
+                        "data": items[::-1] if answer == "shuffled" else items,
                         "usage": {"prompt_tokens": sum(len(t.split()) for t in inputs), "total_tokens": 0},
                     },
                 )
