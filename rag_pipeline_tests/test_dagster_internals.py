@@ -47,3 +47,46 @@ def test_a_changed_or_missing_upstream_is_reported():
 def test_every_override_says_what_it_buys_and_where_it_lives(override):
     assert re.fullmatch(r"[0-9a-f]{64}", override.sha256)
     assert override.gain and override.ours
+
+
+def test_metadata_added_by_partition_at_once_is_what_dagsters_calls_give():
+    """Each partition of a range gets the same materialization metadata as with Dagster's own
+    `add_asset_metadata` per partition (merged with the step's, and with an earlier call's);
+    a key outside the step's range is refused, as Dagster refuses it."""
+    from dagster import (
+        AssetKey, BackfillPolicy, DagsterInstance, MaterializeResult, StaticPartitionsDefinition, asset, materialize,
+    )
+    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+    parts = StaticPartitionsDefinition(["a", "b", "c", "d"])
+    wanted = {"a": {"n": 1, "path": "kb/a.txt"}, "b": {"n": 2}, "c": {"n": 3, "status": "failed"}}
+    refused: list[str] = []
+
+    def body(context, add):  # noqa: ANN001, ANN202
+        context.add_asset_metadata({"early": "yes"}, partition_key="a")
+        add(context)
+        try:
+            dagster_internals.add_metadata_by_partition(context, context.asset_key, {"d": {"n": 4}})
+        except ValueError as exc:
+            refused.append(str(exc))
+        return MaterializeResult(metadata={"step": 7})
+
+    @asset(partitions_def=parts, backfill_policy=BackfillPolicy.single_run())
+    def theirs(context):  # noqa: ANN001, ANN202
+        return body(context, lambda c: [c.add_asset_metadata(m, partition_key=k) for k, m in wanted.items()])
+
+    @asset(partitions_def=parts, backfill_policy=BackfillPolicy.single_run())
+    def ours(context):  # noqa: ANN001, ANN202
+        return body(context, lambda c: dagster_internals.add_metadata_by_partition(c, c.asset_key, wanted))
+
+    with DagsterInstance.ephemeral() as instance:
+        tags = {ASSET_PARTITION_RANGE_START_TAG: "a", ASSET_PARTITION_RANGE_END_TAG: "c"}
+        assert materialize([theirs, ours], instance=instance, tags=tags).success
+        metadata = {}
+        for name in ("theirs", "ours"):
+            events = [r.event_log_entry.asset_materialization for r in instance.fetch_materializations(AssetKey(name), limit=10).records]
+            metadata[name] = {e.partition: {k: v.value for k, v in e.metadata.items()} for e in events}
+    assert metadata["ours"] == metadata["theirs"]
+    assert metadata["ours"]["a"] == {"step": 7, "early": "yes", "n": 1, "path": "kb/a.txt"}
+    assert set(metadata["ours"]) == {"a", "b", "c"}
+    assert len(refused) == 2 and all("'d'" in r for r in refused)

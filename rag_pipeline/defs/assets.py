@@ -29,6 +29,7 @@ from dagster import asset as dagster_asset
 from rag_pipeline.core import generations, records
 from rag_pipeline.core.audit import audit_documents
 from rag_pipeline.defs.checks import INDEXED_IN_TIME, document_check, evaluate_per_document
+from rag_pipeline.defs.dagster_internals import add_metadata_by_partition
 from rag_pipeline.defs.failures import record_failed_documents
 from rag_pipeline.defs.partitions import documents_partitions, partition_keys_read_once
 from rag_pipeline.defs.resources import (
@@ -146,7 +147,8 @@ def _report_each(context: AssetExecutionContext, docs: StepDocuments, outcomes: 
     from rag_pipeline.core.pipeline import Status  # see the module docstring
 
     counts: dict[str, int] = {}
-    reported = set()
+    # Every partition's materialization names its file, whatever the step made of it.
+    by_partition: dict[str, dict] = {docs.key(d): docs.naming(d) for d in docs.ids}
     for o in outcomes:
         counts[o.status] = counts.get(o.status, 0) + 1
         # The reason ahead of the document's own figures (the step's figures, shared by the
@@ -155,14 +157,10 @@ def _report_each(context: AssetExecutionContext, docs: StepDocuments, outcomes: 
         meta.update({**docs.naming(o.document_id), "status": str(o.status), "version": o.version or ""})
         for key, value in o.metrics.items():
             meta[key] = MetadataValue.md(value) if key == "preview" and value else value
-        context.add_asset_metadata(meta, partition_key=docs.key(o.document_id))
-        reported.add(o.document_id)
+        by_partition[docs.key(o.document_id)] = meta
         if o.status == Status.FAILED:
             context.log.warning(f"document {docs.by_id[o.document_id][1].name} failed: {o.reason}")
-    # Every partition's materialization names its file, whatever the step made of it.
-    for doc_id in docs.ids:
-        if doc_id not in reported:
-            context.add_asset_metadata(docs.naming(doc_id), partition_key=docs.key(doc_id))
+    add_metadata_by_partition(context, context.asset_key, by_partition)
     return {f"documents_{k}": v for k, v in sorted(counts.items())}  # a Status formats as its value
 
 

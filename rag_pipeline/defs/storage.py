@@ -165,7 +165,19 @@ class PooledPostgresEventLogStorage(PostgresEventLogStorage):
     def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
         if self._held_checks:
             self.flush_check_evaluations()
-        super().store_event_batch(events)
+        if not events or {e.get_dagster_event().event_type for e in events} != {DagsterEventType.ASSET_MATERIALIZATION}:
+            return super().store_event_batch(events)
+        # dagster-postgres's own path for a batch of materializations, but its events are
+        # inserted as one executemany of a statement compiled once, instead of one INSERT with
+        # a VALUES row per event compiled anew for every batch: 5% of a run of 2,000 documents.
+        events = [e for e in events if not e.get_dagster_event().is_asset_failed_to_materialize]
+        if not events:
+            return
+        with self._connect() as conn:
+            ids = conn.execute(_INSERT_EVENTS, [self._event_to_row(e) for e in events]).scalars().all()
+        with self.index_transaction() as conn:
+            self._store_asset_event_tags(conn, events, ids)
+            self._store_asset_event(conn, events[-1], ids[-1])  # the asset's row names its latest
 
     def flush_check_evaluations(self) -> None:
         """Write the held evaluations: one insert into the event log (committed at once, so
@@ -182,10 +194,7 @@ class PooledPostgresEventLogStorage(PostgresEventLogStorage):
                 return
             rows = [self._event_to_row(event) for event in events]  # each event serialized once
             with self._connect() as conn:
-                ids = conn.execute(
-                    SqlEventLogStorageTable.insert().returning(SqlEventLogStorageTable.c.id, sort_by_parameter_order=True),
-                    rows,
-                ).scalars().all()
+                ids = conn.execute(_INSERT_EVENTS, rows).scalars().all()
             self._held_checks = []
             stored = [(event, int(i), row["event"]) for event, i, row in zip(events, ids, rows)]
             try:
@@ -331,6 +340,9 @@ class EmbeddedPostgresRunStorage(_EmbeddedServerFirst, PostgresRunStorage):
 class EmbeddedPostgresScheduleStorage(_EmbeddedServerFirst, PostgresScheduleStorage):
     """dagster-postgres's schedule storage on the embedded server."""
 
+
+# Events inserted in order, their ids returned in that order (SQLAlchemy's insertmanyvalues).
+_INSERT_EVENTS = SqlEventLogStorageTable.insert().returning(SqlEventLogStorageTable.c.id, sort_by_parameter_order=True)
 
 # The bulk form of Dagster's `_update_asset_check_evaluation` (sql_event_log.py): the same
 # columns set, matched by its unique index (asset key, check, run, partition).
