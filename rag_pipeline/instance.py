@@ -58,10 +58,9 @@ python_logs:
 
 
 # Dagster's storage on the data folder's PostgreSQL server, through the deployed dagster.yaml's
-# classes (the pooled event log); the run and schedule storages are dagster-postgres's, made to
-# start the server first, since any process (`dagster dev`, the daemon, a run worker) may be
-# the first to open this instance. psycopg2, and synchronous_commit=off for Dagster's
-# bookkeeping only, as in dagster.yaml.
+# classes (pooled connections), made to start the server first, since any process (`dagster
+# dev`, the daemon, a run worker) may be the first to open this instance. psycopg2, and
+# synchronous_commit=off for Dagster's bookkeeping only, as in dagster.yaml.
 _PG_STORAGE = """\
 run_storage:
   module: rag_pipeline.defs.storage

@@ -49,11 +49,11 @@ def _write_dagster_home(home: Path, pg_url: str) -> None:
     url = pg_url.replace("postgresql://", "postgresql+psycopg2://", 1)  # see dagster.yaml
     home.mkdir(parents=True, exist_ok=True)
     (home / "dagster.yaml").write_text(
-        "run_storage:\n  module: dagster_postgres.run_storage\n  class: PostgresRunStorage\n"
+        "run_storage:\n  module: rag_pipeline.defs.storage\n  class: PooledPostgresRunStorage\n"
         f"  config: {{postgres_url: '{url}'}}\n"
         "event_log_storage:\n  module: rag_pipeline.defs.storage\n  class: PooledPostgresEventLogStorage\n"
         f"  config: {{postgres_url: '{url}'}}\n"
-        "schedule_storage:\n  module: dagster_postgres.schedule_storage\n  class: PostgresScheduleStorage\n"
+        "schedule_storage:\n  module: rag_pipeline.defs.storage\n  class: PooledPostgresScheduleStorage\n"
         f"  config: {{postgres_url: '{url}'}}\n"
         "telemetry:\n  enabled: false\n"
     )

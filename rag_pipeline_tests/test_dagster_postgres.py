@@ -20,7 +20,7 @@ def test_repo_dagster_yaml_runs_on_postgres(rag_env, pg_url, tmp_path, monkeypat
     defs = build_definitions(settings)
     with DagsterInstance.get() as instance:
         storage = type(instance.run_storage).__name__
-        assert storage == "PostgresRunStorage"
+        assert storage == "PooledPostgresRunStorage"
         events = instance.event_log_storage
         assert isinstance(events, PooledPostgresEventLogStorage) and events._engine.dialect.driver == "psycopg2"
         with events._engine.connect() as conn:
@@ -29,6 +29,16 @@ def test_repo_dagster_yaml_runs_on_postgres(rag_env, pg_url, tmp_path, monkeypat
             first = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
         with events._engine.connect() as conn:
             assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar() == first
+        # The run and schedule storages keep their connections too (upstream opens one per call),
+        # with the same settings.
+        for storage in (instance.run_storage, instance.schedule_storage):
+            backends = set()
+            for _ in range(3):
+                with storage.connect() as conn:
+                    assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "off"
+                    backends.add(conn.exec_driver_sql("SELECT pg_backend_pid()").scalar())
+            assert len(backends) == 1, type(storage).__name__
+        assert type(instance.schedule_storage).__name__ == "PooledPostgresScheduleStorage"
         result, runs = tick_and_run(defs, instance)
         assert isinstance(result, SensorResult) and len(runs) == 1
         run = instance.get_run_by_id(runs[0].run_id)

@@ -239,7 +239,7 @@ def test_the_ui_instance_is_the_documented_one(embedded_data_dir, monkeypatch):
         # Opening the instance started the server: nothing else had.
         assert embedded_pg.running_pid(data_dir=tmp_path) is not None
         assert isinstance(instance.event_log_storage, PooledPostgresEventLogStorage)
-        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        assert type(instance.run_storage).__name__ == "EmbeddedPostgresRunStorage"
         assert instance.run_monitoring_enabled and instance.run_retries_enabled
         assert isinstance(instance.run_launcher, HeartbeatRunLauncher)
         assert instance.run_launcher.database_url == settings.database_url

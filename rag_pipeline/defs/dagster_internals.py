@@ -115,6 +115,18 @@ OVERRIDES: tuple[Override, ...] = (
         }.items()
     ),
     *(
+        Override(target, sha, "defs/storage.py PooledPostgresRunStorage, PooledPostgresScheduleStorage",
+                 "pooled connections for the run and schedule storages: 2,028 new PostgreSQL connections "
+                 "during a 2,000-document benchmark (daemon, code server, runs), their backend start-ups "
+                 "most of PostgreSQL's 12-15 CPU seconds")
+        for target, sha in {
+            "dagster_postgres.run_storage:PostgresRunStorage.__init__": "c20e1fcd1ee52b39579bdab98f9fefa3a94acda1abf015bce303d82c78c3072a",
+            "dagster_postgres.run_storage:PostgresRunStorage.from_config_value": "78ffe37ccb0d74b84ff8d78979da3213a291bcc98250eb821cca617ea8ce4913",
+            "dagster_postgres.schedule_storage:PostgresScheduleStorage.__init__": "ac8f466b4e7680d54c4307b1b71fa5c73ff87d02a4ceb96f924f385948e1d225",
+            "dagster_postgres.schedule_storage:PostgresScheduleStorage.from_config_value": "b7b65bacce37de15a616cf9edd650ed34bc78e5aa7a776631d42d97307374783",
+        }.items()
+    ),
+    *(
         Override(f"{_PG}.{method}", sha, "defs/storage.py PooledPostgresEventLogStorage", _STORAGE_GAIN)
         for method, sha in {
             "__init__": "647dff00b58c122294a362d38fed84b5064aa0f4520a64e6febb167120f2b5b2",
