@@ -41,6 +41,7 @@ serialized each copy). Each row here holds the event for its own partition.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from contextlib import contextmanager, nullcontext
@@ -258,6 +259,19 @@ class PooledPostgresEventLogStorage(PostgresEventLogStorage):
             one = copy(planned, partitions_subset=subset.empty_subset().with_partition_keys([key]))
             return serialize_value(event._replace(dagster_event=event.dagster_event._replace(event_specific_data=one)))
 
+        keys = list(subset.get_partition_keys())
+        # Each row's event differs from the others by its key alone: serialized once around a
+        # marker, the key put in its place (serializing a copy per partition was 5% of a
+        # 2,000-document run's CPU). Checked against the real serialization of the first key.
+        template = own(_KEY_MARKER)
+        quoted = json.dumps(_KEY_MARKER)
+
+        def fill(key: str) -> str:
+            return template.replace(quoted, json.dumps(key))
+
+        if template.count(quoted) != 1 or fill(keys[0]) != own(keys[0]):
+            fill = own  # noqa: F811  (a serialization this shortcut does not fit)
+
         common = dict(
             asset_key=planned.asset_key.to_string(), check_name=planned.check_name, run_id=event.run_id,
             execution_status=AssetCheckExecutionRecordStatus.PLANNED.value,
@@ -265,7 +279,7 @@ class PooledPostgresEventLogStorage(PostgresEventLogStorage):
         )
         with self.index_connection() as conn:
             conn.execute(AssetCheckExecutionsTable.insert().values(
-                [dict(common, partition=key, evaluation_event=own(key)) for key in subset.get_partition_keys()]
+                [dict(common, partition=key, evaluation_event=fill(key)) for key in keys]
             ))
 
     def get_dynamic_partitions(self, partitions_def_name: str) -> Sequence[str]:
@@ -378,6 +392,8 @@ class EmbeddedPostgresRunStorage(_EmbeddedServerFirst, PooledPostgresRunStorage)
 class EmbeddedPostgresScheduleStorage(_EmbeddedServerFirst, PooledPostgresScheduleStorage):
     """The pooled schedule storage on the embedded server."""
 
+
+_KEY_MARKER = "rag-pipeline:partition-key-marker"
 
 # Events inserted in order, their ids returned in that order (SQLAlchemy's insertmanyvalues).
 _INSERT_EVENTS = SqlEventLogStorageTable.insert().returning(SqlEventLogStorageTable.c.id, sort_by_parameter_order=True)
