@@ -278,9 +278,8 @@ class PooledPostgresEventLogStorage(PostgresEventLogStorage):
             evaluation_event_timestamp=self._event_insert_timestamp(event), evaluation_event_storage_id=event_id,
         )
         with self.index_connection() as conn:
-            conn.execute(AssetCheckExecutionsTable.insert().values(
-                [dict(common, partition=key, evaluation_event=fill(key)) for key in keys]
-            ))
+            # An executemany of one cached statement: a VALUES row per partition is compiled anew.
+            conn.execute(AssetCheckExecutionsTable.insert(), [dict(common, partition=key, evaluation_event=fill(key)) for key in keys])
 
     def get_dynamic_partitions(self, partitions_def_name: str) -> Sequence[str]:
         """Every key of the definition, in order; read from storage only when the keys changed."""
