@@ -86,6 +86,7 @@ def test_a_runs_check_evaluations_are_written_together_in_order(rag_env, pg_url,
 
     for key, value in production_home(tmp_path / "prod_home", pg_url).items():
         monkeypatch.setenv(key, value)
+    monkeypatch.delenv("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", raising=False)
     settings = Settings.from_env()
     docs = {f"note{i:02d}.txt": f"Keeper {i} logged the storm of night {i}.".encode() for i in range(12)}
     write_files(settings.inbox_dir, "ops", docs)
@@ -108,6 +109,11 @@ def test_a_runs_check_evaluations_are_written_together_in_order(rag_env, pg_url,
                     "min(id) FILTER (WHERE dagster_event_type = 'STEP_SUCCESS') "
                     "FROM event_logs WHERE run_id = :run GROUP BY step_key"), {"run": run_id})
             }
+            # One "planned" event per asset for the run's 12 documents, by the storage's own
+            # answer (no DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS in the environment).
+            planned = conn.execute(sa.text(
+                "SELECT count(*) FROM event_logs WHERE run_id = :run AND dagster_event_type = 'ASSET_MATERIALIZATION_PLANNED'"),
+                {"run": run_id}).scalar()
             transactions = dict(conn.execute(sa.text(
                 "SELECT step_key, count(DISTINCT xmin::text) FROM event_logs "
                 "WHERE run_id = :run AND dagster_event_type = 'ASSET_CHECK_EVALUATION' GROUP BY step_key"), {"run": run_id}).all())
@@ -125,6 +131,7 @@ def test_a_runs_check_evaluations_are_written_together_in_order(rag_env, pg_url,
     }
     # One transaction per check and step (Dagster's own writes: one per evaluation, 12 and 24).
     assert transactions == {"source_document": 1, "document_chunks": 1, "document_embeddings": 2}
+    assert planned == 4
 
 
 def test_planned_check_rows_hold_their_own_partition(tmp_path, pg_url, monkeypatch):

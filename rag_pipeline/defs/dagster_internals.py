@@ -67,6 +67,7 @@ class Override:
                 obj = getattr(obj, part)
             # Once installed, the attribute is ours: the drift check is about upstream's code.
             obj = _REPLACED.get(obj, obj)
+            obj = obj.fget if isinstance(obj, property) else obj
             return hashlib.sha256(inspect.getsource(obj).encode()).hexdigest()
         except (AttributeError, OSError, TypeError):
             return None
@@ -147,6 +148,8 @@ OVERRIDES: tuple[Override, ...] = (
             "_event_insert_timestamp": "02e6947ee3f9408aeb9607d8ce8e8118770302b27e4009fcb6bfa0c28770834b",
             "dispose": "ce4ee18aa28915d164672d695df7491c416f85e087c30ba3189e08492ee3b71f",
             "get_dynamic_partitions": "00ea280370d3354eba1e4b03268ca83e6b1995312308b4a9db1f6075c7470b4f",
+            # Answered True instead of by DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS.
+            "supports_partition_subset_in_asset_materialization_planned_events": "76cf2433710a45efa1903551d5b87bc9f169ece1ac0f6f48f4db65094425fcbc",
         }.items()
     ),
 )

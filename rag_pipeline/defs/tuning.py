@@ -13,17 +13,11 @@ import os
 
 
 def install() -> None:
-    # A run over a range of N document partitions otherwise stores N "materialization planned"
-    # events per asset at creation, each resolving the range by reading every partition key:
-    # profiled as the daemon's main cost while it queued a 5,000-document drop. With this
-    # Dagster setting it stores one per asset, naming the range. What it gives up (Dagster
-    # marking the partitions failed when the whole run fails) our own status, checks and
-    # retries already cover. Read by the event log when a run is created.
-    os.environ.setdefault("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", "true")
     # A step over a range of N partitions stores N materializations of its asset; with this
     # Dagster setting they go to storage as one multi-row insert (per 1,000) instead of N round
     # trips. Measured with benchmarks/ingest.py at 1,000 documents: cold ingest 36.8 s -> 31.5 s.
-    # Read by the instance as a run process stores its events.
+    # Read by the instance as a run process stores its events. Dagster offers no other switch
+    # for it; the image and compose set it too (Dockerfile, docker-compose.yml).
     os.environ.setdefault("DAGSTER_EVENT_BATCH_SIZE", "1000")
     # A step waiting for a pool slot sleeps instead of spinning on a core.
     from rag_pipeline.defs import dagster_internals
