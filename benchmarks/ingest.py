@@ -445,8 +445,8 @@ def _cli_passes(env: dict[str, str], corpus: dict[str, bytes], server, landing: 
     rel = sorted(corpus)[n // 2]
     started = time.perf_counter()
     if docs is not None:
-        (docs / rel).write_bytes(modified(corpus[rel]))
-        _cli(env, "ingest", str(docs), "--kb", KB, cwd=cwd)
+        # Edited where `ingest` put it: the default data folder's landing folder.
+        (cwd / ".rag_data" / "inbox" / KB / rel).write_bytes(modified(corpus[rel]))
     else:
         landing.write({rel: modified(corpus[rel])})
     _, after = _cli(env, "run", cwd=cwd)
