@@ -40,6 +40,8 @@ def test_benchmark_smoke(tmp_path):
     # The incremental ones re-embed nothing when nothing changed.
     for name in ("bare", "default", "run", "pipeline", "bare@bucket", "run@bucket", "pipeline@bucket"):
         assert figures["variants"][name]["unchanged_embedding_calls"] == 0, name
+    # The bare script reports its CPU per stage of the cold pass.
+    assert set(figures["variants"]["bare"]["cold_stage_cpu_seconds"]) == {"detect", "extract", "chunk", "embed and write"}
     # Through `rag-pipeline run`, cold, unchanged and modified passes each make one run at most.
     assert figures["variants"]["run"]["runs"] == figures["variants"]["default"]["runs"] == 1
     assert figures["variants"]["pipeline"]["runs"] >= 2 and figures["variants"]["pipeline"]["failed_runs"] == 0
