@@ -185,13 +185,17 @@ class OpenAIEmbedder:
 def _response_vectors(body: bytes, base_url: str) -> list[list[float]]:
     """The vectors of an OpenAI embeddings response body, in input order. A server that answers
     in base64 although floats were asked for (some proxies do) is read too."""
+    def vector(embedding: object) -> list[float]:
+        if isinstance(embedding, str):
+            return np.frombuffer(base64.b64decode(embedding), dtype="<f4").tolist()
+        if isinstance(embedding, list):
+            return embedding
+        raise TypeError(f"an embedding that is a {type(embedding).__name__}")
+
     try:
         items = sorted(json.loads(body)["data"], key=lambda d: d.get("index", 0))
-        return [
-            np.frombuffer(base64.b64decode(e), dtype="<f4").tolist() if isinstance(e, str) else e
-            for e in (item["embedding"] for item in items)
-        ]
-    except (ValueError, KeyError, TypeError) as exc:
+        return [vector(item["embedding"]) for item in items]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise EndpointError(
             f"the embedding endpoint {base_url} answered with something other than embeddings: {_short(exc)}"
         ) from exc

@@ -224,17 +224,19 @@ class PooledPostgresEventLogStorage(PostgresEventLogStorage):
             event, event_id, serialized = stored[position]
             evaluation = event.dagster_event.event_specific_data  # type: ignore[union-attr]
             target = evaluation.target_materialization_data
-            for name, value in zip(_CHECK_UPDATE_COLUMNS, (
-                position, asset_key, check_name, run_id, partition,
-                (AssetCheckExecutionRecordStatus.SUCCEEDED if evaluation.passed else AssetCheckExecutionRecordStatus.FAILED).value,
-                serialized, self._event_insert_timestamp(event), event_id, target.storage_id if target else None,
-            )):
+            status = AssetCheckExecutionRecordStatus.SUCCEEDED if evaluation.passed else AssetCheckExecutionRecordStatus.FAILED
+            row = (position, asset_key, check_name, run_id, partition, status.value, serialized,
+                   self._event_insert_timestamp(event), event_id, target.storage_id if target else None)
+            for name, value in zip(_CHECK_UPDATE_COLUMNS, row):
                 params[name].append(value)
         updated = set(conn.execute(_CHECK_UPDATE, params).scalars().all())
-        partitioned = {p for p, (event, _, _) in enumerate(stored) if event.dagster_event.event_specific_data.partition is not None}  # type: ignore[union-attr]
         kept = set(latest.values())
-        # Left: the unpartitioned, and the last of a partition whose planned row was missing.
-        return [one for p, one in enumerate(stored) if p not in partitioned or (p in kept and p not in updated)]
+        # Left: the unpartitioned, and the last of a partition whose planned row was missing
+        # (the earlier evaluations of a partition are superseded: their events stay in the log).
+        return [
+            one for p, one in enumerate(stored)
+            if one[0].dagster_event.event_specific_data.partition is None or (p in kept and p not in updated)  # type: ignore[union-attr]
+        ]
 
     @contextmanager
     def _sharing(self, conn: Any) -> Iterator[None]:
