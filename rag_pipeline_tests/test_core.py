@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from rag_pipeline.core.chunking import ChunkerConfig, chunk_document, split_text
+from rag_pipeline.core.chunking import ChunkerConfig, chunk_document, split_text, token_offsets
 from rag_pipeline.core.identity import chunk_id, document_id
 from rag_pipeline.core.inbox import ingest, open_inside, scan
 from rag_pipeline.core.parsing import ParsedDocument, ParseError, Section, parse_bytes
@@ -75,6 +75,18 @@ def test_chunker_properties(tokens, size, overlap):
             assert s1 < s2 <= e1, "gap or no progress between chunks"
             overlap_tokens = len(enc.encode(text[s2:e1])) if s2 < e1 else 0
             assert overlap_tokens <= overlap + 12  # overlap snapped back to a word boundary
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=300)
+       | st.sampled_from(["\udcff lone surrogate", "a\ud800b", "😀🚀 中文 𝔘𝔫𝔦", "x" * 50]))
+def test_token_offsets_are_tiktokens_own(text):
+    # The offsets come from the tokens' byte lengths, not tiktoken's loop over every byte: the
+    # same answer for any text, emoji, CJK, combining marks and lone surrogates (which tiktoken
+    # replaces, so its own offsets are taken) included.
+    enc = get_encoding("cl100k_base")
+    tokens = enc.encode(text, disallowed_special=())
+    assert token_offsets(enc, tokens, text) == list(enc.decode_with_offsets(tokens)[1])
 
 
 def test_chunk_frame_ids_are_deterministic():

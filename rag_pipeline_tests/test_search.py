@@ -80,6 +80,20 @@ def test_keyword_terms_keep_identifiers_whole_and_in_parts():
     assert sparse.query_vector("the of and") .indices == []
 
 
+def test_keyword_terms_are_the_same_past_the_memo_and_the_memo_stays_bounded():
+    # Tokens are remembered, least recently used out: more distinct tokens than the memo holds
+    # (ids, hashes) neither grow it nor change a single term or weight.
+    text = "Herons ERR-4012 the wading-birds stand"
+    first = sparse.terms(text), sparse.document_vector(text)
+    flood = " ".join(f"id{i:x}-part{i % 97}" for i in range(sparse.MEMO_SIZE + 5000))
+    flooded = sparse.document_vector(flood)
+    assert len(flooded.indices) > sparse.MEMO_SIZE
+    assert sparse._token_terms.cache_info().currsize <= sparse.MEMO_SIZE
+    assert sparse.term_index.cache_info().currsize <= sparse.MEMO_SIZE
+    assert (sparse.terms(text), sparse.document_vector(text)) == first
+    assert sparse.terms(text) == ["heron", "err-4012", "err", "4012", "wading-birds", "wading", "bird", "stand"]
+
+
 def test_hybrid_search_finds_exact_identifiers_with_citations_and_filters(indexed):
     rig, searcher = indexed
     engine = rig.engine

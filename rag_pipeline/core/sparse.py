@@ -19,6 +19,7 @@ part of the index configuration's fingerprint: a new generation is built behind 
 
 from __future__ import annotations
 
+import functools
 import re
 import zlib
 from collections import Counter
@@ -62,41 +63,31 @@ def _stem(word: str) -> str:
 def terms(text: str) -> list[str]:
     """The text's terms, in order, repeats kept (their count is the term frequency)."""
     out: list[str] = []
-    known = _TOKEN_TERMS
     for token in _TOKEN.findall(text.lower()):
-        found = known.get(token)
-        out.extend(_token_terms(token) if found is None else found)
+        out.extend(_token_terms(token))
     return out
 
 
-# A token's terms and a term's index, remembered: prose repeats its words, and splitting,
-# stemming and hashing each occurrence was most of the keyword vectors' time (1.0 s for
-# 5,300 chunks, 0.35 s remembered). Bounded, so an endless stream of new tokens cannot grow them.
-_MEMO_LIMIT = 500_000
-_TOKEN_TERMS: dict[str, tuple[str, ...]] = {}
-_INDEX: dict[str, int] = {}
+# A token's terms and a term's index are remembered: prose repeats its words, and splitting,
+# stemming and hashing each occurrence was most of the keyword vectors' time (1.0 s for 5,300
+# chunks, 0.5 s remembered). Least recently used first out, so a stream of new tokens (ids,
+# hashes) costs a bounded few MB, not one entry per distinct token of the corpus.
+MEMO_SIZE = 1 << 16
 
 
+@functools.lru_cache(maxsize=MEMO_SIZE)
 def _token_terms(token: str) -> tuple[str, ...]:
     parts = _PART.findall(token)
     if len(parts) > 1:
-        found: tuple[str, ...] = (token, *(_stem(p) for p in parts if p not in _STOP))
-    else:
-        found = () if token in _STOP else (_stem(token),)
-    if len(_TOKEN_TERMS) < _MEMO_LIMIT:
-        _TOKEN_TERMS[token] = found
-    return found
+        return (token, *(_stem(p) for p in parts if p not in _STOP))
+    return () if token in _STOP else (_stem(token),)
 
 
+@functools.lru_cache(maxsize=MEMO_SIZE)
 def term_index(term: str) -> int:
     """The term's sparse index: crc32 is stable across processes and versions of Python (the
     built-in `hash` of a str is not)."""
-    index = _INDEX.get(term)
-    if index is None:
-        index = zlib.crc32(term.encode("utf-8"))
-        if len(_INDEX) < _MEMO_LIMIT:
-            _INDEX[term] = index
-    return index
+    return zlib.crc32(term.encode("utf-8"))
 
 
 @dataclass(frozen=True)
