@@ -49,7 +49,7 @@ def test_every_override_says_what_it_buys_and_where_it_lives(override):
     assert override.gain and override.ours
 
 
-def test_metadata_added_by_partition_at_once_is_what_dagsters_calls_give():
+def test_metadata_added_by_partition_at_once_is_what_dagsters_calls_give(monkeypatch):
     """Each partition of a range gets the same materialization metadata as with Dagster's own
     `add_asset_metadata` per partition (merged with the step's, and with an earlier call's);
     a key outside the step's range is refused, as Dagster refuses it."""
@@ -66,7 +66,8 @@ def test_metadata_added_by_partition_at_once_is_what_dagsters_calls_give():
         context.add_asset_metadata({"early": "yes"}, partition_key="a")
         add(context)
         try:
-            dagster_internals.add_metadata_by_partition(context, context.asset_key, {"d": {"n": 4}})
+            dagster_internals.add_metadata_by_partition(context, context.asset_key, {"d": {"n": 4}},
+                                                       step_keys=context.partition_keys)
         except ValueError as exc:
             refused.append(str(exc))
         return MaterializeResult(metadata={"step": 7})
@@ -77,16 +78,27 @@ def test_metadata_added_by_partition_at_once_is_what_dagsters_calls_give():
 
     @asset(partitions_def=parts, backfill_policy=BackfillPolicy.single_run())
     def ours(context):  # noqa: ANN001, ANN202
-        return body(context, lambda c: dagster_internals.add_metadata_by_partition(c, c.asset_key, wanted))
+        return body(context, lambda c: dagster_internals.add_metadata_by_partition(
+            c, c.asset_key, wanted, step_keys=c.partition_keys))
+
+    @asset(partitions_def=parts, backfill_policy=BackfillPolicy.single_run())
+    def fallback(context):  # noqa: ANN001, ANN202
+        # A Dagster whose step context no longer holds this accumulator: the public calls instead.
+        def add(c):  # noqa: ANN001, ANN202
+            with monkeypatch.context() as patched:
+                patched.setattr(dagster_internals, "OutputMetadataAccumulator", type("Changed", (), {}))
+                dagster_internals.add_metadata_by_partition(c, c.asset_key, wanted, step_keys=c.partition_keys)
+        return body(context, add)
 
     with DagsterInstance.ephemeral() as instance:
         tags = {ASSET_PARTITION_RANGE_START_TAG: "a", ASSET_PARTITION_RANGE_END_TAG: "c"}
-        assert materialize([theirs, ours], instance=instance, tags=tags).success
+        assert materialize([theirs, ours, fallback], instance=instance, tags=tags).success
         metadata = {}
-        for name in ("theirs", "ours"):
+        for name in ("theirs", "ours", "fallback"):
             events = [r.event_log_entry.asset_materialization for r in instance.fetch_materializations(AssetKey(name), limit=10).records]
             metadata[name] = {e.partition: {k: v.value for k, v in e.metadata.items()} for e in events}
-    assert metadata["ours"] == metadata["theirs"]
+    assert metadata["ours"] == metadata["theirs"] == metadata["fallback"]
     assert metadata["ours"]["a"] == {"step": 7, "early": "yes", "n": 1, "path": "kb/a.txt"}
     assert set(metadata["ours"]) == {"a", "b", "c"}
-    assert len(refused) == 2 and all("'d'" in r for r in refused)
+    # The stray key is refused in each of the three steps.
+    assert len(refused) == 3 and all("'d'" in r for r in refused)

@@ -31,7 +31,7 @@ from rag_pipeline.core.audit import audit_documents
 from rag_pipeline.defs.checks import INDEXED_IN_TIME, document_check, evaluate_per_document
 from rag_pipeline.defs.dagster_internals import add_metadata_by_partition
 from rag_pipeline.defs.failures import record_failed_documents
-from rag_pipeline.defs.partitions import documents_partitions, partition_keys_read_once
+from rag_pipeline.defs.partitions import documents_partitions
 from rag_pipeline.defs.resources import (
     ChunkerResource,
     DatabaseResource,
@@ -73,7 +73,8 @@ class StepDocuments:
     run names it by (a run created before readable keys names documents by id) and its file."""
 
     def __init__(self, context: AssetExecutionContext, engine) -> None:  # noqa: ANN001
-        keys = context.partition_keys
+        # Read once per step: each read resolves the range against every key of the corpus.
+        self.keys = keys = list(context.partition_keys)
         refs = records.refs_by_key(engine, keys)
         self.by_id: dict[str, tuple[str, records.DocumentRef]] = {refs[k].id: (k, refs[k]) for k in keys if k in refs}
         self.ids = list(self.by_id)
@@ -139,11 +140,6 @@ def _run_started(context: AssetExecutionContext):  # noqa: ANN202
 
 
 def _report(context: AssetExecutionContext, docs: StepDocuments, outcomes: Sequence["Outcome"]) -> dict:
-    with partition_keys_read_once(context.instance):
-        return _report_each(context, docs, outcomes)
-
-
-def _report_each(context: AssetExecutionContext, docs: StepDocuments, outcomes: Sequence["Outcome"]) -> dict:
     from rag_pipeline.core.pipeline import Status  # see the module docstring
 
     counts: dict[str, int] = {}
@@ -160,7 +156,7 @@ def _report_each(context: AssetExecutionContext, docs: StepDocuments, outcomes: 
         by_partition[docs.key(o.document_id)] = meta
         if o.status == Status.FAILED:
             context.log.warning(f"document {docs.by_id[o.document_id][1].name} failed: {o.reason}")
-    add_metadata_by_partition(context, context.asset_key, by_partition)
+    add_metadata_by_partition(context, context.asset_key, by_partition, step_keys=docs.keys)
     return {f"documents_{k}": v for k, v in sorted(counts.items())}  # a Status formats as its value
 
 

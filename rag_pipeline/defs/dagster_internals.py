@@ -163,17 +163,22 @@ def drifted() -> list[tuple[Override, str | None]]:
 
 # -- A step's per-partition metadata, added at once --------------------------------------------
 
-def add_metadata_by_partition(context, asset_key, metadata_by_partition) -> None:  # noqa: ANN001
+def add_metadata_by_partition(context, asset_key, metadata_by_partition, *, step_keys) -> None:  # noqa: ANN001
     """`context.add_asset_metadata(metadata, partition_key=key)` for each key, with Dagster's
-    checks made once: the asset is the step's, the keys are the step's. Where this Dagster's step
-    context no longer looks as it did, the public call is made for each partition instead."""
+    checks made once: the asset is the step's, the keys are among `step_keys`, the step's
+    partition keys as the caller read them (each read resolves the range against every key of
+    the corpus). Where this Dagster's step context no longer looks as it did, the public call
+    is made for each partition instead, with the keys read once for all of them."""
     step = getattr(context, "_step_execution_context", None)
     accumulator = getattr(step, "_metadata_accumulator", None)
     if not isinstance(accumulator, OutputMetadataAccumulator) or asset_key not in step.assets_def.keys:
-        for key, metadata in metadata_by_partition.items():
-            context.add_asset_metadata(metadata, asset_key=asset_key, partition_key=key)
+        from rag_pipeline.defs.partitions import partition_keys_read_once
+
+        with partition_keys_read_once(context.instance):
+            for key, metadata in metadata_by_partition.items():
+                context.add_asset_metadata(metadata, asset_key=asset_key, partition_key=key)
         return
-    targeted = set(context.partition_keys)
+    targeted = set(step_keys)
     stray = [key for key in metadata_by_partition if key not in targeted]
     if stray:
         raise ValueError(f"metadata for partition {stray[0]!r}, which this step does not materialize")
