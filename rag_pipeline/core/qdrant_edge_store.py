@@ -27,13 +27,13 @@ process killed after an acknowledged upsert loses nothing (tested); `close` flus
 segments, so reopening replays nothing.
 
 Segment layout. Points arrive in an appendable segment, which holds its vectors and a sparse
-inverted index rebuilt in RAM at every open. So a writer's close compacts (`optimize()`): a segment past COMPACT_AT_KB of vectors
-becomes immutable, with its vectors, sparse index and payload in files mapped on demand and an
+inverted index rebuilt in RAM at every open. So a writer's close compacts (`optimize()`): a
+segment past COMPACT_AT_KB of vectors becomes immutable, with its vectors, sparse index and payload in files mapped on demand and an
 int8 copy of the vectors kept in RAM; dense search scans the int8 copy and rescores the best
 candidates (OVERSAMPLING) with the original vectors, so scores are exact. At 250,000 points a
 searcher then held 399 MB instead of 1,865-1,895, opened in 1.6 s instead of 2.8 and answered a
-dense query in ~5 ms instead of 22-24 (`benchmarks/results/2026-12-06-edge-layout.txt`). No HNSW graph is built (m=0): building it
-took 87 s at 20,000 points and 1,182 s at 200,000, and the int8 scan is fast enough at the
+dense query in ~5 ms instead of 22-24 (`benchmarks/results/2026-12-06-edge-layout.txt`). No
+HNSW graph is built (m=0): building it took 87 s at 20,000 points and 1,182 s at 200,000, and the int8 scan is fast enough at the
 sizes one machine holds. Segments are merged, smallest first, once there are more than
 SEGMENTS, never past MAX_SEGMENT_KB: a writer's close never rebuilds a large segment to add a
 run's points to it (it did: 53 s and 3.6 GB at 300,000 points). A store written by an earlier

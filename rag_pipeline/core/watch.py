@@ -4,9 +4,10 @@ An unchanged sensor tick over 100,000 files walked and stat-ed every one of them
 second, so the sensor rested four seconds after each such tick to stay within a fifth of a
 core, and a modified document waited up to five seconds for its tick. The kernel already knows
 when anything under the folder changes: a watch (inotify) counts the changes, and a tick
-whose previous listing was taken with no change counted since skips the walk. The watch only decides *whether* to walk, never what is
-there: a walk still lists everything, so a missed event can delay a change but not lose it,
-and a full walk is made every FULL_WALK_SECONDS whatever the watch says.
+whose previous listing was taken with no change counted since skips the walk. The watch only
+decides *whether* to walk, never what is there: a walk still lists everything, so a missed
+event can delay a change but not lose it, and a full walk is made every FULL_WALK_SECONDS
+whatever the watch says.
 
 Only on local file systems: inotify does not see writes made by other hosts to a network file
 system (NFS, SMB, FUSE mounts), and there the sensor walks every tick as before.
