@@ -55,6 +55,8 @@ KB = "bench"
 DIMENSIONS = 384
 MODEL = "bench-embed"
 API_KEY = "sk-bench-not-a-secret"
+# The CLI of the interpreter running the benchmark.
+RAG_PIPELINE = str(Path(sys.executable).parent / "rag-pipeline")
 VARIANTS = ("bare", "default", "run", "pipeline", "langchain")
 SCALE = False  # --scale: the pipeline variant also measures storage, status, verify, search and the UI
 MARKER = "zephyrine quokka lighthouse"  # words no generated document contains
@@ -428,7 +430,7 @@ def variant_pipeline(workdir: Path, db_url: str, corpus: dict[str, bytes], serve
 def _cli(env: dict[str, str], *argv: str, cwd: Path | None = None) -> tuple[float, dict]:
     """`rag-pipeline ARGV --json` as its own process: (wall seconds, its JSON answer)."""
     started = time.perf_counter()
-    proc = subprocess.run([str(Path(sys.executable).parent / "rag-pipeline"), *argv, "--json"], env=env, cwd=cwd,
+    proc = subprocess.run([RAG_PIPELINE, *argv, "--json"], env=env, cwd=cwd,
                           capture_output=True, text=True, timeout=14400)
     seconds = time.perf_counter() - started
     if proc.returncode != 0:
@@ -497,7 +499,7 @@ def variant_default(workdir: Path, db_url: str, corpus: dict[str, bytes], server
         figures = _cli_passes(env, corpus, server, None, docs=docs, cwd=workdir)
         figures["embedded_postgres_cpu_seconds"] = embedded_server_cpu(workdir / ".rag_data")
     finally:
-        subprocess.run([str(Path(sys.executable).parent / "rag-pipeline"), "stop"], env=env, cwd=workdir,
+        subprocess.run([RAG_PIPELINE, "stop"], env=env, cwd=workdir,
                        capture_output=True, timeout=120)
     return figures
 
@@ -763,7 +765,7 @@ def _storage(db_url: str, n: int) -> dict:
 
 def _timed_cli(env: dict[str, str], *argv: str) -> dict:
     started = time.perf_counter()
-    proc = subprocess.run([str(Path(sys.executable).parent / "rag-pipeline"), *argv], env=env, capture_output=True,
+    proc = subprocess.run([RAG_PIPELINE, *argv], env=env, capture_output=True,
                           text=True, timeout=3600)
     return {"seconds": round(time.perf_counter() - started, 2), "exit": proc.returncode,
             "last_line": (proc.stdout.strip().splitlines() or [""])[-1][:200]}
@@ -779,7 +781,7 @@ def _serve_p50(env: dict[str, str], requests: int = 100) -> dict:
     from rag_pipeline.devtools.topology import free_port, wait_for
 
     port = free_port()
-    server = subprocess.Popen([str(Path(sys.executable).parent / "rag-pipeline"), "serve"],
+    server = subprocess.Popen([RAG_PIPELINE, "serve"],
                               env={**env, "RAG_SERVE_PORT": str(port)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
 
