@@ -170,6 +170,10 @@ def _role(proc, root_pid: int) -> str:  # noqa: ANN001
         return "code server"
     if "spawn_main" in cmd:
         return "run"
+    if "multiprocessing.forkserver" in cmd:
+        # The code server's forkserver (RAG_RUN_START=fork) and the runs forked from it.
+        parent = proc.parent()
+        return "run" if parent is not None and "multiprocessing.forkserver" in " ".join(parent.cmdline()) else "forkserver"
     return "other"
 
 

