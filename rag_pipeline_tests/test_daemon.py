@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import time
+
+import psutil
 
 import pytest
 import sqlalchemy as sa
@@ -61,3 +64,46 @@ def test_sensor_ticks_every_loop_and_an_upload_is_indexed_within_seconds(rag_env
         assert created.replace(tzinfo=dt.timezone.utc).timestamp() - written < 4.0
         wait_for(lambda: [r.status for r in records.list_documents(engine)] == [records.INDEXED], 180,
                  "the upload to be indexed")
+
+
+def _forked_children(forkserver: psutil.Process) -> set[int]:
+    try:
+        return {p.pid for p in forkserver.children()}
+    except psutil.NoSuchProcess:
+        return set()
+
+
+@pytest.mark.slow
+def test_a_run_is_forked_from_the_code_servers_preloaded_process(rag_env, pg_url, tmp_path, monkeypatch):
+    """RAG_RUN_START=fork (the default): the code server keeps a forkserver that imported what
+    runs need, and the run for an upload is a fork of it, not a spawned interpreter."""
+    for key, value in production_home(tmp_path / "prod_home", pg_url).items():
+        monkeypatch.setenv(key, value)
+    settings = Settings.from_env()
+    engine = open_engine(settings.database_url)
+    with Topology(tmp_path) as topology:
+        topology.start_code_server()
+        server = psutil.Process(topology.code_server.pid)
+
+        def forkserver() -> psutil.Process | None:
+            return next((p for p in server.children() if "multiprocessing.forkserver" in " ".join(p.cmdline())), None)
+
+        preloaded = wait_for(forkserver, 60, "the code server's forkserver")
+        topology.start_daemon()
+        write_files(settings.inbox_dir, "kb", {"note.txt": b"The ferry ran twice a day until the ice came."})
+        forked: set[int] = set()
+        spawned: set[int] = set()
+
+        def indexed() -> bool:
+            forked.update(_forked_children(preloaded))
+            spawned.update(p.pid for p in server.children() if "spawn_main" in " ".join(p.cmdline()))
+            return [r.status for r in records.list_documents(engine)] == [records.INDEXED]
+
+        wait_for(indexed, 180, "the upload to be indexed", poll=0.02)
+        with engine.connect() as conn:
+            messages = conn.execute(sa.text(
+                "SELECT event FROM event_logs WHERE dagster_event_type = 'ENGINE_EVENT' AND event LIKE '%Started process for run%'"
+            )).scalars().all()
+        pids = {int(m) for body in messages for m in re.findall(r"Started process for run \(pid: (\d+)\)", body)}
+        assert pids and pids <= forked, (pids, forked)
+        assert not spawned

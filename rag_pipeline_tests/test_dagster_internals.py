@@ -102,3 +102,28 @@ def test_metadata_added_by_partition_at_once_is_what_dagsters_calls_give(monkeyp
     assert set(metadata["ours"]) == {"a", "b", "c"}
     # The stray key is refused in each of the three steps.
     assert len(refused) == 3 and all("'d'" in r for r in refused)
+
+
+def test_runs_are_forked_only_by_a_code_server():
+    # This process is no `dagster api grpc`: nothing is replaced and no forkserver started.
+    from dagster._grpc.server import DagsterApiServer  # noqa: F401  (as a code server has it)
+
+    start_run = DagsterApiServer.StartRun
+    assert dagster_internals.fork_runs(preload=("rag_pipeline.defs.run_preload",)) is False
+    assert DagsterApiServer.StartRun is start_run
+
+
+def test_the_run_preload_loads_everything_and_shares_the_tokenizer(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "from rag_pipeline.defs import run_preload\n"
+        "from rag_pipeline.core import tokens\n"
+        "assert tokens.get_encoding('cl100k_base') is tokens.get_encoding()\n"
+        "print(run_preload.FAILED, sorted(m for m in run_preload.MODULES if m not in __import__('sys').modules))\n"
+    )
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[] []"

@@ -275,6 +275,8 @@ def run_dagster_daemon() -> None:
 # definitions the UI shows already do.
 
 _upstream_start_run = None
+# Where a code server's run process begins (start_run_in_subprocess): preloaded by defs/run_preload.py.
+RUN_ENTRY_MODULE = "dagster._grpc.impl"
 
 
 def _forked_runs():  # noqa: ANN202

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import importlib
 
+from rag_pipeline.defs.dagster_internals import RUN_ENTRY_MODULE
+
 MODULES = (
-    "dagster._grpc.impl",  # the run's entry point (start_run_in_subprocess)
+    RUN_ENTRY_MODULE,
     "dagster_postgres",
     "rag_pipeline.defs.storage",
     "rag_pipeline.definitions",
