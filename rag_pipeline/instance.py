@@ -28,12 +28,12 @@ _EMBEDDED_YAML = """\
 {storage}telemetry:
   enabled: false
 run_coordinator:
-  module: dagster.core.run_coordinator
-  class: QueuedRunCoordinator
+  module: rag_pipeline.defs.run_coordinator
+  class: PromptRunCoordinator
   config:
     # Embedded Qdrant admits one process at a time; with a Qdrant server, raise this.
     max_concurrent_runs: 1
-    dequeue_interval_seconds: 1
+    dequeue_interval_seconds: 0.5
 # Worker health from the runs' heartbeats (in our database): a run whose process died is marked
 # failed by run monitoring and retried.
 run_launcher:

@@ -97,6 +97,39 @@ def test_chunk_frame_ids_are_deterministic():
     assert set(a["page"]) == {3} and set(a["heading"]) == {"H"}
 
 
+def test_a_listing_waits_for_a_file_about_to_settle_but_not_for_one_still_written(tmp_path: Path):
+    import threading
+    import time
+
+    inbox = tmp_path / "inbox"
+    (inbox / "kb").mkdir(parents=True)
+    (inbox / "kb" / "done.txt").write_bytes(b"written in one go")
+    started = time.monotonic()
+    found = scan(inbox, min_age_seconds=0.6, settle_wait_seconds=0.6)
+    assert list(found.files) == [("kb", "done.txt")] and not found.held
+    assert 0.3 < found.settle_wait_seconds <= time.monotonic() - started < 1.5
+
+    growing = inbox / "kb" / "growing.txt"
+    growing.write_bytes(b"first half, ")
+
+    def writer() -> None:
+        time.sleep(0.3)
+        with growing.open("ab") as fh:
+            fh.write(b"second half")
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    found = scan(inbox, min_age_seconds=0.6, settle_wait_seconds=0.6)
+    thread.join()
+    assert ("kb", "growing.txt") in found.held and ("kb", "growing.txt") not in found.files
+    assert ("kb", "done.txt") in found.files
+
+    # Due later than the wait allows: held at once, no wait.
+    (inbox / "kb" / "later.txt").write_bytes(b"settles in a minute")
+    found = scan(inbox, min_age_seconds=60, settle_wait_seconds=0.5)
+    assert found.settle_wait_seconds == 0 and ("kb", "later.txt") in found.held
+
+
 def test_scan_confined_to_inbox(tmp_path: Path):
     inbox = tmp_path / "inbox"
     (inbox / "kb").mkdir(parents=True)

@@ -3,6 +3,7 @@ PostgreSQL (psycopg2 scheme), and a sensor-requested run completes against it.""
 
 from __future__ import annotations
 
+import pytest
 from dagster import DagsterInstance, SensorResult
 
 from rag_pipeline.definitions import build_definitions
@@ -311,3 +312,24 @@ def test_partition_keys_are_read_again_only_when_they_changed(pg_url, tmp_path, 
         writer.add_dynamic_partitions("documents", ["kb/e.txt"])
         assert reader.get_dynamic_partitions("documents") == ["kb/c.txt", "kb/d.txt", "kb/e.txt"]
         assert reader.get_dynamic_partitions("other") == []
+
+
+def test_the_daemon_looks_at_the_run_queue_every_half_second(rag_env, pg_url, tmp_path, monkeypatch):
+    """dagster.yaml's PromptRunCoordinator: Dagster's queue with its concurrency settings, and a
+    dequeue interval Dagster's own coordinator can only give in whole seconds."""
+    from dagster._daemon.controller import create_daemon_of_type
+    from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
+
+    from rag_pipeline.defs.run_coordinator import PromptRunCoordinator
+
+    for key, value in production_home(tmp_path / "prod_home", pg_url).items():
+        monkeypatch.setenv(key, value)
+    with DagsterInstance.get() as instance:
+        assert isinstance(instance.run_coordinator, PromptRunCoordinator)
+        assert instance.get_concurrency_config().run_queue_config.max_concurrent_runs == 1
+        daemon = create_daemon_of_type(QueuedRunCoordinatorDaemon.daemon_type(), instance)
+        assert daemon.interval_seconds == 0.5
+    from dagster._serdes import ConfigurableClassData
+
+    with pytest.raises(ValueError, match="dequeue_interval_seconds must be above 0, got 0"):
+        PromptRunCoordinator.from_config_value(ConfigurableClassData("m", "c", "{}"), {"dequeue_interval_seconds": 0})

@@ -191,3 +191,27 @@ def test_a_file_still_being_written_waits_until_it_settles(rag_env, monkeypatch)
     [row] = records.list_documents(get_engine(settings.database_url))
     assert len(runs) == 1 and row.status == "indexed"
     assert row.version == hashlib.sha256(target.read_bytes()).hexdigest(), "registered whole, not half-written"
+
+
+def test_a_file_about_to_settle_is_taken_by_the_tick_that_sees_it(rag_env, monkeypatch):
+    """The tick waits the rest of the settle time for it (not a second tick a second later),
+    and that wait is not counted as the tick's work, which would earn the sensor a rest."""
+    from dagster import build_sensor_context
+
+    from rag_pipeline_tests.helpers import execute
+
+    monkeypatch.setenv("RAG_SETTLE_SECONDS", "0.8")
+    settings = Settings.from_env()
+    defs = build_definitions(settings)
+    sensor = defs.resolve_sensor_def("inbox_sensor")
+    with DagsterInstance.get() as instance:
+        write_files(settings.inbox_dir, KB, {"fresh.txt": b"Written a moment before the sensor looked."})
+        started = time.monotonic()
+        with build_sensor_context(instance=instance, resources=defs.resources) as ctx:
+            result = sensor(ctx)
+        elapsed = time.monotonic() - started
+        assert len(result.run_requests) == 1 and elapsed > 0.5
+        assert json.loads(result.cursor)["tick_seconds"] < elapsed - 0.4
+        execute(defs, instance, result.run_requests[0])
+    [row] = records.list_documents(get_engine(settings.database_url))
+    assert row.status == "indexed"

@@ -49,6 +49,7 @@ class Detection:
     watch_mark: str = ""
     listing_size: int = 0  # uploads in the listing (or in the previous one, if not listed)
     listed: bool = True  # False: the source's mark said nothing changed, and it was not listed
+    settle_wait_seconds: float = 0.0  # of the listing, spent waiting for files about to settle
 
     @property
     def registered(self) -> int:
@@ -163,7 +164,8 @@ def detect(
     listing = source.list(min_age_seconds=min_age_seconds, max_file_bytes=max_file_bytes)
     files = listing.files
     digest = listing_digest(listing)
-    result = Detection(problems=listing.problems, listing_size=len(files) + len(listing.refused))
+    result = Detection(problems=listing.problems, listing_size=len(files) + len(listing.refused),
+                       settle_wait_seconds=listing.settle_wait_seconds)
     clock = lap(result, "list", clock)
     if previous_digest and digest == previous_digest:
         # Kept, so the next call takes this shortcut too (left empty, every other idle tick

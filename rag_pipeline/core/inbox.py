@@ -67,6 +67,8 @@ class Scan:
     # Documents refused without being read (symbolic links, over the size limit): registered as
     # failed with the reason, so they show in `status` and the UI like any other failure.
     refused: dict[tuple[str, str], Refusal] = field(default_factory=dict)
+    # How long the listing waited for files about to settle (`scan`'s settle_wait_seconds).
+    settle_wait_seconds: float = 0.0
 
     def may_be_present(self, knowledge_base: str, path: str) -> bool:
         """False only when the scan proves the file is gone: a deletion must never be inferred
@@ -80,11 +82,16 @@ class Scan:
 
 
 def scan(
-    inbox: Path, min_age_seconds: float = 0.0, now_ns: int | None = None, max_file_bytes: int | None = None
+    inbox: Path, min_age_seconds: float = 0.0, now_ns: int | None = None, max_file_bytes: int | None = None,
+    settle_wait_seconds: float = 0.0,
 ) -> Scan:
     """List the inbox: the files to register, those refused unread, the problems found, and what
-    was held back. Nothing is opened here: entries are only listed and lstat-ed."""
+    was held back. Nothing is opened here: entries are only listed and lstat-ed.
+
+    `settle_wait_seconds`: files that settle within this time are waited for and looked at
+    again (lstat) rather than left for a later listing; one still changing stays held."""
     result = Scan({}, [], set(), [])
+    settling: dict[tuple[str, str], tuple[str, FileStat]] = {}
     files, problems, held, refused = result.files, result.problems, result.held, result.refused
     if not inbox.is_dir():
         result.problems.append(f"{inbox}: the landing directory does not exist")
@@ -127,13 +134,17 @@ def scan(
                 walk(entry.path, kb, rel + "/")
             elif entry.is_file(follow_symlinks=False):
                 if now_ns - st.st_mtime_ns < min_age_ns:
-                    held.add((kb, rel))  # still settling: looked at again next tick
+                    held.add((kb, rel))  # still settling: looked at again later
+                    settling[(kb, rel)] = (entry.path, stat)
                     continue
-                if max_file_bytes is not None and st.st_size > max_file_bytes:
-                    # Refused on its size alone: never hashed or read.
-                    refused[(kb, rel)] = Refusal(stat, over_file_limit(st.st_size, max_file_bytes))
-                    continue
-                files[(kb, rel)] = stat
+                take(stat)
+
+    def take(stat: FileStat) -> None:
+        if max_file_bytes is not None and stat.size > max_file_bytes:
+            # Refused on its size alone: never hashed or read.
+            refused[(stat.knowledge_base, stat.path)] = Refusal(stat, over_file_limit(stat.size, max_file_bytes))
+        else:
+            files[(stat.knowledge_base, stat.path)] = stat
 
     for entry in os.scandir(inbox):
         name = shown(entry.name.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
@@ -148,7 +159,40 @@ def scan(
             walk(entry.path, entry.name, "")
         elif entry.is_file(follow_symlinks=False):
             problems.append(f"{name}: files belong in a knowledge base folder, e.g. {DEFAULT_KB}/{name}")
+    if settling and settle_wait_seconds > 0:
+        _wait_for_settling(result, settling, min_age_ns, now_ns + int(settle_wait_seconds * 1e9), take)
     return result
+
+
+def _wait_for_settling(result: Scan, settling: dict, min_age_ns: int, horizon_ns: int, take) -> None:  # noqa: ANN001
+    """Sleep until the settling files due by `horizon_ns` are due, then take each one whose
+    size and time have not moved since it was listed (a writer still at work keeps it held)."""
+    import stat as stat_module
+    import time
+
+    due = {key: listed.mtime_ns + min_age_ns for key, (_, listed) in settling.items()}
+    soon = [key for key, at in due.items() if at <= horizon_ns]
+    if not soon:
+        return
+    pause = (max(due[key] for key in soon) - _now_ns()) / 1e9
+    if pause > 0:
+        time.sleep(pause)
+        result.settle_wait_seconds = pause
+    now_ns = _now_ns()
+    for key in soon:
+        path, listed = settling[key]
+        try:
+            st = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
+            result.held.discard(key)  # gone while it settled: the listing no longer holds it
+            continue
+        except OSError:
+            continue
+        if (not stat_module.S_ISREG(st.st_mode) or (st.st_size, st.st_mtime_ns) != (listed.size, listed.mtime_ns)
+                or now_ns - st.st_mtime_ns < min_age_ns):
+            continue
+        result.held.discard(key)
+        take(listed)
 
 
 def _now_ns() -> int:

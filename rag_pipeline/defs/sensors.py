@@ -142,7 +142,9 @@ def _inbox_sensor(
         "listing": found.listing_digest, "problems": reported[:MAX_REMEMBERED_PROBLEMS],
         "watch": found.watch_mark, "files": found.listing_size,
         "walked_at": started if found.listed else previous.get("walked_at", 0.0),
-        "ticked_at": started, "tick_seconds": round(time.time() - started, 3), "idle": idle,
+        "ticked_at": started, "idle": idle,
+        # The tick's own work, which earns a rest: a wait for settling files is not work.
+        "tick_seconds": round(time.time() - started - found.settle_wait_seconds, 3),
         "retiring": plan.retiring,
         # Once no partition is named by a document id, the sensor stops looking for one.
         "keys_readable": previous.get("keys_readable", False) or not plan.migrating,

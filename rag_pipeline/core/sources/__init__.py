@@ -28,6 +28,9 @@ __all__ = [
 # Change tokens of rows from SQL sources start with this and the source's name (`sql.py`): a
 # file's token is None and an object's a quoted ETag, so the token tells whose document it is.
 SQL_TOKEN_PREFIX = "sql:"
+# The longest a folder listing waits for files about to settle (the settle time itself if
+# shorter): a sensor tick, and the planning of other sources' ticks, wait with it.
+SETTLE_WAIT_SECONDS = 1.0
 
 
 class SourceError(Exception):
@@ -93,7 +96,11 @@ class FolderSource:
         self.root = Path(root)
 
     def list(self, *, min_age_seconds: float = 0.0, max_file_bytes: int | None = None) -> Scan:
-        return scan(self.root, min_age_seconds, max_file_bytes=max_file_bytes)
+        # A file about to settle is waited for, not left for the next listing: a sensor tick
+        # comes a second later at best, and one modified document was queued 1.3-2.1 s after
+        # its write with a 1 s settle. The wait is bounded by SETTLE_WAIT_SECONDS.
+        return scan(self.root, min_age_seconds, max_file_bytes=max_file_bytes,
+                    settle_wait_seconds=min(min_age_seconds, SETTLE_WAIT_SECONDS))
 
     def watch_mark(self) -> str | None:
         """Equal marks: nothing under the folder changed in between (`core/watch.py`)."""
