@@ -22,7 +22,7 @@ def test_benchmark_smoke(tmp_path):
     out = tmp_path / "figures.json"
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "ingest.py"), "--docs", "40", "--sensor-files", "600",
-         "--landings", "folder,bucket", "--pg", BASE_PG, "--json", str(out)],
+         "--landings", "folder,bucket", "--latency-samples", "2", "--pg", BASE_PG, "--json", str(out)],
         capture_output=True, text=True, timeout=1500,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -46,6 +46,10 @@ def test_benchmark_smoke(tmp_path):
     assert figures["variants"]["run"]["runs"] == figures["variants"]["default"]["runs"] == 1
     assert figures["variants"]["pipeline"]["runs"] >= 2 and figures["variants"]["pipeline"]["failed_runs"] == 0
     assert figures["variants"]["pipeline"]["cold_failed_ticks"] == 0 and figures["variants"]["pipeline"]["cold_ticks"] >= 1
+    # Two modified documents timed one after the other; runs forked from the code server's forkserver.
+    assert len(figures["variants"]["pipeline"]["modified_samples"]) == 2
+    assert "pipeline, one modified document searchable, each of 2 in turn (s): " in proc.stdout
+    assert "forkserver" in figures["variants"]["pipeline"]["peak_rss_by_process_mb"]
     # 20 scattered re-uploads are gathered into a run or two, not one run per neighbourhood.
     assert figures["variants"]["pipeline"]["storm_documents"] == 20 and figures["variants"]["pipeline"]["storm_runs"] <= 2
     assert figures["sensor"]["folder"]["files"] == figures["sensor"]["bucket"]["files"] == 600
