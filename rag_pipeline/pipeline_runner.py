@@ -41,7 +41,7 @@ def step_errors(events) -> list[str]:  # noqa: ANN001
     return out
 
 
-def _plan_sources(settings: Settings, orchestrator, engine, policy, confirm_deletions: Sequence[str]):  # noqa: ANN001, ANN202
+def _plan_sources(settings: Settings, orchestrator, engine, policy, confirm_deletions: Sequence[str], processes: int):  # noqa: ANN001, ANN202
     """Detection and hand-offs over the landing zone, then each declared SQL source: (plans,
     source errors). With SQL sources declared, one that cannot be listed (down, misconfigured,
     a bad entry in the sources file) is one line in the errors and the others go on; with the
@@ -64,7 +64,7 @@ def _plan_sources(settings: Settings, orchestrator, engine, policy, confirm_dele
             plans.append(evaluate_inbox(
                 orchestrator, engine, source, policy, max_file_bytes=settings.max_file_bytes,
                 endpoint_slots=settings.embed_concurrency, budget=UNBOUNDED, take_all=True, token_prefix="cli",
-                migrate_keys=name is None, confirm_deletions=name in confirm_deletions,
+                migrate_keys=name is None, confirm_deletions=name in confirm_deletions, runs_at_least=processes,
             ))
         except SourceError as exc:
             if alone:
@@ -91,7 +91,9 @@ def run_pending(settings: Settings, progress: bool = False, *, confirm_deletions
     # `run` is an explicit "now": it takes what is there without waiting for files to settle
     # (the sensor waits, since it cannot know whether a writer is still busy).
     policy = dataclasses.replace(settings.policy, settle_seconds=0.0)
-    plans, source_errors = _plan_sources(settings, DagsterOrchestrator(instance), engine, policy, confirm_deletions)
+    processes = settings.cli_processes
+    plans, source_errors = _plan_sources(
+        settings, DagsterOrchestrator(instance), engine, policy, confirm_deletions, processes)
     found = [plan.found for plan in plans]
     run_requests = []
     for plan in plans:
@@ -115,22 +117,31 @@ def run_pending(settings: Settings, progress: bool = False, *, confirm_deletions
             bar.set_description_str(f"indexing ({step})", refresh=False)
             bar.update(documents)
 
+    def finished(request, ok: bool, run_errors: Sequence[str]) -> None:  # noqa: ANN001
+        nonlocal run_failures, done
+        if not ok:
+            run_failures += 1
+            errors.extend(e for e in run_errors if e not in errors)
+        if bar is not None and request.job_name == "index_documents":
+            done += int(request.tags.get(DOCUMENTS_TAG, "0"))
+            bar.n = max(bar.n, done * STEPS)  # runs side by side: the others' progress stays
+            bar.set_description_str("indexing", refresh=False)
+            bar.refresh()
+
     # Purge first: a deleted document's points leave search before anything else happens.
+    ordered = sorted(run_requests, key=lambda r: r.job_name != "purge_deleted")
+    side_by_side = [r for r in ordered if r.job_name == "index_documents"] if processes > 1 and len(requests) > 1 else []
     with observe(advance):
-        for request in sorted(run_requests, key=lambda r: r.job_name != "purge_deleted"):
-            result = defs.resolve_job_def(request.job_name).execute_in_process(
-                instance=instance, tags=dict(request.tags), raise_on_error=False,
-                # The failures are summed up below, one line each: no step tracebacks here.
-                run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
-            )
-            if result.dagster_run.status != DagsterRunStatus.SUCCESS:
-                run_failures += 1
-                errors += [e for e in step_errors(result.all_events) if e not in errors]
-            if bar is not None and request.job_name == "index_documents":
-                done += int(request.tags.get(DOCUMENTS_TAG, "0"))
-                bar.n = done * STEPS
-                bar.set_description_str("indexing", refresh=False)
-                bar.refresh()
+        for request in [r for r in ordered if all(r is not x for x in side_by_side)]:
+            finished(request, *_execute(defs, instance, request.job_name, dict(request.tags)))
+    if side_by_side:
+        from rag_pipeline import run_workers
+
+        for request, (ok, run_errors) in run_workers.execute(
+            settings, [(r.job_name, dict(r.tags)) for r in side_by_side], processes=processes,
+            advance=advance if bar is not None else None,
+        ):
+            finished(side_by_side[request], ok, run_errors)
     if bar is not None:
         bar.close()
     rows = records.list_documents(engine)
@@ -159,6 +170,17 @@ def run_pending(settings: Settings, progress: bool = False, *, confirm_deletions
         "source_errors": source_errors,
         "seconds": round(time.perf_counter() - started, 3),
     }
+
+
+def _execute(defs, instance, job_name: str, tags: dict) -> tuple[bool, list[str]]:  # noqa: ANN001
+    """One run of `job_name` in this process: (succeeded, its failed steps' lines)."""
+    result = defs.resolve_job_def(job_name).execute_in_process(
+        instance=instance, tags=tags, raise_on_error=False,
+        # The failures are summed up by the caller, one line each: no step tracebacks here.
+        run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
+    )
+    ok = result.dagster_run.status == DagsterRunStatus.SUCCESS
+    return ok, [] if ok else step_errors(result.all_events)
 
 
 def _since(ts, started_at) -> bool:  # noqa: ANN001

@@ -39,6 +39,9 @@ LOST_AFTER = dt.timedelta(seconds=2)
 # loaded 2-core machine: eight of them held the sensor for 100 s), and a deep queue makes no run
 # start sooner. The rest stays pending, handed out oldest first as runs start.
 QUEUE_AHEAD = 2
+# `runs_at_least`: documents are split into that many runs, but none smaller than this (a run
+# executed in a process of its own costs that process's instance and resources, ~0.5 s).
+MIN_SPLIT_RUN = 250
 
 
 @dataclass(frozen=True)
@@ -184,12 +187,15 @@ def evaluate_inbox(
     budget: detection.Budget = detection.Budget(), take_all: bool = False, token_prefix: str = "sensor",
     retiring: bool = False, migrate_keys: bool = True, confirm_deletions: bool = False,
     releases: Callable[[str], bool] | None = None, previous_mark: str | None = None, previous_size: int = 0,
+    runs_at_least: int = 1,
 ) -> Plan:
     """Detect changes, commit them, apply the partition changes, then plan runs. Shared by the
     sensor and `rag-pipeline run` (`take_all`: every pending document not in a run in
     progress, whatever hand-off it is in). Every step is bounded by `budget`, so a tick ends
     inside its deadline however large the drop; the next tick continues. `previous_mark`,
-    `previous_size`: see `detection.detect` (a watched folder unchanged is not listed)."""
+    `previous_size`: see `detection.detect` (a watched folder unchanged is not listed).
+    `runs_at_least`: the pending documents go in at least that many runs of MIN_SPLIT_RUN or
+    more (`rag-pipeline run` executes them side by side)."""
     orchestrator.ensure_pools(endpoint_slots)
     found = detection.detect(
         engine, source, policy.settle_seconds, previous_digest, max_file_bytes, budget=budget,
@@ -280,7 +286,10 @@ def evaluate_inbox(
         orchestrator.record_failed(failed)
     if wanted:
         order = orchestrator.partition_keys()
-        for batch in detection.plan_batches(order, set(wanted), policy.docs_per_run):
+        per_run = policy.docs_per_run
+        if runs_at_least > 1:
+            per_run = min(per_run, max(MIN_SPLIT_RUN, -(-len(wanted) // runs_at_least)))
+        for batch in detection.plan_batches(order, set(wanted), per_run):
             token = new_token(token_prefix)
             # Rows are committed before any run can be launched: a run never looks for a row
             # that isn't there yet.
