@@ -134,15 +134,18 @@ def run_ui(settings: Settings, *, host: str = "127.0.0.1", port: int = 3000) -> 
     bin_dir = Path(sys.executable).parent
     target = ["-m", "rag_pipeline.definitions", "-a", "defs"]
     commands = [
-        [str(bin_dir / "rag-dagster-daemon"), "run", "--log-level", "info", *target],
-        [str(bin_dir / "dagster-webserver"), "-h", host, "-p", str(port), "--log-level", "info", *target],
+        ([str(bin_dir / "rag-dagster-daemon"), "run", "--log-level", "info", *target], env),
+        # Each starts a code server of its own. Runs are launched by the daemon (the queue): the
+        # webserver's code server never starts one, so it keeps no forkserver (~215 MB).
+        ([str(bin_dir / "dagster-webserver"), "-h", host, "-p", str(port), "--log-level", "info", *target],
+         {**env, "RAG_RUN_START": "spawn"}),
     ]
     print(f"Dagster UI: http://{host}:{port}   (instance {home}; daemon with run monitoring and retries; Ctrl-C stops)",
           file=sys.stderr)
     # A service manager stops us with SIGTERM: stop both the same way as on Ctrl-C.
     signal.signal(signal.SIGTERM, _interrupt)
     # Started in the instance's folder: no other dagster.yaml is in sight.
-    procs = [subprocess.Popen(c, env=env, cwd=home) for c in commands]
+    procs = [subprocess.Popen(c, env=e, cwd=home) for c, e in commands]
     try:
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)
