@@ -35,12 +35,17 @@ def _tick_starts(engine: sa.Engine) -> list[float]:
         return [json.loads(body)["timestamp"] for body in bodies]
 
 
-@pytest.mark.slow
-def test_sensor_ticks_every_loop_and_an_upload_is_indexed_within_seconds(rag_env, pg_url, tmp_path, monkeypatch):
+def _production(pg_url: str, tmp_path, monkeypatch) -> tuple[Settings, sa.Engine]:  # noqa: ANN001
+    """The repository's dagster.yaml on PostgreSQL: the settings and our tables' engine."""
     for key, value in production_home(tmp_path / "prod_home", pg_url).items():
         monkeypatch.setenv(key, value)
     settings = Settings.from_env()
-    engine = open_engine(settings.database_url)
+    return settings, open_engine(settings.database_url)
+
+
+@pytest.mark.slow
+def test_sensor_ticks_every_loop_and_an_upload_is_indexed_within_seconds(rag_env, pg_url, tmp_path, monkeypatch):
+    settings, engine = _production(pg_url, tmp_path, monkeypatch)
     with Topology(tmp_path) as topology:
         topology.start_code_server()
         topology.start_daemon()
@@ -77,10 +82,7 @@ def _forked_children(forkserver: psutil.Process) -> set[int]:
 def test_a_run_is_forked_from_the_code_servers_preloaded_process(rag_env, pg_url, tmp_path, monkeypatch):
     """RAG_RUN_START=fork (the default): the code server keeps a forkserver that imported what
     runs need, and the run for an upload is a fork of it, not a spawned interpreter."""
-    for key, value in production_home(tmp_path / "prod_home", pg_url).items():
-        monkeypatch.setenv(key, value)
-    settings = Settings.from_env()
-    engine = open_engine(settings.database_url)
+    settings, engine = _production(pg_url, tmp_path, monkeypatch)
     with Topology(tmp_path) as topology:
         topology.start_code_server()
         server = psutil.Process(topology.code_server.pid)
