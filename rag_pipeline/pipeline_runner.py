@@ -133,7 +133,7 @@ def run_pending(settings: Settings, progress: bool = False, *, confirm_deletions
     side_by_side = [r for r in ordered if r.job_name == "index_documents"] if processes > 1 and len(requests) > 1 else []
     with observe(advance):
         for request in [r for r in ordered if all(r is not x for x in side_by_side)]:
-            finished(request, *_execute(defs, instance, request.job_name, dict(request.tags)))
+            finished(request, *execute_run(defs, instance, request.job_name, dict(request.tags)))
     if side_by_side:
         from rag_pipeline import run_workers
 
@@ -172,7 +172,7 @@ def run_pending(settings: Settings, progress: bool = False, *, confirm_deletions
     }
 
 
-def _execute(defs, instance, job_name: str, tags: dict) -> tuple[bool, list[str]]:  # noqa: ANN001
+def execute_run(defs, instance, job_name: str, tags: dict) -> tuple[bool, list[str]]:  # noqa: ANN001
     """One run of `job_name` in this process: (succeeded, its failed steps' lines)."""
     result = defs.resolve_job_def(job_name).execute_in_process(
         instance=instance, tags=tags, raise_on_error=False,

@@ -36,15 +36,15 @@ def _run(job_name: str, tags: dict) -> tuple[bool, list[str]]:
     from rag_pipeline.core.progress import observe
     from rag_pipeline.definitions import build_definitions
     from rag_pipeline.instance import get_instance
-    from rag_pipeline.pipeline_runner import _execute
+    from rag_pipeline.pipeline_runner import execute_run
 
     if "instance" not in _worker:
         _worker.update(instance=get_instance(_worker["settings"]), defs=build_definitions(_worker["settings"]))
     updates = _worker["updates"]
     if updates is None:
-        return _execute(_worker["defs"], _worker["instance"], job_name, tags)
+        return execute_run(_worker["defs"], _worker["instance"], job_name, tags)
     with observe(lambda step, documents: updates.put((step, documents))):
-        return _execute(_worker["defs"], _worker["instance"], job_name, tags)
+        return execute_run(_worker["defs"], _worker["instance"], job_name, tags)
 
 
 def execute(

@@ -209,7 +209,7 @@ class Settings(BaseSettings):
     run_processes: int = _count(
         0, "RAG_RUN_PROCESSES",
         "processes `rag-pipeline run` indexes in at once, each a run of at least 250 documents (0: one per CPU, "
-        "at most 4)", minimum=0)
+        "at most 4; always 1 on SQLite)", minimum=0)
     run_start: Literal["fork", "spawn"] = _setting(
         "fork", "RAG_RUN_START",
         "how a code server starts a run's process: forked from one that imported Dagster, the definitions and the "
@@ -370,7 +370,10 @@ class Settings(BaseSettings):
 
     @property
     def cli_processes(self) -> int:
-        """RAG_RUN_PROCESSES, with 0 resolved to the machine's CPUs (at most 4)."""
+        """RAG_RUN_PROCESSES, with 0 resolved to the machine's CPUs (at most 4); 1 on SQLite,
+        which takes one writer at a time (a second process would wait on its lock)."""
+        if (self.database_url or "").startswith("sqlite"):
+            return 1
         return self.run_processes or min(os.cpu_count() or 1, 4)
 
     @property

@@ -38,6 +38,16 @@ def test_durations_take_fractions_and_names_are_the_environments(tmp_path):
     assert settings.policy.settle_seconds == 0.5
 
 
+def test_run_processes_default_to_the_cpus_and_to_one_on_sqlite(tmp_path):
+    import os
+
+    base = {"RAG_DATA_DIR": str(tmp_path), "DATABASE_URL": "postgresql://u@127.0.0.1/db"}
+    assert Settings.from_env(base).cli_processes == min(os.cpu_count() or 1, 4)
+    assert Settings.from_env({**base, "RAG_RUN_PROCESSES": "3"}).cli_processes == 3
+    sqlite = {**base, "DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", "RAG_RUN_PROCESSES": "3"}
+    assert Settings.from_env(sqlite).cli_processes == 1
+
+
 def test_a_given_mapping_is_all_that_is_read(monkeypatch):
     monkeypatch.setenv("RAG_MAX_PAGES", "7")
     assert Settings.from_env().max_pages == 7
