@@ -130,7 +130,12 @@ def run_pending(settings: Settings, progress: bool = False, *, confirm_deletions
 
     # Purge first: a deleted document's points leave search before anything else happens.
     ordered = sorted(run_requests, key=lambda r: r.job_name != "purge_deleted")
-    side_by_side = [r for r in ordered if r.job_name == "index_documents"] if processes > 1 and len(requests) > 1 else []
+    # Side by side only where planning split the documents: a few documents from several
+    # sources are several small runs, quicker here than in processes that must start first.
+    from rag_pipeline.core.planning import MIN_SPLIT_RUN
+
+    split = processes > 1 and len(requests) > 1 and total_docs >= 2 * MIN_SPLIT_RUN
+    side_by_side = [r for r in ordered if r.job_name == "index_documents"] if split else []
     with observe(advance):
         for request in [r for r in ordered if all(r is not x for x in side_by_side)]:
             finished(request, *execute_run(defs, instance, request.job_name, dict(request.tags)))
