@@ -121,6 +121,8 @@ def test_the_run_preload_loads_everything_and_shares_the_tokenizer(tmp_path):
         "from rag_pipeline.defs import run_preload\n"
         "from rag_pipeline.core import tokens\n"
         "assert tokens.get_encoding('cl100k_base') is tokens.get_encoding()\n"
+        "from rag_pipeline.core import chunking\n"
+        "assert chunking.token_lengths.cache_info().currsize == 1  # counted before any run\n"
         "print(run_preload.FAILED, sorted(m for m in run_preload.MODULES if m not in __import__('sys').modules))\n"
     )
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
