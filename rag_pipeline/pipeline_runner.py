@@ -135,9 +135,9 @@ def run_pending(settings: Settings, progress: bool = False, *, confirm_deletions
     from rag_pipeline.core.planning import MIN_SPLIT_RUN
 
     split = processes > 1 and len(requests) > 1 and total_docs >= 2 * MIN_SPLIT_RUN
-    side_by_side = [r for r in ordered if r.job_name == "index_documents"] if split else []
+    side_by_side = requests if split else []
     with observe(advance):
-        for request in [r for r in ordered if all(r is not x for x in side_by_side)]:
+        for request in [r for r in ordered if not (split and r.job_name == "index_documents")]:
             finished(request, *execute_run(defs, instance, request.job_name, dict(request.tags)))
     if side_by_side:
         from rag_pipeline import run_workers
