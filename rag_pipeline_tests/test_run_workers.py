@@ -58,11 +58,15 @@ def test_a_run_that_fails_in_its_process_is_one_line_and_its_documents_wait(rag_
     monkeypatch.setenv("RAG_EMBED_MAX_RETRIES", "0")
     settings = Settings.from_env()
     write_files(settings.inbox_dir, "kb", TEXTS)
+    used = []
+    real = run_workers.execute
+    monkeypatch.setattr(run_workers, "execute", lambda *a, **k: used.append(k["processes"]) or real(*a, **k))
     embedding_server.set_faults(status_rate=1.0, statuses=(500,))
     try:
         summary = run_pending(settings)
     finally:
         embedding_server.set_faults()
-    assert summary["runs"] == 2 and summary["run_failures"] == 2 and summary["indexed"] == 0
+    # Both failed in the workers (not in this process), each with one line.
+    assert used == [2] and summary["runs"] == 2 and summary["run_failures"] == 2 and summary["indexed"] == 0
     assert summary["errors"] and all("\n" not in e for e in summary["errors"])
     assert summary["pending"] == 7
