@@ -124,6 +124,22 @@ def test_a_listing_waits_for_a_file_about_to_settle_but_not_for_one_still_writte
     assert ("kb", "growing.txt") in found.held and ("kb", "growing.txt") not in found.files
     assert ("kb", "done.txt") in found.files
 
+    # Past the bound on files looked at again: the first due are taken, the rest stay held.
+    import rag_pipeline.core.inbox as inbox_module
+
+    drop = tmp_path / "drop"
+    (drop / "kb").mkdir(parents=True)
+    for name in ("b.txt", "c.txt", "d.txt"):
+        (drop / "kb" / name).write_bytes(name.encode())
+        time.sleep(0.02)
+    bound = inbox_module.SETTLE_WAIT_FILES
+    inbox_module.SETTLE_WAIT_FILES = 2
+    try:
+        found = scan(drop, min_age_seconds=0.6, settle_wait_seconds=0.6)
+    finally:
+        inbox_module.SETTLE_WAIT_FILES = bound
+    assert set(found.files) == {("kb", "b.txt"), ("kb", "c.txt")} and found.held == {("kb", "d.txt")}
+
     # Due later than the wait allows: held at once, no wait.
     (inbox / "kb" / "later.txt").write_bytes(b"settles in a minute")
     found = scan(inbox, min_age_seconds=60, settle_wait_seconds=0.5)

@@ -164,6 +164,9 @@ def scan(
     return result
 
 
+SETTLE_WAIT_FILES = 5_000
+
+
 def _wait_for_settling(result: Scan, settling: dict, min_age_ns: int, horizon_ns: int, take) -> None:  # noqa: ANN001
     """Sleep until the settling files due by `horizon_ns` are due, then take each one whose
     size and time have not moved since it was listed (a writer still at work keeps it held)."""
@@ -171,7 +174,9 @@ def _wait_for_settling(result: Scan, settling: dict, min_age_ns: int, horizon_ns
     import time
 
     due = {key: listed.mtime_ns + min_age_ns for key, (_, listed) in settling.items()}
-    soon = [key for key, at in due.items() if at <= horizon_ns]
+    # The first due, up to SETTLE_WAIT_FILES: while a large drop is still being copied, each
+    # listing looks again at a bounded number of files, not at every file of the last second.
+    soon = sorted((key for key, at in due.items() if at <= horizon_ns), key=due.__getitem__)[:SETTLE_WAIT_FILES]
     if not soon:
         return
     pause = (max(due[key] for key in soon) - _now_ns()) / 1e9
